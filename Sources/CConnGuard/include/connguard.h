@@ -1,0 +1,142 @@
+/*
+ * connguard.h: the one definition of every type shared by the BPF programs
+ * (bpf/ *.bpf.c) and the Swift agent, which imports this header through the
+ * CConnGuard module. There is no hand-kept Swift mirror: Swift reads these
+ * structs as C structs.
+ *
+ * Rules for this file:
+ *  - fixed-width fields only, laid out from largest to smallest, with every
+ *    byte of padding spelled out, so the layout is the same for the BPF target
+ *    and x86_64/arm64 user space;
+ *  - a _Static_assert on the size of every struct;
+ *  - a new field goes in place of padding or at the end, never in the middle.
+ * Tests/ConnGuardTracerTests/LayoutTests.swift checks these structs against
+ * the BTF that clang wrote into the compiled object.
+ */
+#ifndef CONNGUARD_H
+#define CONNGUARD_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define CG_COMM_LEN 16
+#define CG_CGROUP_PATH_LEN 256
+
+/* What a ring-buffer record is. Every record starts with a __u32 kind. */
+enum cg_record_kind {
+    CG_RECORD_CONNECTION = 1, /* struct cg_connection_event */
+    CG_RECORD_CGROUP_MKDIR = 2, /* struct cg_cgroup_event */
+    CG_RECORD_CGROUP_RMDIR = 3, /* struct cg_cgroup_event */
+};
+
+/* Which way the connection goes, seen from the process it is attributed to. */
+enum cg_direction {
+    CG_DIRECTION_CONNECT = 1, /* this node's process called connect() */
+    CG_DIRECTION_ACCEPT = 2,  /* a listener on this node took a connection */
+};
+
+/* How the attempt ended. */
+enum cg_outcome {
+    CG_OUTCOME_ESTABLISHED = 1,
+    CG_OUTCOME_FAILED = 2, /* refused, unreachable, timed out, aborted: see error */
+};
+
+/* Which kernel hook produced an event (the attach ladder of issue 6). */
+enum cg_hook {
+    CG_HOOK_TP_BTF = 1,    /* tp_btf/inet_sock_set_state */
+    CG_HOOK_FENTRY = 2,    /* fentry/fexit on tcp_connect / inet_csk_accept */
+    CG_HOOK_KPROBE = 3,    /* kprobe/kretprobe */
+};
+
+/* Bits of cg_connection_event.flags. */
+enum cg_event_flags {
+    /* The connect began before the tracer was attached, or its record could
+     * not be stored: pid, uid, comm and cgroup_id are those of the socket,
+     * not of the caller (pid may be 0). */
+    CG_FLAG_PROCESS_UNKNOWN = 1 << 0,
+    /* An accept whose listener's owner is not known: pid and comm are 0. */
+    CG_FLAG_LISTENER_UNKNOWN = 1 << 1,
+};
+
+/*
+ * One TCP connection, made (connect) or taken (accept). Addresses are in
+ * network byte order; ports in host byte order. For an IPv4 connection the
+ * first 4 bytes of saddr/daddr hold the address. For accept, src is the
+ * remote client and dst the local listener (flow direction).
+ */
+struct cg_connection_event {
+    __u32 kind;          /* CG_RECORD_CONNECTION */
+    __u32 pid;           /* thread-group id (what users call the pid) */
+    __u64 timestamp_ns;  /* CLOCK_BOOTTIME */
+    __u64 cgroup_id;     /* cgroup v2 id (directory inode) of the process / listening socket */
+    __u32 uid;
+    __u32 netns;         /* network namespace inode number */
+    __s32 error;         /* errno for a failed connect (ECONNREFUSED, ETIMEDOUT, ...), else 0 */
+    __u16 family;        /* AF_INET or AF_INET6 */
+    __u16 sport;
+    __u16 dport;
+    __u8 direction;      /* enum cg_direction */
+    __u8 outcome;        /* enum cg_outcome */
+    __u8 hook;           /* enum cg_hook */
+    __u8 flags;          /* enum cg_event_flags */
+    __u8 pad[2];
+    __u8 saddr[16];
+    __u8 daddr[16];
+    char comm[CG_COMM_LEN];
+};
+_Static_assert(sizeof(struct cg_connection_event) == 96, "cg_connection_event layout changed");
+
+/* A cgroup was created or removed (from tp_btf/cgroup_mkdir and cgroup_rmdir). */
+struct cg_cgroup_event {
+    __u32 kind;          /* CG_RECORD_CGROUP_MKDIR or CG_RECORD_CGROUP_RMDIR */
+    __u32 hierarchy_id;  /* cgroup root hierarchy id; the v2 hierarchy is 0 */
+    __u64 timestamp_ns;  /* CLOCK_BOOTTIME */
+    __u64 cgroup_id;
+    char path[CG_CGROUP_PATH_LEN]; /* relative to the hierarchy root, NUL-terminated, may be truncated */
+};
+_Static_assert(sizeof(struct cg_cgroup_event) == 280, "cg_cgroup_event layout changed");
+
+/*
+ * Why an event was not delivered, or was delivered with less than it should
+ * carry. Indexes into the per-CPU `drops` array map. Loss is never silent:
+ * user space sums these and reports them.
+ */
+enum cg_drop_reason {
+    CG_DROP_RINGBUF_FULL = 0,        /* bpf_ringbuf_reserve failed: the event is lost */
+    CG_DROP_CONNECT_MAP_FULL = 1,    /* could not remember a connect's caller: event sent with CG_FLAG_PROCESS_UNKNOWN */
+    CG_DROP_LISTENER_MAP_FULL = 2,   /* could not remember a listener's owner: its accepts carry CG_FLAG_LISTENER_UNKNOWN */
+    CG_DROP_CGROUP_RINGBUF_FULL = 3, /* a cgroup mkdir/rmdir record was lost */
+    CG_DROP_REASON_COUNT = 4,
+};
+
+/* Key of the `listeners` map: a listening port in one network namespace. */
+struct cg_listener_key {
+    __u32 netns;
+    __u16 port;          /* host byte order */
+    __u16 family;        /* AF_INET or AF_INET6 */
+};
+_Static_assert(sizeof(struct cg_listener_key) == 8, "cg_listener_key layout changed");
+
+/* Who owns a listening socket: recorded when listen() is called, or seeded
+ * from /proc by user space for listeners that existed before the tracer. */
+struct cg_listener {
+    __u64 sock;          /* kernel address of the listening socket, only to match the later close; 0 when seeded */
+    __u64 cgroup_id;
+    __u32 pid;
+    __u32 uid;
+    char comm[CG_COMM_LEN];
+};
+_Static_assert(sizeof(struct cg_listener) == 40, "cg_listener layout changed");
+
+/* Value of the `connecting` map: who called connect(), remembered from
+ * SYN_SENT until the outcome is known. */
+struct cg_connecting {
+    __u64 cgroup_id;
+    __u32 pid;
+    __u32 uid;
+    char comm[CG_COMM_LEN];
+};
+_Static_assert(sizeof(struct cg_connecting) == 32, "cg_connecting layout changed");
+
+#endif /* CONNGUARD_H */

@@ -1,0 +1,216 @@
+import CConnGuard
+import Glibc
+
+/// One TCP connection made (connect) or taken (accept) on this node, as the
+/// kernel reported it.
+public struct ConnectionEvent: Sendable, Equatable {
+    public enum Direction: String, Sendable, Codable, CaseIterable {
+        /// A process here called connect().
+        case connect
+        /// A listener here took a connection.
+        case accept
+    }
+
+    public enum Outcome: String, Sendable, Codable, CaseIterable {
+        case established
+        /// Refused, unreachable, timed out or aborted; `error` says which.
+        case failed
+    }
+
+    /// The kernel hook that saw it (the attach ladder).
+    public enum Hook: String, Sendable, Codable {
+        case tracepoint
+        case fentry
+        case kprobe
+        case unknown
+    }
+
+    /// Wall-clock time, nanoseconds since the Unix epoch (UTC).
+    public var timeNanoseconds: Int64
+    public var direction: Direction
+    public var outcome: Outcome
+    /// errno of a failed connect (ECONNREFUSED, ETIMEDOUT, ...), else 0.
+    public var error: Int32
+    /// Process that connected, or that owns the listener. 0 when not known.
+    public var pid: UInt32
+    public var comm: String
+    public var uid: UInt32
+    /// cgroup v2 id of the process (connect) or listening socket (accept).
+    public var cgroupID: UInt64
+    public var netns: UInt32
+    /// Flow direction: for accept, source is the remote client.
+    public var source: IPAddress
+    public var sourcePort: UInt16
+    public var destination: IPAddress
+    public var destinationPort: UInt16
+    public var hook: Hook
+    /// False when the connect began before the tracer attached, or the
+    /// listener's owner is not known: pid, comm and uid are then 0 / empty.
+    public var processKnown: Bool
+
+    public var family: IPAddress.Family { source.family }
+
+    /// The port on this node's side: the listener's for accept, ours for connect.
+    public var localPort: UInt16 { direction == .accept ? destinationPort : sourcePort }
+    /// The port on the other side.
+    public var remotePort: UInt16 { direction == .accept ? sourcePort : destinationPort }
+    public var peer: IPAddress { direction == .accept ? source : destination }
+
+    public init(timeNanoseconds: Int64, direction: Direction, outcome: Outcome, error: Int32 = 0,
+                pid: UInt32, comm: String, uid: UInt32, cgroupID: UInt64, netns: UInt32 = 0,
+                source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
+                hook: Hook = .tracepoint, processKnown: Bool = true) {
+        self.timeNanoseconds = timeNanoseconds
+        self.direction = direction
+        self.outcome = outcome
+        self.error = error
+        self.pid = pid
+        self.comm = comm
+        self.uid = uid
+        self.cgroupID = cgroupID
+        self.netns = netns
+        self.source = source
+        self.sourcePort = sourcePort
+        self.destination = destination
+        self.destinationPort = destinationPort
+        self.hook = hook
+        self.processKnown = processKnown
+    }
+}
+
+/// A cgroup appeared or went away (any hierarchy; v2 is hierarchy 0).
+public struct CgroupEvent: Sendable, Equatable {
+    public var timeNanoseconds: Int64
+    public var created: Bool
+    public var hierarchyID: UInt32
+    public var cgroupID: UInt64
+    /// Relative to the hierarchy's root, e.g. "/kubepods/besteffort/pod.../<id>".
+    public var path: String
+}
+
+/// A decoded ring-buffer record.
+public enum TraceRecord: Sendable, Equatable {
+    case connection(ConnectionEvent)
+    case cgroup(CgroupEvent)
+}
+
+public enum RecordDecodingError: Error, Equatable {
+    case tooShort(Int)
+    case unknownKind(UInt32)
+    case badField(String)
+}
+
+extension TraceRecord {
+    /// Decodes one record as the BPF programs wrote it (connguard.h).
+    public static func decode(_ bytes: UnsafeRawBufferPointer, clock: BootClock) throws -> TraceRecord {
+        guard bytes.count >= 4 else { throw RecordDecodingError.tooShort(bytes.count) }
+        let kind = bytes.loadUnaligned(as: UInt32.self)
+        switch kind {
+        case UInt32(CG_RECORD_CONNECTION.rawValue):
+            guard bytes.count >= MemoryLayout<cg_connection_event>.size else {
+                throw RecordDecodingError.tooShort(bytes.count)
+            }
+            let raw = bytes.loadUnaligned(as: cg_connection_event.self)
+            return .connection(try ConnectionEvent(raw, clock: clock))
+        case UInt32(CG_RECORD_CGROUP_MKDIR.rawValue), UInt32(CG_RECORD_CGROUP_RMDIR.rawValue):
+            guard bytes.count >= MemoryLayout<cg_cgroup_event>.size else {
+                throw RecordDecodingError.tooShort(bytes.count)
+            }
+            let raw = bytes.loadUnaligned(as: cg_cgroup_event.self)
+            var r = raw
+            let path = withUnsafeBytes(of: &r.path) { cString(from: $0) }
+            return .cgroup(CgroupEvent(
+                timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: raw.timestamp_ns),
+                created: kind == UInt32(CG_RECORD_CGROUP_MKDIR.rawValue),
+                hierarchyID: raw.hierarchy_id, cgroupID: raw.cgroup_id, path: path))
+        default:
+            throw RecordDecodingError.unknownKind(kind)
+        }
+    }
+}
+
+extension ConnectionEvent {
+    public init(_ raw: cg_connection_event, clock: BootClock) throws {
+        var r = raw
+        let saddr = withUnsafeBytes(of: &r.saddr) { Array($0) }
+        let daddr = withUnsafeBytes(of: &r.daddr) { Array($0) }
+        let src: IPAddress
+        let dst: IPAddress
+        switch Int32(raw.family) {
+        case AF_INET:
+            src = IPAddress(ipv4: Array(saddr[0..<4]))
+            dst = IPAddress(ipv4: Array(daddr[0..<4]))
+        case AF_INET6:
+            src = IPAddress(ipv6: saddr)
+            dst = IPAddress(ipv6: daddr)
+        default:
+            throw RecordDecodingError.badField("family \(raw.family)")
+        }
+        let direction: Direction
+        switch UInt32(raw.direction) {
+        case CG_DIRECTION_CONNECT.rawValue: direction = .connect
+        case CG_DIRECTION_ACCEPT.rawValue: direction = .accept
+        default: throw RecordDecodingError.badField("direction \(raw.direction)")
+        }
+        let outcome: Outcome
+        switch UInt32(raw.outcome) {
+        case CG_OUTCOME_ESTABLISHED.rawValue: outcome = .established
+        case CG_OUTCOME_FAILED.rawValue: outcome = .failed
+        default: throw RecordDecodingError.badField("outcome \(raw.outcome)")
+        }
+        let hook: Hook
+        switch UInt32(raw.hook) {
+        case CG_HOOK_TP_BTF.rawValue: hook = .tracepoint
+        case CG_HOOK_FENTRY.rawValue: hook = .fentry
+        case CG_HOOK_KPROBE.rawValue: hook = .kprobe
+        default: hook = .unknown
+        }
+        let unknownMask = UInt8(CG_FLAG_PROCESS_UNKNOWN.rawValue | CG_FLAG_LISTENER_UNKNOWN.rawValue)
+        self.init(
+            timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: raw.timestamp_ns),
+            direction: direction, outcome: outcome, error: raw.error,
+            pid: raw.pid, comm: withUnsafeBytes(of: &r.comm) { cString(from: $0) }, uid: raw.uid,
+            cgroupID: raw.cgroup_id, netns: raw.netns,
+            source: src, sourcePort: raw.sport, destination: dst, destinationPort: raw.dport,
+            hook: hook, processKnown: raw.flags & unknownMask == 0)
+    }
+}
+
+/// Text up to the first NUL; invalid UTF-8 (a comm can hold any bytes) is
+/// repaired with U+FFFD rather than dropped.
+func cString(from bytes: UnsafeRawBufferPointer) -> String {
+    let end = bytes.firstIndex(of: 0) ?? bytes.count
+    return String(decoding: bytes[0..<end], as: UTF8.self)
+}
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps (bpf_ktime_get_boot_ns) to wall
+/// time. The offset is measured once; a later change of the wall clock (NTP
+/// step) is not followed, which keeps event times monotonic within a run.
+public struct BootClock: Sendable {
+    public let offsetNanoseconds: Int64
+
+    public init(offsetNanoseconds: Int64) { self.offsetNanoseconds = offsetNanoseconds }
+
+    /// Measures realtime - boottime, taking the tightest of a few samples.
+    public static func measure() -> BootClock {
+        var best: (gap: Int64, offset: Int64) = (.max, 0)
+        for _ in 0..<5 {
+            let b1 = now(CLOCK_BOOTTIME)
+            let r = now(CLOCK_REALTIME)
+            let b2 = now(CLOCK_BOOTTIME)
+            let gap = b2 - b1
+            if gap < best.gap { best = (gap, r - (b1 + gap / 2)) }
+        }
+        return BootClock(offsetNanoseconds: best.offset)
+    }
+
+    public func wallNanoseconds(bootNanoseconds: UInt64) -> Int64 {
+        Int64(bitPattern: bootNanoseconds) &+ offsetNanoseconds
+    }
+
+    public static func now(_ clock: clockid_t) -> Int64 {
+        var ts = timespec()
+        clock_gettime(clock, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+}

@@ -1,0 +1,76 @@
+import BPFKit
+import CLibBPF
+import ConnGuardCore
+import Glibc
+
+/// What the running kernel offers ConnGuard, found by trying (loads and
+/// file checks), never by version numbers.
+public struct KernelProbeReport {
+    public struct Facility {
+        public let name: String
+        public let available: Bool
+        public let detail: String
+    }
+
+    public var facilities: [Facility] = []
+    public var hooks: [HookChoice] = []
+    /// Why tracing cannot work here, if it cannot.
+    public var error: String?
+
+    public var json: JSONValue {
+        .object([
+            ("facilities", .object(facilities.map { ($0.name, .object([("available", .bool($0.available)), ("detail", .string($0.detail))])) })),
+            ("hooks", .object(hooks.map { ($0.capability, .object([("rung", .string($0.rung)), ("program", .string($0.detail))])) })),
+            ("error", error.map { .string($0) } ?? .null),
+        ])
+    }
+}
+
+public enum KernelProbe {
+    public static func run() -> KernelProbeReport {
+        var r = KernelProbeReport()
+        var uts = utsname()
+        uname(&uts)
+        let release = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        r.facilities.append(.init(name: "kernel", available: true, detail: release))
+
+        let btf = access(Prerequisites.btfPath, R_OK) == 0
+        r.facilities.append(.init(name: "BTF", available: btf, detail: Prerequisites.btfPath))
+        let mount = CgroupMount.find()
+        r.facilities.append(.init(name: "cgroup v2", available: mount != nil, detail: mount ?? "not mounted"))
+        let bpffs = (try? readFile("/proc/self/mountinfo"))?.contains(" - bpf ") ?? false
+        r.facilities.append(.init(name: "bpffs", available: bpffs, detail: bpffs ? "mounted" : "not mounted (mount -t bpf bpf /sys/fs/bpf)"))
+        let kprobes = access("/sys/bus/event_source/devices/kprobe", F_OK) == 0
+        r.facilities.append(.init(name: "kprobes", available: kprobes, detail: kprobes ? "kprobe PMU present" : "no kprobe PMU (CONFIG_KPROBES off)"))
+
+        do {
+            try Prerequisites.check()
+        } catch {
+            r.error = "\(error)"
+            return r
+        }
+        let probes: [(String, bpf_prog_type)] = [
+            ("program type cgroup/sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR),
+            ("program type cgroup_skb", BPF_PROG_TYPE_CGROUP_SKB),
+        ]
+        for (name, type) in probes {
+            let ok = libbpf_probe_bpf_prog_type(type, nil) == 1
+            r.facilities.append(.init(name: name, available: ok, detail: ok ? "loads" : "refused"))
+        }
+        let ringbuf = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1
+        r.facilities.append(.init(name: "map type ringbuf", available: ringbuf, detail: ringbuf ? "creates" : "refused"))
+
+        // The real test: load and attach the tracer, then let it go.
+        do {
+            var config = Tracer.Configuration()
+            config.ringBufferBytes = 1 << 16
+            config.seedListeners = false
+            let t = try Tracer(configuration: config)
+            r.hooks = t.hooks
+            t.close()
+        } catch {
+            r.error = "\(error)"
+        }
+        return r
+    }
+}

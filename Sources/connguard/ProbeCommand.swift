@@ -1,0 +1,43 @@
+import ArgumentParser
+import ConnGuardCore
+import ConnGuardTracer
+
+struct ProbeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "probe",
+        abstract: "Show what this kernel supports and which hooks ConnGuard would use."
+    )
+
+    @Option(name: [.short, .customLong("output")], help: "Output format: table or json.")
+    var output: OutputFormat = .table
+
+    func run() throws {
+        try reportingErrors {
+            let report = KernelProbe.run()
+            switch output {
+            case .table:
+                for f in report.facilities {
+                    let mark = f.available ? "yes" : "no "
+                    print("\(mark)  \(f.name.padding(to: 34))\(f.detail)")
+                }
+                if !report.hooks.isEmpty {
+                    print("")
+                    print("hooks chosen:")
+                    for h in report.hooks { print("  \(h.capability.padding(to: 18))\(h.rung.padding(to: 12))\(h.detail)") }
+                }
+                if let e = report.error { print(""); print("cannot trace here: \(e)") }
+            case .json:
+                var out: [UInt8] = []
+                report.json.append(to: &out)
+                print(String(decoding: out, as: UTF8.self))
+            }
+            if report.error != nil { throw ExitCode.failure }
+        }
+    }
+}
+
+extension String {
+    func padding(to width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import ConnGuardCore
+import Glibc
+import Synchronization
+
+/// Set by SIGINT/SIGTERM; the poll loops check it at least every 100 ms.
+let stopRequested = Atomic<Bool>(false)
+
+/// Routes SIGINT and SIGTERM to `stopRequested` so that the command detaches
+/// everything and prints its summary instead of dying mid-way. SIGPIPE is
+/// ignored: a closed stdout (`| head`) shows up as a write error we handle.
+func installStopSignals() {
+    var action = sigaction()
+    action.__sigaction_handler.sa_handler = { _ in stopRequested.store(true, ordering: .relaxed) }
+    sigemptyset(&action.sa_mask)
+    action.sa_flags = 0  // no SA_RESTART: let poll() return EINTR at once
+    sigaction(SIGINT, &action, nil)
+    sigaction(SIGTERM, &action, nil)
+    signal(SIGPIPE, SIG_IGN)
+}
+
+/// Prints one line to stderr.
+func printError(_ message: String) {
+    var line = "connguard: " + message + "\n"
+    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// A failure already explained on stderr: exit non-zero without more output.
+struct Failure: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+extension ParsableCommand {
+    /// Runs `body`, turning any error into one line on stderr and exit 1.
+    func reportingErrors(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let e as ExitCode {
+            throw e
+        } catch let e as Failure {
+            printError(e.message)
+            throw ExitCode.failure
+        } catch {
+            printError("\(error)")
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Buffered writes to stdout; a write error (reader went away) is remembered
+/// so that the caller can stop.
+final class OutputBuffer {
+    var bytes: [UInt8] = []
+    private(set) var broken = false
+
+    init() { bytes.reserveCapacity(1 << 17) }
+
+    func flushIfLarge() { if bytes.count >= 1 << 16 { flush() } }
+
+    func flush() {
+        guard !bytes.isEmpty, !broken else { bytes.removeAll(keepingCapacity: true); return }
+        var offset = 0
+        bytes.withUnsafeBytes { buf in
+            while offset < buf.count {
+                let n = write(1, buf.baseAddress! + offset, buf.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    broken = true
+                    return
+                }
+                offset += n
+            }
+        }
+        bytes.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m.
+struct Duration: ExpressibleByArgument, Sendable {
+    let seconds: Double
+
+    init?(argument: String) {
+        guard let s = DurationParser.seconds(argument) else { return nil }
+        seconds = s
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+extension OutputFormat: ExpressibleByArgument {}

@@ -1,0 +1,126 @@
+import ArgumentParser
+import ConnGuardCore
+import ConnGuardTracer
+import Glibc
+import Logging
+
+struct TraceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trace",
+        abstract: "Stream every TCP connect and accept on this node as it happens.",
+        discussion: """
+        Loads ConnGuard's BPF programs into the kernel, prints one line per connection until
+        interrupted or --duration passes, then detaches everything. A summary of events seen
+        and lost goes to stderr. Needs root.
+        """
+    )
+
+    @Option(name: [.short, .customLong("output")], help: "Output format: table or json (one object per line).")
+    var output: OutputFormat = .table
+
+    @Option(help: "Stop after this long (e.g. 30, 30s, 5m).")
+    var duration: Duration?
+
+    @Option(help: "Only events of this process id.")
+    var pid: UInt32?
+
+    @Option(help: "Only events with this port on either side.")
+    var port: UInt16?
+
+    @Option(help: "Only events whose cgroup is this cgroup v2 path or below it (absolute, or relative to the cgroup2 mount).")
+    var cgroup: String?
+
+    @Flag(name: .shortAndLong, help: "Print the hooks chosen and libbpf's messages on failure.")
+    var verbose = false
+
+    @Option(help: ArgumentHelp("Ring buffer size in MiB (a power of two).", visibility: .hidden))
+    var ringBufferMiB: UInt32 = 16
+
+    func validate() throws {
+        if let d = duration, d.seconds <= 0 { throw ValidationError("--duration must be positive") }
+        if let p = port, p == 0 { throw ValidationError("--port must be between 1 and 65535") }
+        if ringBufferMiB == 0 || ringBufferMiB & (ringBufferMiB - 1) != 0 || ringBufferMiB > 1024 {
+            throw ValidationError("--ring-buffer-mib must be a power of two up to 1024")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors { try trace() }
+    }
+
+    private func trace() throws {
+        var filter = EventFilter(pid: pid, port: port)
+        var subtree: CgroupSubtree?
+        if let cgroup {
+            guard let mount = CgroupMount.find() else { throw Failure("no cgroup v2 hierarchy is mounted; --cgroup needs one") }
+            do {
+                subtree = try CgroupSubtree(mount: mount, path: cgroup)
+            } catch {
+                throw Failure("--cgroup: \(error)")
+            }
+            filter.cgroups = subtree
+        }
+
+        var config = Tracer.Configuration()
+        config.ringBufferBytes = ringBufferMiB << 20
+        installStopSignals()
+        let tracer: Tracer
+        do {
+            tracer = try Tracer(configuration: config)
+        } catch let e as TracerError {
+            if verbose, !e.log.isEmpty { FileHandleStderr.write(e.log) }
+            throw Failure(e.description)
+        }
+        defer { tracer.close() }
+        if verbose {
+            for h in tracer.hooks { printError("hook \(h)") }
+            printError("listeners known from /proc at start: \(tracer.seededListeners)")
+        }
+
+        let out = OutputBuffer()
+        var json = JSONLineWriter()
+        var table = TableWriter(extraColumns: [.init("CGROUP", 10)])
+        if output == .table { table.header(to: &out.bytes) }
+        var seen: UInt64 = 0
+        var shown: UInt64 = 0
+        let deadline = duration.map { BootClock.now(CLOCK_MONOTONIC) + Int64($0.seconds * 1e9) }
+
+        try tracer.run(
+            shouldStop: {
+                stopRequested.load(ordering: .relaxed) || out.broken
+                    || deadline.map { BootClock.now(CLOCK_MONOTONIC) >= $0 } ?? false
+            },
+            onRecord: { record in
+                switch record {
+                case let .cgroup(c):
+                    subtree?.apply(c)
+                case let .connection(e):
+                    seen += 1
+                    guard filter.matches(e) else { return }
+                    shown += 1
+                    switch output {
+                    case .json: json.append(e, to: &out.bytes)
+                    case .table: table.append(e, extra: [String(e.cgroupID)], to: &out.bytes)
+                    }
+                    out.flushIfLarge()
+                }
+            },
+            onIdle: { out.flush() })
+        out.flush()
+
+        let loss = try tracer.lossCounts()
+        tracer.close()
+        var summary = "\(seen) events seen, \(shown) shown, \(loss.lostEvents) lost"
+        if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 {
+            summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; cgroup records lost: \(loss.cgroupRingBufferFull))"
+        }
+        printError(summary)
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) {
+        var text = s.hasSuffix("\n") ? s : s + "\n"
+        text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}

@@ -1,0 +1,320 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * trace.bpf.c: ConnGuard's connection tracer.
+ *
+ * Every TCP connect and accept on the node becomes one cg_connection_event in
+ * the `events` ring buffer, once its outcome is known. The hooks here are the
+ * ones that work on kernels without kprobes or fentry (see ../shared/KERNEL.md):
+ * the BTF tracepoint inet_sock_set_state, which fires on every TCP state change
+ * with a typed struct sock *.
+ *
+ *   connect: CLOSE -> SYN_SENT runs inside connect() (tcp_v4_connect /
+ *            tcp_v6_connect), so the current task is the caller: remember it
+ *            in `connecting`. SYN_SENT -> ESTABLISHED or SYN_SENT -> CLOSE
+ *            (often in softirq, where the current task is anyone) emits the
+ *            event with the remembered caller. The source port is only known
+ *            at that second transition.
+ *   accept:  SYN_RECV -> ESTABLISHED runs in softirq on the child socket, so
+ *            the current task is whoever sent the packet. The child inherits
+ *            the listener's cgroup (sk_cgrp_data), and the listener's owner is
+ *            remembered in `listeners` when listen() moves it CLOSE -> LISTEN.
+ *
+ * Also cgroup_mkdir / cgroup_rmdir, so the agent learns of a container's cgroup
+ * before the container's first connection.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kernel_types.h"
+#include "connguard.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Put the record types into the object's BTF, so that the layout test can
+ * compare them with what Swift imports from connguard.h. */
+const struct cg_connection_event *unused_connection_event __attribute__((unused));
+const struct cg_cgroup_event *unused_cgroup_event __attribute__((unused));
+
+/* Wake the reader only once this many bytes wait in the ring buffer (0: on
+ * every event). Under load this spares a context switch per event; the reader
+ * also polls on a short timeout, so a quiet trickle is delivered promptly. */
+const volatile __u64 wakeup_data_size = 0;
+
+/* Events to user space. Writer: every program here. Reader: the agent's
+ * ring-buffer thread. Size set by user space before load. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+/* Why events were lost or delivered incomplete (enum cg_drop_reason).
+ * Writer: every program here. Reader: user space, summed over CPUs. Never
+ * deleted. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, CG_DROP_REASON_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} drops SEC(".maps");
+
+/* Connects in flight: socket address -> caller. Inserted at CLOSE -> SYN_SENT,
+ * deleted when the socket leaves SYN_SENT. A plain hash, not LRU: a full map
+ * must be counted (CG_DROP_CONNECT_MAP_FULL), not evict silently. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct cg_connecting);
+} connecting SEC(".maps");
+
+/* Listening ports -> owner. Inserted at CLOSE -> LISTEN (inside listen()) and
+ * by user space at start for listeners that already existed; deleted at
+ * LISTEN -> CLOSE when the socket matches. Read at every accept. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct cg_listener_key);
+    __type(value, struct cg_listener);
+} listeners SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason)
+{
+    __u64 *n = bpf_map_lookup_elem(&drops, &reason);
+    if (n)
+        *n += 1; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline long wakeup_flags(void)
+{
+    if (!wakeup_data_size)
+        return 0;
+    return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_data_size
+               ? BPF_RB_FORCE_WAKEUP
+               : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline __u32 sock_netns(const struct sock *sk)
+{
+    return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+    return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+/* Local and remote address and port of sk. */
+static __always_inline void read_endpoints(const struct sock *sk, __u16 family, __u8 local[16],
+                                           __u16 *lport, __u8 remote[16], __u16 *rport)
+{
+    /* No stale ring-buffer bytes behind an IPv4 address. */
+    __builtin_memset(local, 0, 16);
+    __builtin_memset(remote, 0, 16);
+    /* Explicit sizes: BPF_CORE_READ_INTO would take sizeof(*local), one byte. */
+    if (family == AF_INET) {
+        bpf_core_read(local, 4, &sk->__sk_common.skc_rcv_saddr);
+        bpf_core_read(remote, 4, &sk->__sk_common.skc_daddr);
+    } else {
+        bpf_core_read(local, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+        bpf_core_read(remote, 16, &sk->__sk_common.skc_v6_daddr);
+    }
+    *lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    *rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline void on_connect_start(const struct sock *sk)
+{
+    struct cg_connecting who = {};
+    __u64 key = (__u64)sk;
+
+    who.pid = bpf_get_current_pid_tgid() >> 32;
+    who.uid = (__u32)bpf_get_current_uid_gid();
+    who.cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(who.comm, sizeof(who.comm));
+    if (bpf_map_update_elem(&connecting, &key, &who, BPF_ANY))
+        count_drop(CG_DROP_CONNECT_MAP_FULL);
+}
+
+static __always_inline void on_connect_done(const struct sock *sk, __u16 family, int newstate)
+{
+    __u64 key = (__u64)sk;
+    struct cg_connecting *who = bpf_map_lookup_elem(&connecting, &key);
+    struct cg_connection_event *e;
+
+    e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_drop(CG_DROP_RINGBUF_FULL);
+        if (who)
+            bpf_map_delete_elem(&connecting, &key);
+        return;
+    }
+    e->kind = CG_RECORD_CONNECTION;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->direction = CG_DIRECTION_CONNECT;
+    e->hook = CG_HOOK_TP_BTF;
+    e->family = family;
+    e->netns = sock_netns(sk);
+    e->pad[0] = e->pad[1] = 0;
+    if (newstate == TCP_ESTABLISHED) {
+        e->outcome = CG_OUTCOME_ESTABLISHED;
+        e->error = 0;
+    } else {
+        e->outcome = CG_OUTCOME_FAILED;
+        /* tcp_reset() / tcp_write_err() set sk_err before tcp_done() closes. */
+        e->error = BPF_CORE_READ(sk, sk_err);
+    }
+    read_endpoints(sk, family, e->saddr, &e->sport, e->daddr, &e->dport);
+    if (who) {
+        e->pid = who->pid;
+        e->uid = who->uid;
+        e->cgroup_id = who->cgroup_id;
+        __builtin_memcpy(e->comm, who->comm, sizeof(e->comm));
+        e->flags = 0;
+        bpf_map_delete_elem(&connecting, &key);
+    } else {
+        /* Began before we attached, or `connecting` was full: the socket's
+         * cgroup is still right; the process is not known. */
+        e->pid = 0;
+        e->uid = 0;
+        e->cgroup_id = sock_cgroup_id(sk);
+        __builtin_memset(e->comm, 0, sizeof(e->comm));
+        e->flags = CG_FLAG_PROCESS_UNKNOWN;
+    }
+    bpf_ringbuf_submit(e, wakeup_flags());
+}
+
+static __always_inline void on_listen(const struct sock *sk, __u16 family)
+{
+    struct cg_listener_key key = {};
+    struct cg_listener owner = {};
+
+    key.netns = sock_netns(sk);
+    key.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+    key.family = family;
+    owner.sock = (__u64)sk;
+    owner.cgroup_id = sock_cgroup_id(sk);
+    owner.pid = bpf_get_current_pid_tgid() >> 32;
+    owner.uid = (__u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+    if (bpf_map_update_elem(&listeners, &key, &owner, BPF_ANY))
+        count_drop(CG_DROP_LISTENER_MAP_FULL);
+}
+
+static __always_inline void on_unlisten(const struct sock *sk, __u16 family)
+{
+    struct cg_listener_key key = {};
+    struct cg_listener *owner;
+
+    key.netns = sock_netns(sk);
+    key.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+    key.family = family;
+    owner = bpf_map_lookup_elem(&listeners, &key);
+    /* Another socket may share the port (SO_REUSEPORT): only forget our own. */
+    if (owner && owner->sock == (__u64)sk)
+        bpf_map_delete_elem(&listeners, &key);
+}
+
+static __always_inline void on_accept(const struct sock *sk, __u16 family)
+{
+    struct cg_listener_key key = {};
+    struct cg_listener *owner;
+    struct cg_connection_event *e;
+    __u16 lport, rport;
+
+    e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_drop(CG_DROP_RINGBUF_FULL);
+        return;
+    }
+    e->kind = CG_RECORD_CONNECTION;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->direction = CG_DIRECTION_ACCEPT;
+    e->outcome = CG_OUTCOME_ESTABLISHED;
+    e->error = 0;
+    e->hook = CG_HOOK_TP_BTF;
+    e->family = family;
+    e->netns = sock_netns(sk);
+    e->pad[0] = e->pad[1] = 0;
+    /* Flow direction: the remote client is the source. */
+    read_endpoints(sk, family, e->daddr, &lport, e->saddr, &rport);
+    e->sport = rport;
+    e->dport = lport;
+    e->cgroup_id = sock_cgroup_id(sk); /* inherited from the listener */
+
+    key.netns = e->netns;
+    key.port = lport;
+    key.family = family;
+    owner = bpf_map_lookup_elem(&listeners, &key);
+    if (owner) {
+        e->pid = owner->pid;
+        e->uid = owner->uid;
+        __builtin_memcpy(e->comm, owner->comm, sizeof(e->comm));
+        e->flags = 0;
+    } else {
+        e->pid = 0;
+        e->uid = 0;
+        __builtin_memset(e->comm, 0, sizeof(e->comm));
+        e->flags = CG_FLAG_LISTENER_UNKNOWN;
+    }
+    bpf_ringbuf_submit(e, wakeup_flags());
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(cg_tp_sock_state, const struct sock *sk, int oldstate, int newstate)
+{
+    __u16 family;
+
+    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+        return 0;
+    family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+
+    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
+        on_connect_start(sk);
+    else if (oldstate == TCP_SYN_SENT)
+        on_connect_done(sk, family, newstate);
+    else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+        on_accept(sk, family);
+    else if (newstate == TCP_LISTEN)
+        on_listen(sk, family);
+    else if (oldstate == TCP_LISTEN)
+        on_unlisten(sk, family);
+    return 0;
+}
+
+static __always_inline void emit_cgroup(struct cgroup *cgrp, const char *path, __u32 kind)
+{
+    struct cg_cgroup_event *e;
+
+    e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_drop(CG_DROP_CGROUP_RINGBUF_FULL);
+        return;
+    }
+    e->kind = kind;
+    e->hierarchy_id = BPF_CORE_READ(cgrp, root, hierarchy_id);
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+    if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
+        e->path[0] = 0;
+    /* Always wake: the agent wants to know of a new container at once. */
+    bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(cg_tp_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+    emit_cgroup(cgrp, path, CG_RECORD_CGROUP_MKDIR);
+    return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(cg_tp_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+    emit_cgroup(cgrp, path, CG_RECORD_CGROUP_RMDIR);
+    return 0;
+}
