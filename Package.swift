@@ -56,7 +56,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnGuardTracerTests",
-            dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CConnGuard", "CLibBPF"]
+            dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard", "CLibBPF"]
         ),
     ]
 )

@@ -3,6 +3,11 @@ import Glibc
 public struct FileError: Error, CustomStringConvertible {
     public let path: String
     public let errno: Int32
+    public init(path: String, errno: Int32) {
+        self.path = path
+        self.errno = errno
+    }
+
     public var description: String { "\(path): \(String(cString: strerror(errno)))" }
 }
 

@@ -5,6 +5,12 @@ public enum ProcNetTCP {
         public var port: UInt16
         public var uid: UInt32
         public var inode: UInt64
+
+        public init(port: UInt16, uid: UInt32, inode: UInt64) {
+            self.port = port
+            self.uid = uid
+            self.inode = inode
+        }
     }
 
     /// TCP_LISTEN in include/net/tcp_states.h, as /proc prints it.

@@ -1,0 +1,210 @@
+import BPFKit
+import ConnGuardCore
+import ConnGuardTracer
+import Foundation
+import Glibc
+import XCTest
+
+/// Loads the real programs into the running kernel and makes real connections.
+final class TracerTests: XCTestCase {
+    override func setUpWithError() throws {
+        try requireRoot()
+    }
+
+    func loopbackConnect(family: Int32, address: String) throws {
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        let (lfd, port) = try Net.listener(family: family, address: address)
+        defer { close(lfd) }
+        let cfd = try Net.connect(family: family, address: address, port: port)
+        XCTAssertGreaterThanOrEqual(cfd, 0, "connect failed: \(-cfd)")
+        let afd = accept(lfd, nil, nil)
+        let clientPort = Net.localPort(cfd)
+        close(afd)
+        close(cfd)
+
+        let events = collector.wait { evs in evs.filter { $0.destinationPort == port }.count >= 2 }
+            .filter { $0.destinationPort == port }
+        XCTAssertEqual(events.count, 2, "one connect and one accept: \(events)")
+        let connect = try XCTUnwrap(events.first { $0.direction == .connect })
+        let acceptEvent = try XCTUnwrap(events.first { $0.direction == .accept })
+        let expectedFamily: IPAddress.Family = family == AF_INET ? .ipv4 : .ipv6
+        for e in [connect, acceptEvent] {
+            XCTAssertEqual(e.outcome, .established)
+            XCTAssertEqual(e.pid, UInt32(getpid()))
+            XCTAssertEqual(e.comm, ownComm())
+            XCTAssertEqual(e.uid, 0)
+            XCTAssertEqual(e.cgroupID, ownCgroupID())
+            XCTAssertEqual(e.family, expectedFamily)
+            XCTAssertEqual(e.source, IPAddress(address))
+            XCTAssertEqual(e.destination, IPAddress(address))
+            XCTAssertEqual(e.sourcePort, clientPort, "source is the client for both directions")
+            XCTAssertTrue(e.processKnown)
+            XCTAssertEqual(e.hook, .tracepoint)
+        }
+        XCTAssertLessThanOrEqual(connect.timeNanoseconds, acceptEvent.timeNanoseconds + 1_000_000)
+        XCTAssertLessThan(abs(connect.timeNanoseconds - BootClock.now(CLOCK_REALTIME)), 10_000_000_000, "wall-clock time")
+        XCTAssertEqual(try collector.tracer.lossCounts().lostEvents, 0)
+    }
+
+    func testIPv4Loopback() throws { try loopbackConnect(family: AF_INET, address: "127.0.0.1") }
+
+    func testIPv6Loopback() throws { try loopbackConnect(family: AF_INET6, address: "::1") }
+
+    func testMappedIPv4OnAnIPv6SocketIsReportedAsIPv4() throws {
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        let cfd = try Net.connect(family: AF_INET6, address: "::ffff:127.0.0.1", port: port)
+        XCTAssertGreaterThanOrEqual(cfd, 0)
+        close(accept(lfd, nil, nil))
+        close(cfd)
+        let events = collector.wait { $0.contains { $0.direction == .connect && $0.destinationPort == port } }
+        let connect = try XCTUnwrap(events.first { $0.direction == .connect && $0.destinationPort == port })
+        XCTAssertEqual(connect.family, .ipv4)
+        XCTAssertEqual(connect.destination.description, "127.0.0.1")
+    }
+
+    func testRefusedConnectIsAFailedEvent() throws {
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        // A port with nothing listening: bind one, learn its number, close it.
+        let (tmp, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        close(tmp)
+        let result = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+        XCTAssertEqual(result, -ECONNREFUSED)
+        let events = collector.wait { $0.contains { $0.destinationPort == port } }.filter { $0.destinationPort == port }
+        XCTAssertEqual(events.count, 1, "\(events)")
+        let e = try XCTUnwrap(events.first)
+        XCTAssertEqual(e.direction, .connect)
+        XCTAssertEqual(e.outcome, .failed)
+        XCTAssertEqual(e.error, ECONNREFUSED)
+        XCTAssertEqual(e.pid, UInt32(getpid()))
+    }
+
+    /// The accept event names the listening process and its cgroup, not
+    /// whoever was on the CPU when the handshake completed (here, the test
+    /// process that connects, in another cgroup).
+    func testAcceptNamesTheServerProcessAndItsCgroup() throws {
+        let cgroup = try TestCgroup("server")
+        defer { cgroup.remove() }
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        let server = try Child("/bin/sh", ["-c", """
+            echo $$ > \(cgroup.path)/cgroup.procs && exec python3 -c '
+            import socket, sys
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+            print(s.getsockname()[1], flush=True)
+            while True:
+                c, _ = s.accept(); c.close()
+            '
+            """])
+        defer { server.stop(signal: SIGKILL) }
+        let port = try XCTUnwrap(server.readLine().flatMap { UInt16($0) }, "server did not start")
+        let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+        XCTAssertGreaterThanOrEqual(cfd, 0)
+        close(cfd)
+
+        let events = collector.wait { $0.contains { $0.direction == .accept && $0.destinationPort == port } }
+        let acceptEvent = try XCTUnwrap(events.first { $0.direction == .accept && $0.destinationPort == port })
+        XCTAssertEqual(acceptEvent.cgroupID, cgroup.id)
+        XCTAssertEqual(acceptEvent.pid, UInt32(server.pid))
+        XCTAssertTrue(acceptEvent.comm.hasPrefix("python3"), acceptEvent.comm)
+        XCTAssertTrue(acceptEvent.processKnown)
+        let connect = try XCTUnwrap(events.first { $0.direction == .connect && $0.destinationPort == port })
+        XCTAssertEqual(connect.pid, UInt32(getpid()))
+        XCTAssertNotEqual(connect.cgroupID, cgroup.id)
+    }
+
+    /// A server that was listening before the tracer started is learnt from
+    /// /proc, so its accepts still carry its pid.
+    func testListenerFromBeforeTheTracerIsKnown() throws {
+        let (lfd, port) = try Net.listener(family: AF_INET6, address: "::1")
+        defer { close(lfd) }
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        XCTAssertGreaterThan(collector.tracer.seededListeners, 0)
+        let cfd = try Net.connect(family: AF_INET6, address: "::1", port: port)
+        close(accept(lfd, nil, nil))
+        close(cfd)
+        let events = collector.wait { $0.contains { $0.direction == .accept && $0.destinationPort == port } }
+        let a = try XCTUnwrap(events.first { $0.direction == .accept && $0.destinationPort == port })
+        XCTAssertTrue(a.processKnown)
+        XCTAssertEqual(a.pid, UInt32(getpid()))
+        XCTAssertEqual(a.comm, ownComm())
+    }
+
+    /// 10,000 connections as fast as one thread can make them: every one is
+    /// reported (a connect and an accept each), and nothing is lost.
+    func testBurstOf10000ConnectionsLosesNothing() throws {
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        let n = 10_000
+        var failures = 0
+        for _ in 0..<n {
+            let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+            if cfd < 0 { failures += 1; continue }
+            let afd = accept(lfd, nil, nil)
+            Net.abort(cfd)
+            close(afd)
+        }
+        XCTAssertEqual(failures, 0)
+        let events = collector.wait(timeout: 20) { $0.filter { $0.destinationPort == port }.count >= 2 * n }
+            .filter { $0.destinationPort == port }
+        XCTAssertEqual(events.filter { $0.direction == .connect && $0.outcome == .established }.count, n)
+        XCTAssertEqual(events.filter { $0.direction == .accept }.count, n)
+        XCTAssertEqual(Set(events.filter { $0.direction == .connect }.map(\.sourcePort)).count, Set(events.map(\.sourcePort)).count)
+        let loss = try collector.tracer.lossCounts()
+        XCTAssertEqual(loss, LossCounts(), "nothing lost or incomplete: \(loss)")
+    }
+
+    /// Loss is counted, not silent: with a ring buffer too small for a burst
+    /// and a reader that is not reading, the kernel's counter must account for
+    /// every connection that was not delivered.
+    func testOverflowIsCounted() throws {
+        var config = Tracer.Configuration()
+        config.ringBufferBytes = 4096 * 4  // room for ~150 records
+        config.seedListeners = false
+        let tracer = try Tracer(configuration: config)
+        defer { tracer.close() }
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        let n = 1000
+        for _ in 0..<n {
+            let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+            if cfd >= 0 { Net.abort(cfd); close(accept(lfd, nil, nil)) }
+        }
+        var delivered = 0
+        try tracer.run(shouldStop: { true }, onRecord: { r in
+            if case let .connection(e) = r, e.destinationPort == port { delivered += 1 }
+        })
+        let loss = try tracer.lossCounts()
+        XCTAssertGreaterThan(loss.ringBufferFull, 0)
+        XCTAssertLessThan(delivered, 2 * n)
+        // Other processes' connections may also have been dropped: at least ours are accounted.
+        XCTAssertGreaterThanOrEqual(UInt64(delivered) + loss.ringBufferFull, UInt64(2 * n))
+    }
+
+    /// Nothing of ours stays in the kernel after close: no link right away,
+    /// no program once the tracer is gone.
+    func testCloseDetachesEverything() throws {
+        var collector: TraceCollector? = try TraceCollector()
+        let ids = try collector!.tracer.programs.map { try $0.info().id }
+        XCTAssertEqual(ids.count, 3)
+        XCTAssertTrue(ids.allSatisfy { BPFSystem.programExists(id: $0) })
+        XCTAssertEqual(BPFSystem.linksOfPrograms(ids).count, 3)
+        collector!.finish()
+        XCTAssertEqual(BPFSystem.linksOfPrograms(ids), [], "links left attached")
+        collector = nil
+        let deadline = Date().addingTimeInterval(5)
+        var stillLoaded = ids
+        while !stillLoaded.isEmpty && Date() < deadline {
+            stillLoaded = ids.filter { BPFSystem.programExists(id: $0) }
+            usleep(20_000)
+        }
+        XCTAssertEqual(stillLoaded, [], "programs still loaded")
+    }
+}
