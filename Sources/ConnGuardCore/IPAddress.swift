@@ -94,6 +94,13 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         prefixLength = length
     }
 
+    /// The block of `prefixLength` bits around `address` (clamped to the family's size).
+    public init(address: IPAddress, prefixLength: Int) {
+        let length = max(0, min(prefixLength, address.family == .ipv4 ? 32 : 128))
+        network = IPAddress.masked(address, length)
+        self.prefixLength = length
+    }
+
     public func contains(_ address: IPAddress) -> Bool {
         address.family == network.family && IPAddress.masked(address, prefixLength) == network
     }

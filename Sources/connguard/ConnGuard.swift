@@ -1,13 +1,34 @@
+import Foundation
 import ArgumentParser
 
 @main
-struct ConnGuard: ParsableCommand {
+struct ConnGuard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "connguard",
         abstract: "See, learn and enforce the TCP connections of every workload on this node.",
         version: ConnGuardVersion.string,
         subcommands: [TraceCommand.self, ProbeCommand.self]
     )
+}
+
+extension ConnGuard {
+    /// Every error ends as one line on stderr and a non-zero exit; argument
+    /// errors keep swift-argument-parser's usage message.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let failure as Failure {
+            printError(failure.message)
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 enum ConnGuardVersion {

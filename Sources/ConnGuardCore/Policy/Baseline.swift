@@ -1,0 +1,228 @@
+/// Baselines: what each workload normally connects to and accepts, learnt
+/// from what it does, then used to decide what is outside it.
+
+/// Where a workload is in its life cycle.
+public enum Mode: String, Sendable, Codable, CaseIterable, Comparable {
+    /// Allow everything; add what is seen to the baseline.
+    case learn
+    /// Allow everything; report what is outside the baseline as would_deny.
+    case monitor
+    /// Refuse, in the kernel, what is outside the baseline.
+    case enforce
+
+    public static func < (a: Mode, b: Mode) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// The other side of a rule. A peer that is a workload the agent knows is
+/// named by workload, so the rule survives that peer's restarts and new
+/// addresses; any other peer is an address block (a single address is a /32
+/// or /128). Learning never widens an address into a larger block: only an
+/// operator's import can.
+public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
+    case workload(String)
+    case network(CIDR)
+
+    public var description: String {
+        switch self {
+        case let .workload(w): return "workload:\(w)"
+        case let .network(c):
+            let full = c.network.family == .ipv4 ? 32 : 128
+            return c.prefixLength == full ? c.network.description : c.description
+        }
+    }
+
+    public static func < (a: Peer, b: Peer) -> Bool { a.description < b.description }
+
+    /// Whether an address (and, if known, the workload it belongs to) is this peer.
+    public func matches(address: IPAddress, workload: String?) -> Bool {
+        switch self {
+        case let .workload(w): return w == workload
+        case let .network(c): return c.contains(address)
+        }
+    }
+}
+
+/// One allowed kind of connection. Outbound: (remote peer, remote port);
+/// inbound: (remote peer, local port). The port on this side of an outbound
+/// connection, and the remote port of an inbound one, are ephemeral and never
+/// part of a rule.
+public struct RuleKey: Hashable, Sendable, Comparable {
+    public enum Direction: String, Sendable, Codable, CaseIterable {
+        /// This workload connects out.
+        case outbound = "out"
+        /// This workload accepts.
+        case inbound = "in"
+    }
+
+    public var direction: Direction
+    public var peer: Peer
+    public var port: UInt16
+    /// Only "tcp" today.
+    public var proto: String
+
+    public init(direction: Direction, peer: Peer, port: UInt16, proto: String = "tcp") {
+        self.direction = direction
+        self.peer = peer
+        self.port = port
+        self.proto = proto
+    }
+
+    public static func < (a: RuleKey, b: RuleKey) -> Bool {
+        (a.direction.rawValue, a.port, a.peer) < (b.direction.rawValue, b.port, b.peer)
+    }
+}
+
+/// A rule and its history, so that stale rules can be seen and pruned.
+public struct Rule: Hashable, Sendable {
+    public var key: RuleKey
+    /// Wall-clock nanoseconds.
+    public var firstSeen: Int64
+    public var lastSeen: Int64
+    public var hits: Int64
+
+    public init(key: RuleKey, firstSeen: Int64, lastSeen: Int64, hits: Int64) {
+        self.key = key
+        self.firstSeen = firstSeen
+        self.lastSeen = lastSeen
+        self.hits = hits
+    }
+}
+
+extension RuleKey {
+    /// The rule an event would need. `peerWorkload` is the workload that owns
+    /// the remote address, if the agent knows one.
+    public init(event: ConnectionEvent, peerWorkload: String?) {
+        let direction: Direction = event.direction == .connect ? .outbound : .inbound
+        let peer: Peer
+        if let w = peerWorkload, w != Identity.unknownWorkload {
+            peer = .workload(w)
+        } else {
+            let full = event.peer.family == .ipv4 ? 32 : 128
+            peer = .network(CIDR(address: event.peer, prefixLength: full))
+        }
+        self.init(direction: direction, peer: peer, port: event.direction == .connect ? event.remotePort : event.localPort)
+    }
+}
+
+/// One workload's baseline.
+public struct Baseline: Sendable, Equatable {
+    public var workload: String
+    public var mode: Mode
+    public var rules: [RuleKey: Rule]
+    /// When learning (re)started, and when a rule was last added or the mode changed.
+    public var learningSince: Int64
+    public var lastChange: Int64
+    /// Events were lost while this baseline was learning: it may lack rules,
+    /// so it is never promoted automatically.
+    public var incomplete: Bool
+    /// Last time monitor mode saw a would_deny (for promotion to enforce).
+    public var lastWouldDeny: Int64?
+
+    public init(workload: String, mode: Mode, rules: [Rule] = [], learningSince: Int64, lastChange: Int64? = nil,
+                incomplete: Bool = false, lastWouldDeny: Int64? = nil) {
+        self.workload = workload
+        self.mode = mode
+        self.rules = Dictionary(rules.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        self.learningSince = learningSince
+        self.lastChange = lastChange ?? learningSince
+        self.incomplete = incomplete
+        self.lastWouldDeny = lastWouldDeny
+    }
+
+    /// Whether some rule allows this connection.
+    public func allows(_ event: ConnectionEvent, peerWorkload: String?) -> Bool {
+        let direction: RuleKey.Direction = event.direction == .connect ? .outbound : .inbound
+        let port = event.direction == .connect ? event.remotePort : event.localPort
+        if let w = peerWorkload, rules[RuleKey(direction: direction, peer: .workload(w), port: port)] != nil {
+            return true
+        }
+        let exact = RuleKey(event: event, peerWorkload: nil)
+        if rules[exact] != nil { return true }
+        // Operator-imported blocks: a linear scan, only over network rules
+        // wider than one address (few, in practice).
+        return rules.keys.contains { k in
+            k.direction == direction && k.port == port && k.peer.matches(address: event.peer, workload: peerWorkload)
+        }
+    }
+
+    /// Learns from one event; returns the rule if it is new.
+    @discardableResult
+    public mutating func learn(_ event: ConnectionEvent, peerWorkload: String?) -> Rule? {
+        let key = RuleKey(event: event, peerWorkload: peerWorkload)
+        if var r = rules[key] {
+            r.hits += 1
+            r.lastSeen = max(r.lastSeen, event.timeNanoseconds)
+            rules[key] = r
+            return nil
+        }
+        let r = Rule(key: key, firstSeen: event.timeNanoseconds, lastSeen: event.timeNanoseconds, hits: 1)
+        rules[key] = r
+        lastChange = max(lastChange, event.timeNanoseconds)
+        return r
+    }
+
+    /// Counts a hit on the rule that allowed this event (monitor/enforce).
+    public mutating func recordHit(_ event: ConnectionEvent, peerWorkload: String?) {
+        for key in [RuleKey(event: event, peerWorkload: peerWorkload), RuleKey(event: event, peerWorkload: nil)] {
+            if var r = rules[key] {
+                r.hits += 1
+                r.lastSeen = max(r.lastSeen, event.timeNanoseconds)
+                rules[key] = r
+                return
+            }
+        }
+    }
+
+    /// Removes rules not seen since `cutoff`; returns them.
+    public mutating func prune(unusedSince cutoff: Int64, now: Int64) -> [Rule] {
+        let stale = rules.values.filter { $0.lastSeen < cutoff }
+        for r in stale { rules[r.key] = nil }
+        if !stale.isEmpty { lastChange = now }
+        return stale.sorted { $0.key < $1.key }
+    }
+
+    /// Rules added since `time`, oldest first.
+    public func added(since time: Int64) -> [Rule] {
+        rules.values.filter { $0.firstSeen >= time }.sorted { ($0.firstSeen, $0.key) < ($1.firstSeen, $1.key) }
+    }
+
+    public var sortedRules: [Rule] { rules.values.sorted { $0.key < $1.key } }
+}
+
+
+/// When a workload moves on by itself. learn -> monitor after the learning
+/// period, once no new rule has appeared for the quiet period; monitor ->
+/// enforce only if the operator allowed it (--auto-enforce), after a quiet
+/// period without would_deny. A baseline that learnt while events were lost
+/// is never promoted automatically.
+public struct PromotionPolicy: Sendable, Equatable {
+    /// nil: stay in learn until the operator says otherwise.
+    public var learningPeriod: Int64?
+    public var quietPeriod: Int64
+    public var autoEnforce: Bool
+
+    public init(learningPeriod: Int64? = nil, quietPeriod: Int64 = 3600 * 1_000_000_000, autoEnforce: Bool = false) {
+        self.learningPeriod = learningPeriod
+        self.quietPeriod = quietPeriod
+        self.autoEnforce = autoEnforce
+    }
+
+    /// The mode the baseline should move to now, if any.
+    public func promotion(for b: Baseline, now: Int64) -> Mode? {
+        guard !b.incomplete else { return nil }
+        switch b.mode {
+        case .learn:
+            guard let period = learningPeriod, now - b.learningSince >= period,
+                  now - b.lastChange >= quietPeriod else { return nil }
+            return .monitor
+        case .monitor:
+            guard autoEnforce, now - b.lastChange >= quietPeriod else { return nil }
+            if let w = b.lastWouldDeny, now - w < quietPeriod { return nil }
+            return .enforce
+        case .enforce:
+            return nil
+        }
+    }
+}
