@@ -65,6 +65,13 @@ let package = Package(
             dependencies: ["ConnGuardCore", "CConnGuard"]
         ),
         .testTarget(
+            name: "ConnGuardStoreTests",
+            dependencies: [
+                "ConnGuardStore", "ConnGuardCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .testTarget(
             name: "ConnGuardTracerTests",
             dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CConnGuard", "CLibBPF"]
         ),
