@@ -52,6 +52,11 @@ let package = Package(
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
         ),
+        // Helper of the store's tests; not part of the connguard product.
+        .executableTarget(
+            name: "connguard-store-crashtest",
+            dependencies: ["ConnGuardStore", "ConnGuardCore"]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
@@ -67,7 +72,7 @@ let package = Package(
         .testTarget(
             name: "ConnGuardStoreTests",
             dependencies: [
-                "ConnGuardStore", "ConnGuardCore",
+                "ConnGuardStore", "ConnGuardCore", "connguard-store-crashtest",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
