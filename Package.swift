@@ -52,10 +52,14 @@ let package = Package(
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
         ),
-        // Helper of the store's tests; not part of the connguard product.
+        // Helpers of the store's tests and benchmark; not part of the connguard product.
         .executableTarget(
             name: "connguard-store-crashtest",
             dependencies: ["ConnGuardStore", "ConnGuardCore"]
+        ),
+        .executableTarget(
+            name: "connguard-bench-store",
+            dependencies: ["ConnGuardStore", "ConnGuardCore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .executableTarget(
             name: "connguard",
