@@ -7,6 +7,7 @@
 //   BPFKit               the libbpf wrapper: objects, programs, links, maps, ring buffers, typed errors
 //   ConnGuardCore        domain logic, no root needed: events, addresses, filters, output
 //   ConnGuardTracer      loads the embedded programs and turns ring-buffer records into events
+//   ConnGuardStore       the embedded SQLite database (GRDB, WAL): recent events, aggregates
 //   connguard            the command line
 import PackageDescription
 
@@ -18,6 +19,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -42,6 +44,23 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "ConnGuardStore",
+            dependencies: [
+                "ConnGuardCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ]
+        ),
+        // Helpers of the store's tests and benchmark; not part of the connguard product.
+        .executableTarget(
+            name: "connguard-store-crashtest",
+            dependencies: ["ConnGuardStore", "ConnGuardCore"]
+        ),
+        .executableTarget(
+            name: "connguard-bench-store",
+            dependencies: ["ConnGuardStore", "ConnGuardCore", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
@@ -53,6 +72,13 @@ let package = Package(
         .testTarget(
             name: "ConnGuardCoreTests",
             dependencies: ["ConnGuardCore", "CConnGuard"]
+        ),
+        .testTarget(
+            name: "ConnGuardStoreTests",
+            dependencies: [
+                "ConnGuardStore", "ConnGuardCore", "connguard-store-crashtest",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .testTarget(
             name: "ConnGuardTracerTests",
