@@ -7,6 +7,7 @@
 //   BPFKit               the libbpf wrapper: objects, programs, links, maps, ring buffers, typed errors
 //   ConnGuardCore        domain logic, no root needed: events, addresses, filters, output
 //   ConnGuardTracer      loads the embedded programs and turns ring-buffer records into events
+//   ConnGuardIdentity    cgroup id -> container, pod and workload, from the runtimes' files on the node
 //   connguard            the command line
 import PackageDescription
 
@@ -42,10 +43,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "CConnGuardIdentity"),
+        .target(
+            name: "ConnGuardIdentity",
+            dependencies: [
+                "ConnGuardCore", "CConnGuardIdentity",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
-                "ConnGuardCore", "ConnGuardTracer", "BPFKit",
+                "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "BPFKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -57,6 +66,10 @@ let package = Package(
         .testTarget(
             name: "ConnGuardTracerTests",
             dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CConnGuard", "CLibBPF"]
+        ),
+        .testTarget(
+            name: "ConnGuardIdentityTests",
+            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore"]
         ),
     ]
 )

@@ -86,6 +86,14 @@ public struct CgroupEvent: Sendable, Equatable {
     public var cgroupID: UInt64
     /// Relative to the hierarchy's root, e.g. "/kubepods/besteffort/pod.../<id>".
     public var path: String
+
+    public init(timeNanoseconds: Int64, created: Bool, hierarchyID: UInt32, cgroupID: UInt64, path: String) {
+        self.timeNanoseconds = timeNanoseconds
+        self.created = created
+        self.hierarchyID = hierarchyID
+        self.cgroupID = cgroupID
+        self.path = path
+    }
 }
 
 /// A decoded ring-buffer record.
