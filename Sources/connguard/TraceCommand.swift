@@ -76,12 +76,16 @@ struct TraceCommand: ParsableCommand {
             filter.cgroups = subtree
         }
 
-        let identities: IdentityResolver
+        // Without a cgroup v2 hierarchy nothing can be attributed, but the
+        // events are still worth showing: each says "unknown", and is counted.
+        let identities: IdentityResolver?
         do {
             identities = try IdentityResolver.forThisNode()
         } catch {
-            throw Failure("\(error)")
+            printError("warning: \(error)")
+            identities = nil
         }
+        var unresolved: UInt64 = 0
         let identityFilter = IdentityFilter(container: container, workload: workload, namespace: namespace)
 
         var config = Tracer.Configuration()
@@ -98,6 +102,9 @@ struct TraceCommand: ParsableCommand {
         if verbose {
             for h in tracer.hooks { printError("hook \(h)") }
             printError("listeners known from /proc at start: \(tracer.seededListeners)")
+            if let identities {
+                printError("cgroup v2 at \(identities.cgroups.mount): \(identities.cgroups.statistics.seeded) cgroups known at start")
+            }
         }
 
         let out = OutputBuffer()
@@ -119,11 +126,17 @@ struct TraceCommand: ParsableCommand {
                     // In ring-buffer order: a container's cgroup is known
                     // before its first connection is read.
                     subtree?.apply(c)
-                    identities.apply(c)
+                    identities?.apply(c)
                 case let .connection(e):
                     seen += 1
                     guard filter.matches(e) else { return }
-                    let identity = identities.resolve(e)
+                    let identity: Identity
+                    if let identities {
+                        identity = identities.resolve(e)
+                    } else {
+                        identity = .unknown
+                        unresolved += 1
+                    }
                     guard identityFilter.matches(identity) else { return }
                     shown += 1
                     switch output {
@@ -144,9 +157,12 @@ struct TraceCommand: ParsableCommand {
         if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 {
             summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; cgroup records lost: \(loss.cgroupRingBufferFull))"
         }
-        let ids = identities.statistics
-        summary += "; \(ids.unattributed) of \(ids.events) resolved events unattributed"
-        if ids.withoutMetadata > 0 { summary += ", \(ids.withoutMetadata) in containers whose runtime files were not readable" }
+        if let ids = identities?.statistics {
+            summary += "; \(ids.unattributed) of \(ids.events) resolved events unattributed"
+            if ids.withoutMetadata > 0 { summary += ", \(ids.withoutMetadata) in containers whose runtime files were not readable" }
+        } else {
+            summary += "; \(unresolved) events unattributed (no cgroup v2 hierarchy)"
+        }
         printError(summary)
     }
 }
