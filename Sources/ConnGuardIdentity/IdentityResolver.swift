@@ -106,7 +106,9 @@ public final class IdentityResolver: @unchecked Sendable {
         guard event.hierarchyID == 0 else { return }
         if event.created {
             lock.withLock { byCgroup[event.cgroupID] = nil }  // an id seen before it was made: compute again
-            if case let .container(ref) = parse(event.path) {
+            // The cache's path, not the record's: a long one is cut short in
+            // the record, and the cache has asked the kernel for it whole.
+            if let path = cgroups.cached(event.cgroupID)?.path, case let .container(ref) = parse(path) {
                 lock.withLock { _ = containerMetadata(ref, at: now()) }
             }
         }

@@ -218,6 +218,19 @@ final class ContainerAttributionTests: XCTestCase {
         XCTAssertEqual(cache.statistics.handleLookups, 1)
         XCTAssertEqual(cache.statistics.walks, 0)
         XCTAssertNil(cache.path(for: UInt64.max - 1))
+
+        // A path longer than a cgroup_mkdir record holds (255 bytes): the
+        // record's cut-short path is not trusted, the kernel's is.
+        let long = relative + "/" + String(repeating: "a", count: 200) + "/" + String(repeating: "b", count: 100)
+        XCTAssertEqual(Glibc.mkdir(mount + relative + "/" + String(repeating: "a", count: 200), 0o755), 0)
+        XCTAssertEqual(Glibc.mkdir(mount + long, 0o755), 0)
+        defer {
+            rmdir(mount + long)
+            rmdir(mount + relative + "/" + String(repeating: "a", count: 200))
+        }
+        XCTAssertEqual(stat(mount + long, &st), 0)
+        cache.apply(CgroupEvent(timeNanoseconds: 0, created: true, hierarchyID: 0, cgroupID: UInt64(st.st_ino), path: String(long.prefix(255))))
+        XCTAssertEqual(cache.cached(UInt64(st.st_ino))?.path, long)
     }
 }
 
