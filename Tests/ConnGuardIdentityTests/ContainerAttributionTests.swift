@@ -52,9 +52,9 @@ final class ContainerAttributionTests: XCTestCase {
 
     func testPodmanClientAndServerAreNamed() throws {
         try Privileged.requireContainers()
-        let session = try TraceSession()
-        defer { session.close() }
         let port = Ports.free()
+        let session = try TraceSession(ports: [port])
+        defer { session.close() }
         let server = "\(tag)-srv", client = "\(tag)-cli"
         defer { removePodman(client, server) }
 
@@ -82,9 +82,9 @@ final class ContainerAttributionTests: XCTestCase {
     /// has made the cgroup known, so the connect is attributed.
     func testContainerThatConnectsAtOnceIsAttributed() throws {
         try Privileged.requireContainers()
-        let session = try TraceSession()
-        defer { session.close() }
         let port = Ports.free()
+        let session = try TraceSession(ports: [port])
+        defer { session.close() }
         let server = "\(tag)-srv2", client = "\(tag)-quick"
         defer { removePodman(client, server) }
 
@@ -110,9 +110,9 @@ final class ContainerAttributionTests: XCTestCase {
     /// named after the Deployment.
     func testKubernetesLikeContainersAreNamedByPodAndOwner() throws {
         try Privileged.requireContainers()
-        let session = try TraceSession()
-        defer { session.close() }
         let port = Ports.free()
+        let session = try TraceSession(ports: [port])
+        defer { session.close() }
         let ns = "connguard-test"
         let serverUID = UUID().uuidString.lowercased(), clientUID = UUID().uuidString.lowercased()
         let server = "\(tag)-k8s-web", client = "\(tag)-k8s-api"
@@ -167,9 +167,9 @@ final class ContainerAttributionTests: XCTestCase {
 
     func testContainerdClientAndServerAreNamed() throws {
         try Privileged.requireContainers()
-        let session = try TraceSession()
-        defer { session.close() }
         let port = Ports.free()
+        let session = try TraceSession(ports: [port])
+        defer { session.close() }
         let server = "\(tag)-ctr-srv", client = "\(tag)-ctr-cli"
         func remove(_ name: String) {
             Shell.run(["ctr", "task", "kill", "-s", "SIGKILL", name])

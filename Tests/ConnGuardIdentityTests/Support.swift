@@ -161,10 +161,13 @@ final class TraceSession: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private var thread: Thread?
 
-    init() throws {
+    /// Only connections to or from `ports` are kept: other engineers' load on
+    /// a shared machine would otherwise fill memory (all are still resolved,
+    /// as `connguard trace` resolves them).
+    init(ports: Set<UInt16>) throws {
         resolver = try IdentityResolver.forThisNode()
         var config = Tracer.Configuration()
-        config.ringBufferBytes = 1 << 20
+        config.ringBufferBytes = 4 << 20
         config.wakeupBytes = 0  // every record at once: the tests wait on them
         config.pollIntervalMilliseconds = 20
         tracer = try Tracer(configuration: config)
@@ -179,6 +182,7 @@ final class TraceSession: @unchecked Sendable {
                             self.lock.withLock { self.cgroupEvents.append(c) }
                         case let .connection(e):
                             let identity = self.resolver.resolve(e)
+                            guard ports.contains(e.destinationPort) || ports.contains(e.sourcePort) else { return }
                             self.lock.withLock { self.events.append(Seen(event: e, identity: identity)) }
                         }
                     })
