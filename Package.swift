@@ -5,9 +5,11 @@
 //   CConnGuard           the shared kernel/user types (connguard.h) and the embedded objects
 //   CLibBPF, CBPFKit     libbpf (system library) and a few C shims around it
 //   BPFKit               the libbpf wrapper: objects, programs, links, maps, ring buffers, typed errors
-//   ConnGuardCore        domain logic, no root needed: events, addresses, filters, output
-//   ConnGuardTracer      loads the embedded programs and turns ring-buffer records into events
+//   ConnGuardCore        domain logic, no root needed: events, addresses, identity rules, baselines, output
+//   ConnGuardTracer      loads the embedded trace programs and turns ring-buffer records into events
+//   ConnGuardIdentity    cgroup id -> container, pod and workload, from the runtimes' files on the node
 //   ConnGuardStore       the embedded SQLite database (GRDB, WAL): recent events, aggregates
+//   ConnGuardAgent       the node agent: event pipeline, local API, metrics, lifecycle
 //   connguard            the command line
 import PackageDescription
 
@@ -19,7 +21,13 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -29,6 +37,7 @@ let package = Package(
         ),
         .target(name: "CBPFKit", dependencies: ["CLibBPF"]),
         .target(name: "CConnGuard"),
+        .target(name: "CConnGuardIdentity"),
         .target(
             name: "BPFKit",
             dependencies: ["CLibBPF", "CBPFKit"]
@@ -45,11 +54,41 @@ let package = Package(
             ]
         ),
         .target(
+            name: "ConnGuardIdentity",
+            dependencies: [
+                "ConnGuardCore", "CConnGuardIdentity",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "ConnGuardStore",
             dependencies: [
                 "ConnGuardCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
+            name: "ConnGuardAgent",
+            dependencies: [
+                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "connguard",
+            dependencies: [
+                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // Helpers of the store's tests and benchmark; not part of the connguard product.
@@ -61,17 +100,23 @@ let package = Package(
             name: "connguard-bench-store",
             dependencies: ["ConnGuardStore", "ConnGuardCore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
-        .executableTarget(
-            name: "connguard",
-            dependencies: [
-                "ConnGuardCore", "ConnGuardTracer", "BPFKit",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
+        // Shared by the privileged test targets: root check, test cgroups, sockets, child processes.
+        .target(
+            name: "ConnGuardTestSupport",
+            dependencies: ["ConnGuardCore", "ConnGuardTracer", "BPFKit"],
+            path: "Tests/ConnGuardTestSupport"
         ),
         .testTarget(
             name: "ConnGuardCoreTests",
             dependencies: ["ConnGuardCore", "CConnGuard"]
+        ),
+        .testTarget(
+            name: "ConnGuardTracerTests",
+            dependencies: ["ConnGuardTracer", "ConnGuardCore", "ConnGuardTestSupport", "BPFKit", "CBPFKit", "CConnGuard", "CLibBPF"]
+        ),
+        .testTarget(
+            name: "ConnGuardIdentityTests",
+            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore"]
         ),
         .testTarget(
             name: "ConnGuardStoreTests",
@@ -81,8 +126,8 @@ let package = Package(
             ]
         ),
         .testTarget(
-            name: "ConnGuardTracerTests",
-            dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard", "CLibBPF"]
+            name: "ConnGuardAgentTests",
+            dependencies: ["ConnGuardAgent", "ConnGuardCore", "ConnGuardStore", "ConnGuardTestSupport", "connguard"]
         ),
     ]
 )

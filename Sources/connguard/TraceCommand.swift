@@ -1,5 +1,6 @@
 import ArgumentParser
 import ConnGuardCore
+import ConnGuardIdentity
 import ConnGuardTracer
 import Glibc
 import Logging
@@ -10,8 +11,10 @@ struct TraceCommand: ParsableCommand {
         abstract: "Stream every TCP connect and accept on this node as it happens.",
         discussion: """
         Loads ConnGuard's BPF programs into the kernel, prints one line per connection until
-        interrupted or --duration passes, then detaches everything. A summary of events seen
-        and lost goes to stderr. Needs root.
+        interrupted or --duration passes, then detaches everything. Each event names the
+        workload, container and pod that made or accepted it (read from the container
+        runtimes' files on this node); events that cannot be attributed say "unknown" and are
+        counted. A summary of events seen, lost and unattributed goes to stderr. Needs root.
         """
     )
 
@@ -30,6 +33,15 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Only events whose cgroup is this cgroup v2 path or below it (absolute, or relative to the cgroup2 mount).")
     var cgroup: String?
 
+    @Option(help: "Only events of this container (its name, or a prefix of its id).")
+    var container: String?
+
+    @Option(help: "Only events of this workload (e.g. shop/web/app, a container name, or a host cgroup path).")
+    var workload: String?
+
+    @Option(help: "Only events of pods in this Kubernetes namespace.")
+    var namespace: String?
+
     @Flag(name: .shortAndLong, help: "Print the hooks chosen and libbpf's messages on failure.")
     var verbose = false
 
@@ -39,6 +51,9 @@ struct TraceCommand: ParsableCommand {
     func validate() throws {
         if let d = duration, d.seconds <= 0 { throw ValidationError("--duration must be positive") }
         if let p = port, p == 0 { throw ValidationError("--port must be between 1 and 65535") }
+        if container?.isEmpty == true { throw ValidationError("--container must not be empty") }
+        if workload?.isEmpty == true { throw ValidationError("--workload must not be empty") }
+        if namespace?.isEmpty == true { throw ValidationError("--namespace must not be empty") }
         if ringBufferMiB == 0 || ringBufferMiB & (ringBufferMiB - 1) != 0 || ringBufferMiB > 1024 {
             throw ValidationError("--ring-buffer-mib must be a power of two up to 1024")
         }
@@ -61,6 +76,18 @@ struct TraceCommand: ParsableCommand {
             filter.cgroups = subtree
         }
 
+        // Without a cgroup v2 hierarchy nothing can be attributed, but the
+        // events are still worth showing: each says "unknown", and is counted.
+        let identities: IdentityResolver?
+        do {
+            identities = try IdentityResolver.forThisNode()
+        } catch {
+            printError("warning: \(error)")
+            identities = nil
+        }
+        var unresolved: UInt64 = 0
+        let identityFilter = IdentityFilter(container: container, workload: workload, namespace: namespace)
+
         var config = Tracer.Configuration()
         config.ringBufferBytes = ringBufferMiB << 20
         installStopSignals()
@@ -75,11 +102,14 @@ struct TraceCommand: ParsableCommand {
         if verbose {
             for h in tracer.hooks { printError("hook \(h)") }
             printError("listeners known from /proc at start: \(tracer.seededListeners)")
+            if let identities {
+                printError("cgroup v2 at \(identities.cgroups.mount): \(identities.cgroups.statistics.seeded) cgroups known at start")
+            }
         }
 
         let out = OutputBuffer()
         var json = JSONLineWriter()
-        var table = TableWriter(extraColumns: [.init("CGROUP", 10)])
+        var table = TableWriter(extraColumns: [.init("WORKLOAD", 32), .init("CONTAINER", 20)])
         if output == .table { table.header(to: &out.bytes) }
         var seen: UInt64 = 0
         var shown: UInt64 = 0
@@ -93,14 +123,27 @@ struct TraceCommand: ParsableCommand {
             onRecord: { record in
                 switch record {
                 case let .cgroup(c):
+                    // In ring-buffer order: a container's cgroup is known
+                    // before its first connection is read.
                     subtree?.apply(c)
+                    identities?.apply(c)
                 case let .connection(e):
                     seen += 1
                     guard filter.matches(e) else { return }
+                    let identity: Identity
+                    if let identities {
+                        identity = identities.resolve(e)
+                    } else {
+                        identity = .unknown
+                        unresolved += 1
+                    }
+                    guard identityFilter.matches(identity) else { return }
                     shown += 1
                     switch output {
-                    case .json: json.append(e, to: &out.bytes)
-                    case .table: table.append(e, extra: [String(e.cgroupID)], to: &out.bytes)
+                    case .json: json.append(e, extra: identity.jsonFields, to: &out.bytes)
+                    case .table:
+                        table.append(e, extra: [TableWriter.printable(identity.workload),
+                                                TableWriter.printable(identity.containerColumn)], to: &out.bytes)
                     }
                     out.flushIfLarge()
                 }
@@ -113,6 +156,12 @@ struct TraceCommand: ParsableCommand {
         var summary = "\(seen) events seen, \(shown) shown, \(loss.lostEvents) lost"
         if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 {
             summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; cgroup records lost: \(loss.cgroupRingBufferFull))"
+        }
+        if let ids = identities?.statistics {
+            summary += "; \(ids.unattributed) of \(ids.events) resolved events unattributed"
+            if ids.withoutMetadata > 0 { summary += ", \(ids.withoutMetadata) in containers whose runtime files were not readable" }
+        } else {
+            summary += "; \(unresolved) events unattributed (no cgroup v2 hierarchy)"
         }
         printError(summary)
     }
