@@ -46,3 +46,12 @@ public enum BPFSystem {
         return names
     }
 }
+
+extension BPFSystem {
+    /// Turns on the kernel's per-program run time and count (BPF_ENABLE_STATS)
+    /// for as long as the returned fd stays open, without touching the
+    /// kernel.bpf_stats_enabled sysctl. -1 if the kernel refuses.
+    public static func enableRunTimeStatistics() -> Int32 {
+        bpf_enable_stats(BPF_STATS_RUN_TIME)
+    }
+}

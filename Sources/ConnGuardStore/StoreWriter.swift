@@ -115,7 +115,9 @@ public final class StoreWriter: @unchecked Sendable {
         queue.append(connection)
         acceptedSeq += 1
         counters.accepted += 1
-        if queue.count == options.batchSize { condition.broadcast() }
+        // Wake the writer when the queue stops being empty (it then waits at
+        // most flushInterval for more) and when a full batch is ready.
+        if queue.count == 1 || queue.count == options.batchSize { condition.broadcast() }
         return true
     }
 
@@ -124,13 +126,14 @@ public final class StoreWriter: @unchecked Sendable {
     public func submit<S: Collection>(contentsOf connections: S) -> Int where S.Element == StoredConnection {
         condition.lock()
         defer { condition.unlock() }
+        let wasEmpty = queue.isEmpty
         let room = stopping ? 0 : max(0, options.capacity - queue.count - inFlight)
         let taken = min(room, connections.count)
         queue.append(contentsOf: connections.prefix(taken))
         acceptedSeq += UInt64(taken)
         counters.accepted += UInt64(taken)
         counters.dropped += UInt64(connections.count - taken)
-        if queue.count >= options.batchSize { condition.broadcast() }
+        if (wasEmpty && taken > 0) || queue.count >= options.batchSize { condition.broadcast() }
         return taken
     }
 

@@ -1,6 +1,7 @@
 import BPFKit
 import CBPFKit
 import CConnGuard
+import ConnGuardTestSupport
 import XCTest
 
 /// The structs the kernel writes and Swift reads come from one header; this

@@ -1,6 +1,7 @@
 import ConnGuardCore
 import Foundation
 import Glibc
+import ConnGuardTestSupport
 import XCTest
 
 /// `connguard trace` as a user runs it: the built binary, real connections.
@@ -100,7 +101,8 @@ final class TraceCommandTests: XCTestCase {
     func testDurationStopsByItself() throws {
         try requireRoot()
         let start = Date()
-        let child = try Child(binary, ["trace", "--duration", "1", "-o", "json"])
+        // Filtered to a pid with no connections: an unread pipe must not fill up.
+        let child = try Child(binary, ["trace", "--duration", "1", "-o", "json", "--pid", "1"])
         child.process.waitUntilExit()
         XCTAssertEqual(child.process.terminationStatus, 0)
         XCTAssertLessThan(Date().timeIntervalSince(start), 10)

@@ -3,6 +3,7 @@ import ConnGuardCore
 import ConnGuardTracer
 import Foundation
 import Glibc
+import ConnGuardTestSupport
 import XCTest
 
 /// Loads the real programs into the running kernel and makes real connections.

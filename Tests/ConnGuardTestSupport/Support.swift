@@ -7,7 +7,7 @@ import XCTest
 
 /// Privileged tests run wherever they can. Not root: skip, saying why. Under
 /// CI (CI=true) a privileged test that cannot run is a failure.
-func requireRoot(file: StaticString = #filePath, line: UInt = #line) throws {
+public func requireRoot(file: StaticString = #filePath, line: UInt = #line) throws {
     if geteuid() == 0 { return }
     let why = "needs root to load BPF programs and create cgroups"
     if ProcessInfo.processInfo.environment["CI"] == "true" {
@@ -19,12 +19,12 @@ func requireRoot(file: StaticString = #filePath, line: UInt = #line) throws {
 
 /// A cgroup v2 directory of the test's own, removed at the end (its processes
 /// are killed first). Enforcement tests attach only here.
-final class TestCgroup {
-    let path: String
-    let relativePath: String
-    let id: UInt64
+public final class TestCgroup {
+    public let path: String
+    public let relativePath: String
+    public let id: UInt64
 
-    init(_ name: String = "t") throws {
+    public init(_ name: String = "t") throws {
         guard let mount = CgroupMount.find() else { throw XCTSkip("no cgroup v2 mount") }
         relativePath = "/connguard-test-\(getpid())-\(name)-\(UInt32.random(in: 0...UInt32.max))"
         path = mount + relativePath
@@ -34,14 +34,46 @@ final class TestCgroup {
         id = UInt64(st.st_ino)
     }
 
+    /// A cgroup directly inside this one (removed by its own remove()).
+    public init(parent: TestCgroup, name: String) throws {
+        path = parent.path + "/" + name
+        relativePath = parent.relativePath + "/" + name
+        guard mkdir(path, 0o755) == 0 else { throw FileError(path: path, errno: errno) }
+        var st = stat()
+        stat(path, &st)
+        id = UInt64(st.st_ino)
+    }
+
+    public func child(_ name: String) throws -> TestCgroup { try TestCgroup(parent: self, name: name) }
+
+    /// Moves a process in.
+    public func add(pid: Int32) throws {
+        try String(pid).write(toFile: path + "/cgroup.procs", atomically: false, encoding: .utf8)
+    }
+
     /// Kills what is left inside and removes the directory (retrying: rmdir
     /// fails with EBUSY until the killed processes are reaped).
-    func remove() {
-        if let procs = try? readFile(path + "/cgroup.procs") {
+    public func remove() {
+        TestCgroup.removeTree(path)
+    }
+
+    /// Children first; processes killed; rmdir retried until they are reaped.
+    static func removeTree(_ dir: String) {
+        if let entries = try? FileManager.default.contentsOfDirectory(atPath: dir) {
+            for e in entries {
+                var isDir: ObjCBool = false
+                let sub = dir + "/" + e
+                if FileManager.default.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue,
+                   access(sub + "/cgroup.procs", F_OK) == 0 {
+                    removeTree(sub)
+                }
+            }
+        }
+        if let procs = try? readFile(dir + "/cgroup.procs") {
             for p in procs.split(separator: "\n") { if let pid = Int32(p) { kill(pid, SIGKILL) } }
         }
         for _ in 0..<100 {
-            if rmdir(path) == 0 || errno == ENOENT { return }
+            if rmdir(dir) == 0 || errno == ENOENT { return }
             usleep(20_000)
         }
     }
@@ -50,16 +82,16 @@ final class TestCgroup {
 }
 
 /// Runs a Tracer on a background thread and collects its records.
-final class TraceCollector: @unchecked Sendable {
-    let tracer: Tracer
+public final class TraceCollector: @unchecked Sendable {
+    public let tracer: Tracer
     private let lock = NSLock()
     private var records: [TraceRecord] = []
     private var stop = false
     private let done = DispatchSemaphore(value: 0)
     private var thread: Thread?
-    private(set) var runError: Error?
+    public private(set) var runError: Error?
 
-    init(configuration: Tracer.Configuration = .init()) throws {
+    public init(configuration: Tracer.Configuration = .init()) throws {
         var config = configuration
         config.pollIntervalMilliseconds = 20
         tracer = try Tracer(configuration: config)
@@ -76,17 +108,17 @@ final class TraceCollector: @unchecked Sendable {
         t.start()
     }
 
-    var connections: [ConnectionEvent] {
+    public var connections: [ConnectionEvent] {
         lock.withLock { records.compactMap { if case let .connection(e) = $0 { return e } else { return nil } } }
     }
 
-    var cgroupEvents: [CgroupEvent] {
+    public var cgroupEvents: [CgroupEvent] {
         lock.withLock { records.compactMap { if case let .cgroup(e) = $0 { return e } else { return nil } } }
     }
 
     /// Waits until `predicate` holds over the connections seen, or `timeout` passes.
     @discardableResult
-    func wait(timeout: Double = 5, until predicate: ([ConnectionEvent]) -> Bool) -> [ConnectionEvent] {
+    public func wait(timeout: Double = 5, until predicate: ([ConnectionEvent]) -> Bool) -> [ConnectionEvent] {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             let c = connections
@@ -96,7 +128,7 @@ final class TraceCollector: @unchecked Sendable {
     }
 
     /// Stops reading and detaches everything.
-    func finish() {
+    public func finish() {
         lock.withLock { stop = true }
         if thread != nil {
             done.wait()
@@ -109,8 +141,8 @@ final class TraceCollector: @unchecked Sendable {
 }
 
 /// Minimal blocking sockets for making real connections in tests.
-enum Net {
-    static func listener(family: Int32, address: String) throws -> (fd: Int32, port: UInt16) {
+public enum Net {
+    public static func listener(family: Int32, address: String) throws -> (fd: Int32, port: UInt16) {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FileError(path: "socket", errno: errno) }
         var one: Int32 = 1
@@ -123,7 +155,7 @@ enum Net {
     }
 
     /// Connects; returns the fd, or -errno on failure.
-    static func connect(family: Int32, address: String, port: UInt16) throws -> Int32 {
+    public static func connect(family: Int32, address: String, port: UInt16) throws -> Int32 {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FileError(path: "socket", errno: errno) }
         var result: Int32 = 0
@@ -135,20 +167,20 @@ enum Net {
     }
 
     /// Closes with an RST rather than leaving TIME_WAIT behind (bursts).
-    static func abort(_ fd: Int32) {
+    public static func abort(_ fd: Int32) {
         var l = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
         close(fd)
     }
 
-    static func localPort(_ fd: Int32) -> UInt16 {
+    public static func localPort(_ fd: Int32) -> UInt16 {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &len) } }
         return withUnsafeBytes(of: &ss) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
     }
 
-    static func withSockaddr(family: Int32, address: String, port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> Void) throws {
+    public static func withSockaddr(family: Int32, address: String, port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> Void) throws {
         if family == AF_INET {
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
@@ -166,7 +198,7 @@ enum Net {
 }
 
 /// The cgroup v2 id of this process.
-func ownCgroupID() -> UInt64 {
+public func ownCgroupID() -> UInt64 {
     guard let mount = CgroupMount.find(), let text = try? readFile("/proc/self/cgroup"),
           let path = ProcNetTCP.cgroupV2Path(text) else { return 0 }
     var st = stat()
@@ -174,12 +206,12 @@ func ownCgroupID() -> UInt64 {
     return UInt64(st.st_ino)
 }
 
-func ownComm() -> String {
+public func ownComm() -> String {
     ((try? readFile("/proc/self/comm")) ?? "").trimmingCharacters(in: .newlines)
 }
 
 /// Where `swift build` put the executables (next to the test bundle).
-func productsDirectory() -> String {
+public func productsDirectory() -> String {
     let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
     var dir = (exe as NSString).deletingLastPathComponent
     if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
@@ -187,12 +219,12 @@ func productsDirectory() -> String {
 }
 
 /// A child process, killed at the end.
-final class Child {
-    let process = Process()
-    let stdout = Pipe()
-    let stderr = Pipe()
+public final class Child {
+    public let process = Process()
+    public let stdout = Pipe()
+    public let stderr = Pipe()
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
+    public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if let environment { process.environment = environment }
@@ -201,10 +233,10 @@ final class Child {
         try process.run()
     }
 
-    var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.processIdentifier }
 
     /// Reads one line from stdout (blocking up to `timeout`).
-    func readLine(timeout: Double = 10) -> String? {
+    public func readLine(timeout: Double = 10) -> String? {
         let fd = stdout.fileHandleForReading.fileDescriptor
         var line: [UInt8] = []
         let deadline = Date().addingTimeInterval(timeout)
@@ -219,7 +251,7 @@ final class Child {
         return nil
     }
 
-    func stop(signal: Int32 = SIGTERM) {
+    public func stop(signal: Int32 = SIGTERM) {
         if process.isRunning { kill(pid, signal) }
         process.waitUntilExit()
     }

@@ -1,0 +1,113 @@
+import ConnGuardCore
+import ConnGuardStore
+import Foundation
+
+/// A `GET /v1/connections` request, parsed and checked as a whole: unknown
+/// parameters and bad values are refused with one message that names them.
+public struct ConnectionsRequest: Sendable, Equatable {
+    public var query = ConnectionQuery()
+    public var aggregate = false
+    public var follow = false
+
+    public static let parameters: Set<String> = [
+        "since", "until", "last", "workload", "container", "namespace", "pod", "port", "peer", "direction",
+        "verdict", "aggregate", "follow",
+    ]
+    /// The most rows one request returns; `last` above it is refused.
+    public static let maximumRows = 1_000_000
+
+    public init() {}
+
+    /// `now` is wall-clock nanoseconds, for relative times ("15m" ago).
+    public init(parameters: [(String, String)], now: Int64) throws {
+        var problems: [String] = []
+        var seen: Set<String> = []
+        for (key, value) in parameters {
+            guard ConnectionsRequest.parameters.contains(key) else {
+                problems.append("unknown parameter '\(key)'")
+                continue
+            }
+            guard seen.insert(key).inserted else {
+                problems.append("'\(key)' given twice")
+                continue
+            }
+            guard value.utf8.count <= 512 else {
+                problems.append("'\(key)' is too long")
+                continue
+            }
+            switch key {
+            case "since", "until":
+                if let t = ConnectionsRequest.time(value, now: now) {
+                    if key == "since" { query.since = t } else { query.until = t }
+                } else {
+                    problems.append("\(key): '\(value)' is neither a duration (15m, 2h) nor an RFC 3339 time")
+                }
+            case "last":
+                if let n = Int(value), (1...ConnectionsRequest.maximumRows).contains(n) { query.last = n } else {
+                    problems.append("last: '\(value)' must be a whole number from 1 to \(ConnectionsRequest.maximumRows)")
+                }
+            case "port":
+                if let p = Int(value), (1...65535).contains(p) { query.port = p } else {
+                    problems.append("port: '\(value)' must be from 1 to 65535")
+                }
+            case "peer":
+                if let c = CIDR(value) { query.peer = c } else { problems.append("peer: '\(value)' is not an IP address or CIDR") }
+            case "direction":
+                switch value {
+                case "in", "accept": query.direction = .accept
+                case "out", "connect": query.direction = .connect
+                default: problems.append("direction: '\(value)' must be in or out")
+                }
+            case "verdict":
+                if let v = Verdict(rawValue: value) { query.verdict = v } else {
+                    problems.append("verdict: '\(value)' must be one of \(Verdict.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+            case "aggregate", "follow":
+                guard let b = ["true": true, "1": true, "false": false, "0": false][value] else {
+                    problems.append("\(key): '\(value)' must be true or false")
+                    continue
+                }
+                if key == "aggregate" { aggregate = b } else { follow = b }
+            case "workload": query.workload = value
+            case "container": query.container = value
+            case "namespace": query.namespace = value
+            case "pod": query.pod = value
+            default: break
+            }
+        }
+        if aggregate && follow { problems.append("aggregate and follow cannot be combined") }
+        if problems.isEmpty {
+            do { try query.validate() } catch { problems.append("\(error)") }
+        }
+        if !problems.isEmpty { throw APIError.badRequest(problems.joined(separator: "; ")) }
+    }
+
+    /// "15m" (that long before now), or an RFC 3339 time.
+    static func time(_ text: String, now: Int64) -> Int64? {
+        if let seconds = DurationParser.seconds(text) {
+            return try? ConnectionQuery.time(secondsAgo: seconds, now: now)
+        }
+        let f = ISO8601DateFormatter()
+        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
+            f.formatOptions = options
+            if let d = f.date(from: text) {
+                let ns = d.timeIntervalSince1970 * 1e9
+                guard ns.isFinite, ns >= 0, ns < 9e18 else { return nil }
+                return Int64(ns)
+            }
+        }
+        return nil
+    }
+}
+
+public enum APIError: Error, CustomStringConvertible {
+    case badRequest(String)
+    case notFound(String)
+
+    public var description: String {
+        switch self {
+        case let .badRequest(m): return m
+        case let .notFound(m): return m
+        }
+    }
+}

@@ -1,0 +1,230 @@
+import BPFKit
+import ConnGuardCore
+import ConnGuardStore
+import ConnGuardTracer
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// The node agent: loads and attaches the programs once, turns events into
+/// stored, attributed connections, answers the CLI on a Unix socket, serves
+/// metrics, and shuts down cleanly on SIGTERM/SIGINT (drains the ring buffer,
+/// flushes the database, detaches, removes its socket).
+public final class Agent: @unchecked Sendable {
+    public let configuration: AgentConfiguration
+    public let store: EventStore
+    let writer: StoreWriter
+    let tracer: Tracer
+    let pipeline: EventPipeline
+    let identity: IdentitySource
+    let metrics: AgentMetrics
+    let logger: Logger
+    let startedAt = Date()
+    let version: String
+    private var statsToken: Int32 = -1
+
+    /// Everything that can fail at start fails here, with one clear message,
+    /// before anything is left half-done.
+    public init(configuration: AgentConfiguration, identity: IdentitySource, version: String, logger: Logger) throws {
+        self.configuration = configuration
+        self.identity = identity
+        self.version = version
+        self.logger = logger
+        let problems = configuration.validate()
+        if !problems.isEmpty { throw ConfigurationError(problems: problems) }
+
+        // Scope: the watched cgroup subtree.
+        var scope: CgroupSubtree?
+        if configuration.cgroupRoot != "/" {
+            guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted; --cgroup-root needs one") }
+            do {
+                scope = try CgroupSubtree(mount: mount, path: configuration.cgroupRoot)
+            } catch {
+                throw AgentError("--cgroup-root: \(error)")
+            }
+        }
+
+        do {
+            store = try EventStore(path: configuration.databasePath)
+        } catch {
+            throw AgentError("cannot open the database \(configuration.databasePath): \(error)")
+        }
+        writer = StoreWriter(store: store, options: .init(
+            capacity: configuration.writeQueueCapacity,
+            retention: .init(eventMaxAge: .seconds(configuration.eventRetentionSeconds),
+                             maxEvents: configuration.eventRetentionCount,
+                             aggregateMaxAge: .seconds(configuration.aggregateRetentionSeconds))))
+
+        var tracerConfig = Tracer.Configuration()
+        tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
+        do {
+            tracer = try Tracer(configuration: tracerConfig, logger: logger)
+        } catch {
+            writer.close()
+            throw AgentError("\(error)")
+        }
+        metrics = AgentMetrics()
+        pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
+        // Per-program run time and count, for the metrics: held while this fd is open.
+        statsToken = BPFSystem.enableRunTimeStatistics()
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    public func run() async throws {
+        let socketPath = configuration.socketPath
+        try prepareSocketDirectory()
+        let api = Application(
+            router: APIRoutes.build(agent: self),
+            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
+            onServerRunning: { [configuration, logger] _ in
+                Agent.secureSocket(configuration, logger: logger)
+            },
+            logger: logger)
+        var services: [any Service] = [PipelineService(agent: self), api]
+        if let m = configuration.metricsAddress, let address = MetricsAddress(m) {
+            services.append(Application(
+                router: metricsRouter(),
+                configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+                logger: logger))
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        logger.info("agent started", metadata: [
+            "version": "\(version)", "database": "\(configuration.databasePath)", "socket": "\(socketPath)",
+            "metrics": "\(configuration.metricsAddress ?? "off")", "cgroup_root": "\(configuration.cgroupRoot)",
+            "hooks": "\(tracer.hooks.map(\.description).joined(separator: "; "))",
+            "listeners_seeded": "\(tracer.seededListeners)",
+        ])
+        defer {
+            unlink(socketPath)
+            if statsToken >= 0 { close(statsToken) }
+        }
+        try await group.run()
+        logger.info("agent stopped")
+    }
+
+    /// Called by the pipeline service on shutdown: drain, flush, detach.
+    func shutdown() {
+        pipeline.stop()
+        writer.flush()
+        writer.close()
+        tracer.close()
+        let c = pipeline.snapshot
+        logger.info("events drained and stored", metadata: ["connects": "\(c.connects)", "accepts": "\(c.accepts)"])
+    }
+
+    private func metricsRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/metrics") { [self] _, _ -> Response in
+            refreshMetrics()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        return router
+    }
+
+    /// Brings values read from the kernel and the database up to date.
+    func refreshMetrics() {
+        if let loss = try? tracer.lossCounts() {
+            metrics.update(loss: loss, writeQueueLost: writer.snapshot.lost)
+        }
+        metrics.update(programStats: tracer.programs.compactMap { p in
+            guard let info = try? p.info() else { return nil }
+            return (p.name, info.run_cnt, info.run_time_ns)
+        })
+        if let s = try? store.stats() {
+            metrics.update(storedEvents: s.events, storedAggregates: s.aggregates, databaseBytes: Int(s.totalBytes),
+                           cgroups: identity.trackedCgroups, queueDepth: writer.snapshot.pending)
+        }
+    }
+
+    /// What `connguard status` shows.
+    func status() -> JSONValue {
+        let c = pipeline.snapshot
+        let loss = (try? tracer.lossCounts()) ?? LossCounts()
+        let w = writer.snapshot
+        let s = try? store.stats()
+        return .object([
+            ("version", .string(version)),
+            ("pid", .int(Int64(getpid()))),
+            ("started_at", .string(ISO8601DateFormatter().string(from: startedAt))),
+            ("uptime_seconds", .int(Int64(Date().timeIntervalSince(startedAt)))),
+            ("cgroup_root", .string(configuration.cgroupRoot)),
+            ("hooks", .object(tracer.hooks.map { ($0.capability, .string("\($0.rung) \($0.detail)")) })),
+            ("events", .object([
+                ("connect", .int(Int64(c.connects))), ("accept", .int(Int64(c.accepts))),
+                ("unattributed", .int(Int64(c.unattributed))), ("outside_cgroup_root", .int(Int64(c.outOfScope))),
+                ("stored", .int(Int64(w.written))),
+            ])),
+            ("lost", .object([
+                ("total", .int(Int64(loss.lostEvents + w.lost))),
+                ("kernel_ring_buffer_full", .int(Int64(loss.ringBufferFull))),
+                ("kernel_cgroup_records", .int(Int64(loss.cgroupRingBufferFull))),
+                ("undecodable", .int(Int64(loss.undecodable))),
+                ("write_queue_full", .int(Int64(w.dropped))),
+                ("write_failed", .int(Int64(w.failed))),
+            ])),
+            ("incomplete", .object([
+                ("connects_without_process", .int(Int64(loss.connectMapFull))),
+                ("listeners_without_owner", .int(Int64(loss.listenerMapFull))),
+            ])),
+            ("workloads", .int(Int64(s?.workloads ?? 0))),
+            ("cgroups_tracked", .int(Int64(identity.trackedCgroups))),
+            ("database", .object([
+                ("path", .string(configuration.databasePath)),
+                ("size_bytes", .int(s?.totalBytes ?? 0)),
+                ("events", .int(Int64(s?.events ?? 0))),
+                ("connections", .int(Int64(s?.aggregates ?? 0))),
+            ])),
+            ("metrics_address", configuration.metricsAddress.map { .string($0) } ?? .null),
+        ])
+    }
+
+    /// /run/connguard: root-only (0700), or 0750 owned by the socket group.
+    private func prepareSocketDirectory() throws {
+        let dir = (configuration.socketPath as NSString).deletingLastPathComponent
+        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+            throw AgentError("cannot create \(dir): \(String(cString: strerror(errno)))")
+        }
+        if let groupName = configuration.socketGroup {
+            guard let g = getgrnam(groupName) else { throw AgentError("--socket-group: no group named '\(groupName)'") }
+            chown(dir, 0, g.pointee.gr_gid)
+            chmod(dir, 0o750)
+        }
+    }
+
+    /// The socket: 0600 root-only, or 0660 with the socket group.
+    static func secureSocket(_ c: AgentConfiguration, logger: Logger) {
+        if let groupName = c.socketGroup, let g = getgrnam(groupName) {
+            chown(c.socketPath, 0, g.pointee.gr_gid)
+            chmod(c.socketPath, 0o660)
+        } else {
+            chmod(c.socketPath, 0o600)
+        }
+        logger.debug("API listening", metadata: ["socket": "\(c.socketPath)"])
+    }
+}
+
+/// Runs the event pipeline inside the service group; on graceful shutdown,
+/// drains and flushes before returning.
+struct PipelineService: Service {
+    let agent: Agent
+
+    func run() async throws {
+        agent.pipeline.start()
+        try? await gracefulShutdown()
+        agent.shutdown()
+        if let failure = agent.pipeline.failure { throw failure }
+    }
+}
+
+public struct AgentError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,134 @@
+import ConnGuardCore
+import Foundation
+import Yams
+
+/// The agent's set-up. Every knob has a default that works on a node as it
+/// is; an optional YAML file (`--config`) sets any of them, and flags override
+/// the file.
+public struct AgentConfiguration: Sendable, Equatable {
+    /// SQLite database (WAL mode).
+    public var databasePath = "/var/lib/connguard/connguard.db"
+    /// The local API for the CLI: a Unix socket, mode 0600 (0660 with socketGroup).
+    public var socketPath = "/run/connguard/api.sock"
+    /// A group allowed to query the API (read-only in this version).
+    public var socketGroup: String?
+    /// "127.0.0.1:9090" to serve Prometheus metrics; nil: off.
+    public var metricsAddress: String?
+    /// Only events from this cgroup v2 subtree (relative to the cgroup2 mount)
+    /// are watched, and later enforced. "/" is the whole node.
+    public var cgroupRoot = "/"
+    /// Individual events are kept this long and at most this many.
+    public var eventRetentionSeconds: Double = 24 * 3600
+    public var eventRetentionCount = 5_000_000
+    /// Aggregated connections are kept this long after they were last seen.
+    public var aggregateRetentionSeconds: Double = 90 * 24 * 3600
+    /// Ring buffer size in MiB.
+    public var ringBufferMiB: UInt32 = 16
+    /// Events waiting for the database at most; beyond it they are counted as lost.
+    public var writeQueueCapacity = 1_000_000
+    public var logLevel = "info"
+
+    public init() {}
+
+    /// Keys as in the YAML file: database, socket, socket_group, metrics_address,
+    /// cgroup_root, event_retention, event_retention_count, aggregate_retention,
+    /// ring_buffer_mib, write_queue_capacity, log_level.
+    public static let fileKeys: Set<String> = [
+        "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
+        "event_retention_count", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
+    ]
+
+    /// Reads a YAML config file over the defaults. Unknown keys and bad values
+    /// are errors, all of them listed, so a typo is not silently ignored.
+    public static func load(yaml text: String, over base: AgentConfiguration = .init()) throws -> AgentConfiguration {
+        let node: Any?
+        do {
+            node = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigurationError(problems: ["not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")"])
+        }
+        if node == nil { return base }
+        guard let dict = node as? [String: Any] else {
+            throw ConfigurationError(problems: ["the file must be a mapping of settings (key: value)"])
+        }
+        var c = base
+        var problems: [String] = []
+        for key in dict.keys.sorted() where !fileKeys.contains(key) {
+            problems.append("unknown setting '\(key)' (known: \(fileKeys.sorted().joined(separator: ", ")))")
+        }
+        func string(_ key: String) -> String? {
+            guard let v = dict[key] else { return nil }
+            if let s = v as? String { return s }
+            if let i = v as? Int { return String(i) }
+            problems.append("\(key): expected text")
+            return nil
+        }
+        func duration(_ key: String) -> Double? {
+            guard let s = string(key) else { return nil }
+            guard let d = DurationParser.seconds(s), d > 0 else { problems.append("\(key): '\(s)' is not a duration like 24h or 7d"); return nil }
+            return d
+        }
+        func int(_ key: String, _ range: ClosedRange<Int>) -> Int? {
+            guard let v = dict[key] else { return nil }
+            guard let i = v as? Int, range.contains(i) else { problems.append("\(key): expected a whole number in \(range)"); return nil }
+            return i
+        }
+        if let v = string("database") { c.databasePath = v }
+        if let v = string("socket") { c.socketPath = v }
+        if let v = string("socket_group") { c.socketGroup = v }
+        if let v = string("metrics_address") { c.metricsAddress = v }
+        if let v = string("cgroup_root") { c.cgroupRoot = v }
+        if let v = duration("event_retention") { c.eventRetentionSeconds = v }
+        if let v = int("event_retention_count", 1000...1_000_000_000) { c.eventRetentionCount = v }
+        if let v = duration("aggregate_retention") { c.aggregateRetentionSeconds = v }
+        if let v = int("ring_buffer_mib", 1...1024) {
+            if v & (v - 1) != 0 { problems.append("ring_buffer_mib: must be a power of two") } else { c.ringBufferMiB = UInt32(v) }
+        }
+        if let v = int("write_queue_capacity", 1000...100_000_000) { c.writeQueueCapacity = v }
+        if let v = string("log_level") { c.logLevel = v }
+        problems += c.validate()
+        if !problems.isEmpty { throw ConfigurationError(problems: problems) }
+        return c
+    }
+
+    /// Problems with the values themselves, whatever their source.
+    public func validate() -> [String] {
+        var problems: [String] = []
+        if !databasePath.hasPrefix("/") { problems.append("database: '\(databasePath)' must be an absolute path") }
+        if !socketPath.hasPrefix("/") { problems.append("socket: '\(socketPath)' must be an absolute path") }
+        if socketPath.utf8.count > 107 { problems.append("socket: path is longer than a Unix socket allows (107 bytes)") }
+        if let m = metricsAddress, MetricsAddress(m) == nil {
+            problems.append("metrics_address: '\(m)' is not HOST:PORT (e.g. 127.0.0.1:9090)")
+        }
+        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
+            problems.append("log_level: '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        if cgroupRoot.split(separator: "/").contains("..") { problems.append("cgroup_root: '..' is not allowed") }
+        return problems
+    }
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public let problems: [String]
+    public init(problems: [String]) { self.problems = problems }
+    public var description: String {
+        problems.count == 1 ? "configuration: \(problems[0])" : "configuration: \(problems.count) problems: " + problems.joined(separator: "; ")
+    }
+}
+
+/// "127.0.0.1:9090", "[::1]:9090", ":9090" (all addresses).
+public struct MetricsAddress: Sendable, Equatable {
+    public let host: String
+    public let port: Int
+
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = "0.0.0.0" }
+        guard IPAddress(host) != nil || host == "localhost" else { return nil }
+        self.host = host
+        self.port = port
+    }
+}

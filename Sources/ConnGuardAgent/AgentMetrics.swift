@@ -1,0 +1,115 @@
+import ConnGuardCore
+import ConnGuardTracer
+import Prometheus
+
+/// The agent's Prometheus metrics. Names follow Prometheus conventions
+/// (`connguard_..._total` for counters, base units); every label takes a small
+/// fixed set of values: no pids, addresses, container ids or workloads.
+public final class AgentMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    private let events: [String: Counter]  // "connect/allowed" ...
+    private let lostKernel: [String: Counter]
+    private let lostAgent: [String: Counter]
+    private let incomplete: [String: Counter]
+    private let unattributed: Counter
+    private let followDropped: Counter
+    private let storedEvents: Gauge
+    private let storedAggregates: Gauge
+    private let databaseBytes: Gauge
+    private let cgroupsTracked: Gauge
+    private let writeQueueDepth: Gauge
+    private let programRuns: [String: Counter]
+    private let programSeconds: [String: Counter]
+    /// Kernel counters are absolute; Prometheus counters take increments.
+    private let lastKernel = Mutex()
+    nonisolated(unsafe) private var kernelSeen: [String: UInt64] = [:]
+
+    public static let programNames = ["cg_tp_sock_state", "cg_tp_cgroup_mkdir", "cg_tp_cgroup_rmdir"]
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var ev: [String: Counter] = [:]
+        for d in ConnectionEvent.Direction.allCases {
+            for v in Verdict.allCases {
+                ev["\(d.rawValue)/\(v.rawValue)"] = registry.makeCounter(
+                    name: "connguard_events_total", labels: [("event", d.rawValue), ("verdict", v.rawValue)],
+                    help: "Connection events seen, by kind and verdict.")
+            }
+        }
+        events = ev
+        let lostHelp = "Events lost before they were stored, by where and why. Never silent: any non-zero value means the record is incomplete."
+        lostKernel = Dictionary(uniqueKeysWithValues: ["ring_buffer_full", "cgroup_ring_buffer_full"].map {
+            ($0, registry.makeCounter(name: "connguard_events_lost_total", labels: [("stage", "kernel"), ("reason", $0)], help: lostHelp))
+        })
+        lostAgent = Dictionary(uniqueKeysWithValues: ["write_queue_full", "undecodable"].map {
+            ($0, registry.makeCounter(name: "connguard_events_lost_total", labels: [("stage", "agent"), ("reason", $0)], help: lostHelp))
+        })
+        incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full"].map {
+            ($0, registry.makeCounter(name: "connguard_events_incomplete_total", labels: [("reason", $0)],
+                                      help: "Events delivered without their process, because a kernel map was full."))
+        })
+        unattributed = registry.makeCounter(name: "connguard_events_unattributed_total",
+                                            help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown').")
+        followDropped = registry.makeCounter(name: "connguard_follow_events_dropped_total",
+                                             help: "Events not sent to a slow `connections --follow` client (they are still stored).")
+        storedEvents = registry.makeGauge(name: "connguard_stored_events", help: "Individual connection events in the database.")
+        storedAggregates = registry.makeGauge(name: "connguard_stored_connections",
+                                              help: "Aggregated connections (workload, direction, peer, port, verdict) in the database.")
+        databaseBytes = registry.makeGauge(name: "connguard_database_size_bytes", help: "Size of the database files, WAL included.")
+        cgroupsTracked = registry.makeGauge(name: "connguard_cgroups_tracked", help: "cgroups whose identity the agent knows.")
+        writeQueueDepth = registry.makeGauge(name: "connguard_write_queue_events", help: "Events waiting to be written to the database.")
+        programRuns = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
+            ($0, registry.makeCounter(name: "connguard_bpf_program_runs_total", labels: [("program", $0)],
+                                      help: "Times each BPF program ran (kernel statistics)."))
+        })
+        programSeconds = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
+            ($0, registry.makeCounter(name: "connguard_bpf_program_run_seconds_total", labels: [("program", $0)],
+                                      help: "CPU time spent in each BPF program (kernel statistics)."))
+        })
+    }
+
+    public func countEvent(_ direction: ConnectionEvent.Direction, _ verdict: Verdict, by n: Int64 = 1) {
+        events["\(direction.rawValue)/\(verdict.rawValue)"]?.increment(by: n)
+    }
+
+    public func countUnattributed(by n: Int64 = 1) { unattributed.increment(by: n) }
+    public func countFollowDropped(by n: Int64 = 1) { followDropped.increment(by: n) }
+
+    /// Brings the counters that mirror absolute values up to date.
+    public func update(loss: LossCounts, writeQueueLost: UInt64) {
+        advance("k/ring_buffer_full", loss.ringBufferFull) { lostKernel["ring_buffer_full"]!.increment(by: $0) }
+        advance("k/cgroup_ring_buffer_full", loss.cgroupRingBufferFull) { lostKernel["cgroup_ring_buffer_full"]!.increment(by: $0) }
+        advance("a/undecodable", loss.undecodable) { lostAgent["undecodable"]!.increment(by: $0) }
+        advance("a/write_queue_full", writeQueueLost) { lostAgent["write_queue_full"]!.increment(by: $0) }
+        advance("i/connect_map_full", loss.connectMapFull) { incomplete["connect_map_full"]!.increment(by: $0) }
+        advance("i/listener_map_full", loss.listenerMapFull) { incomplete["listener_map_full"]!.increment(by: $0) }
+    }
+
+    public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64)]) {
+        for p in programStats {
+            advance("r/\(p.name)", p.runs) { programRuns[p.name]?.increment(by: $0) }
+            advance("t/\(p.name)", p.nanoseconds) { programSeconds[p.name]?.increment(by: Double($0) / 1e9) }
+        }
+    }
+
+    public func update(storedEvents e: Int, storedAggregates a: Int, databaseBytes b: Int, cgroups: Int, queueDepth: Int) {
+        storedEvents.set(to: Double(e))
+        storedAggregates.set(to: Double(a))
+        databaseBytes.set(to: Double(b))
+        cgroupsTracked.set(to: Double(cgroups))
+        writeQueueDepth.set(to: Double(queueDepth))
+    }
+
+    private func advance(_ key: String, _ value: UInt64, _ increment: (Int64) -> Void) {
+        let delta: UInt64 = lastKernel.withLock {
+            let old = kernelSeen[key] ?? 0
+            kernelSeen[key] = max(old, value)
+            return value > old ? value - old : 0
+        }
+        if delta > 0 { increment(Int64(clamping: delta)) }
+    }
+
+    /// The text exposition format.
+    public func render() -> String { registry.emitToString() }
+}

@@ -1,0 +1,124 @@
+import ConnGuardCore
+import ConnGuardStore
+import ConnGuardTracer
+import Foundation
+import Logging
+
+/// Resolves who made a connection; implemented by ConnGuardIdentity's resolver.
+public protocol IdentitySource: AnyObject, Sendable {
+    /// Follows cgroup creation and removal, in ring-buffer order, so that a
+    /// container's cgroup is known before its first connection is resolved.
+    func apply(_ event: CgroupEvent)
+    func resolve(_ event: ConnectionEvent) -> Identity
+    /// cgroups currently known.
+    var trackedCgroups: Int { get }
+}
+
+/// Counts the pipeline keeps for `connguard status`.
+public struct PipelineCounts: Sendable, Equatable {
+    public var connects: UInt64 = 0
+    public var accepts: UInt64 = 0
+    public var outOfScope: UInt64 = 0
+    public var unattributed: UInt64 = 0
+}
+
+/// The agent's event path: the tracer's ring buffer, read on a thread of its
+/// own (the poll blocks), then identity, verdict, storage and metrics. Nothing
+/// here blocks on the database: the writer queues.
+public final class EventPipeline: @unchecked Sendable {
+    private let tracer: Tracer
+    private let identity: IdentitySource
+    private let writer: StoreWriter
+    private let metrics: AgentMetrics
+    private let scope: CgroupSubtree?
+    private let logger: Logger
+
+    private let lock = Mutex()
+    private var stopFlag = false
+    private var counts = PipelineCounts()
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+    public private(set) var failure: Error?
+
+    public init(tracer: Tracer, identity: IdentitySource, writer: StoreWriter, metrics: AgentMetrics,
+                scope: CgroupSubtree?, logger: Logger) {
+        self.tracer = tracer
+        self.identity = identity
+        self.writer = writer
+        self.metrics = metrics
+        self.scope = scope
+        self.logger = logger
+    }
+
+    public var snapshot: PipelineCounts { lock.withLock { counts } }
+
+    public func start() {
+        let t = Thread { [self] in
+            self.loop()
+            self.finished.signal()
+        }
+        t.name = "connguard-events"
+        thread = t
+        t.start()
+    }
+
+    /// Stops reading after draining what the kernel holds; returns when done.
+    public func stop() {
+        lock.withLock { stopFlag = true }
+        if thread != nil {
+            finished.wait()
+            thread = nil
+        }
+    }
+
+    private func loop() {
+        // Per-batch tallies, published to metrics once per poll round rather
+        // than per event.
+        var batch = PipelineCounts()
+        var byVerdict: [String: Int64] = [:]
+        do {
+            try tracer.run(
+                shouldStop: { self.lock.withLock { self.stopFlag } },
+                onRecord: { record in
+                    switch record {
+                    case let .cgroup(c):
+                        self.scope?.apply(c)
+                        self.identity.apply(c)
+                    case let .connection(e):
+                        if let scope = self.scope, !scope.contains(e.cgroupID) {
+                            batch.outOfScope += 1
+                            return
+                        }
+                        let who = self.identity.resolve(e)
+                        if who.isUnknown { batch.unattributed += 1 }
+                        let verdict = Verdict.allowed
+                        if e.direction == .connect { batch.connects += 1 } else { batch.accepts += 1 }
+                        byVerdict["\(e.direction.rawValue)/\(verdict.rawValue)", default: 0] += 1
+                        self.writer.submit(StoredConnection(event: e, identity: who, verdict: verdict))
+                    }
+                },
+                onIdle: {
+                    guard batch != PipelineCounts() || !byVerdict.isEmpty else { return }
+                    for (key, n) in byVerdict {
+                        let parts = key.split(separator: "/")
+                        if let d = ConnectionEvent.Direction(rawValue: String(parts[0])),
+                           let v = Verdict(rawValue: String(parts[1])) {
+                            self.metrics.countEvent(d, v, by: n)
+                        }
+                    }
+                    self.metrics.countUnattributed(by: Int64(batch.unattributed))
+                    self.lock.withLock {
+                        self.counts.connects += batch.connects
+                        self.counts.accepts += batch.accepts
+                        self.counts.outOfScope += batch.outOfScope
+                        self.counts.unattributed += batch.unattributed
+                    }
+                    batch = PipelineCounts()
+                    byVerdict.removeAll(keepingCapacity: true)
+                })
+        } catch {
+            logger.error("event pipeline stopped: \(error)")
+            failure = error
+        }
+    }
+}

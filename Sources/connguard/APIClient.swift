@@ -1,0 +1,112 @@
+import ConnGuardCore
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Talks to the agent's API: HTTP/1.1 over its Unix socket, using
+/// swift-nio's HTTP codec.
+struct APIClient {
+    static let defaultSocket = "/run/connguard/api.sock"
+    let socketPath: String
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// GETs `path` with `query`, calling `onLine` for each non-empty line of
+    /// the body as it arrives (JSON lines; a streamed response never ends
+    /// until the agent stops, `onLine` returns false or `stop` returns true).
+    func get(_ path: String, query: [(String, String)] = [], stop: () -> Bool = { false },
+             onLine: (String) throws -> Bool) async throws {
+        try checkSocket()
+        var components = URLComponents()
+        components.path = path
+        if !query.isEmpty { components.queryItems = query.map { URLQueryItem(name: $0.0, value: $0.1) } }
+        // '+' would be read as a space by the server's form decoding.
+        let target = (components.string ?? path).replacingOccurrences(of: "+", with: "%2B")
+
+        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: socketPath) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw Failure(description: "cannot connect to the agent at \(socketPath): \(Self.reason(error)) (is `connguard agent` running?)")
+        }
+        try await channel.executeThenClose { inbound, outbound in
+            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target)
+            head.headers.add(name: "Host", value: "localhost")
+            try await outbound.write(.head(head))
+            try await outbound.write(.end(nil))
+            var status: HTTPResponseStatus = .ok
+            var pending: [UInt8] = []
+            var errorBody: [UInt8] = []
+            for try await part in inbound {
+                switch part {
+                case let .head(h):
+                    status = h.status
+                case var .body(buffer):
+                    let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+                    if status != .ok { errorBody += bytes; continue }
+                    pending += bytes
+                    while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                        let line = String(decoding: pending[..<nl], as: UTF8.self)
+                        pending.removeSubrange(...nl)
+                        if !line.isEmpty, try !onLine(line) { return }
+                    }
+                    // A streamed answer sends a blank line now and then even
+                    // when nothing is new, so this is checked regularly.
+                    if stop() { return }
+                case .end:
+                    if status != .ok {
+                        throw Failure(description: Self.errorMessage(errorBody, status: status))
+                    }
+                    if !pending.isEmpty { _ = try onLine(String(decoding: pending, as: UTF8.self)) }
+                    return
+                }
+            }
+        }
+    }
+
+    /// One JSON object.
+    func getObject(_ path: String) async throws -> [String: Any] {
+        var result: [String: Any]?
+        try await get(path) { line in
+            result = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return false
+        }
+        guard let result else { throw Failure(description: "the agent sent an empty answer to \(path)") }
+        return result
+    }
+
+    private func checkSocket() throws {
+        var st = stat()
+        if stat(socketPath, &st) != 0 {
+            if errno == EACCES {
+                throw Failure(description: "no permission to reach \(socketPath): run as root, or start the agent with --socket-group and join that group")
+            }
+            throw Failure(description: "the agent is not running (no socket at \(socketPath)); start it with `connguard agent`, or pass --socket")
+        }
+        if access(socketPath, R_OK | W_OK) != 0 {
+            throw Failure(description: "no permission to use \(socketPath): run as root, or start the agent with --socket-group and join that group")
+        }
+    }
+
+    private static func reason(_ error: Error) -> String {
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        return "\(error)"
+    }
+
+    private static func errorMessage(_ body: [UInt8], status: HTTPResponseStatus) -> String {
+        if let obj = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] {
+            if let m = obj["error"] as? String { return m }
+            if let e = obj["error"] as? [String: Any], let m = e["message"] as? String { return m }
+        }
+        return "the agent answered \(status.code) \(status.reasonPhrase)"
+    }
+}

@@ -1,0 +1,86 @@
+import ArgumentParser
+import ConnGuardAgent
+import ConnGuardCore
+import ConnGuardIdentity
+import Foundation
+import Logging
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run the node agent: trace, attribute and store every connection; answer queries.",
+        discussion: """
+        Runs until SIGTERM or SIGINT, then drains the kernel's buffer, flushes the database,
+        detaches its programs and removes its socket. Every setting has a default; --config
+        reads a YAML file (keys: \(AgentConfiguration.fileKeys.sorted().joined(separator: ", "))),
+        and flags override it.
+        """
+    )
+
+    @Option(help: "YAML file with settings.")
+    var config: String?
+
+    @Option(help: "SQLite database (default /var/lib/connguard/connguard.db).")
+    var db: String?
+
+    @Option(help: "Unix socket for the CLI (default /run/connguard/api.sock).")
+    var socket: String?
+
+    @Option(help: "Group allowed to query the agent (socket mode 0660).")
+    var socketGroup: String?
+
+    @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9090). Off by default.")
+    var metricsAddress: String?
+
+    @Option(help: "Watch only this cgroup v2 subtree (relative to the cgroup2 mount). Default: the whole node.")
+    var cgroupRoot: String?
+
+    @Option(help: "Keep individual events this long (e.g. 24h).")
+    var eventRetention: Duration?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String?
+
+    func run() async throws {
+        var c = AgentConfiguration()
+        do {
+            if let config {
+                let text: String
+                do { text = try readFile(config) } catch { throw Failure("--config: \(error)") }
+                c = try AgentConfiguration.load(yaml: text)
+            }
+        } catch let e as ConfigurationError {
+            throw Failure("\(config ?? ""): \(e)")
+        }
+        if let db { c.databasePath = absolute(db) }
+        if let socket { c.socketPath = absolute(socket) }
+        if let socketGroup { c.socketGroup = socketGroup }
+        if let metricsAddress { c.metricsAddress = metricsAddress }
+        if let cgroupRoot { c.cgroupRoot = cgroupRoot }
+        if let eventRetention { c.eventRetentionSeconds = eventRetention.seconds }
+        if let logLevel { c.logLevel = logLevel }
+        let problems = c.validate()
+        if !problems.isEmpty { throw Failure(ConfigurationError(problems: problems).description) }
+
+        let level = Logger.Level(rawValue: c.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "connguard.agent")
+        do {
+            let agent = try Agent(configuration: c, identity: try IdentityResolver.forThisNode(logger: logger),
+                                  version: ConnGuardVersion.string, logger: logger)
+            try await agent.run()
+        } catch let e as Failure {
+            throw e
+        } catch {
+            throw Failure("\(error)")
+        }
+    }
+
+    private func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+}

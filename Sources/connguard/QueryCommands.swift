@@ -1,0 +1,186 @@
+import ArgumentParser
+import ConnGuardCore
+import Foundation
+
+/// Flags every query command shares.
+struct AgentConnectionOptions: ParsableArguments {
+    @Option(help: "The agent's Unix socket.")
+    var socket: String = APIClient.defaultSocket
+}
+
+struct ConnectionsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connections",
+        abstract: "Show recent connections, as the agent stored them.",
+        discussion: "Examples: connguard connections --since 1h --workload shop/web/nginx; connguard connections --aggregate --direction out"
+    )
+
+    @OptionGroup var agent: AgentConnectionOptions
+
+    @Option(help: "Only connections since this long ago (15m, 2h) or this RFC 3339 time.")
+    var since: String?
+    @Option(help: "Only connections before this long ago or this RFC 3339 time.")
+    var until: String?
+    @Option(help: "Only the newest N.")
+    var last: Int?
+    @Flag(help: "Keep printing new connections as they are stored.")
+    var follow = false
+    @Option(help: "Only this workload (as shown in the WORKLOAD column).")
+    var workload: String?
+    @Option(help: "Only this container (name, or a prefix of its id).")
+    var container: String?
+    @Option(help: "Only this Kubernetes namespace.")
+    var namespace: String?
+    @Option(help: "Only this pod (name, or namespace/name).")
+    var pod: String?
+    @Option(help: "Only this port (either side).")
+    var port: Int?
+    @Option(help: "Only this remote address or CIDR.")
+    var peer: String?
+    @Option(help: "in (accepted) or out (connected).")
+    var direction: String?
+    @Option(help: "allowed, would_deny or denied.")
+    var verdict: String?
+    @Flag(help: "One row per (workload, direction, peer, port, verdict), with counts.")
+    var aggregate = false
+    @Option(name: [.short, .customLong("output")], help: "table or json (one object per line).")
+    var output: OutputFormat = .table
+
+    func validate() throws {
+        for (name, value) in [("--since", since), ("--until", until)] {
+            if let v = value, DurationParser.seconds(v) == nil, ISO8601DateFormatter().date(from: v) == nil {
+                throw ValidationError("\(name): '\(v)' is neither a duration (15m, 2h) nor an RFC 3339 time")
+            }
+        }
+        if let last, last < 1 { throw ValidationError("--last must be at least 1") }
+        if let port, !(1...65535).contains(port) { throw ValidationError("--port must be from 1 to 65535") }
+        if let peer, CIDR(peer) == nil { throw ValidationError("--peer: '\(peer)' is not an IP address or CIDR") }
+        if let direction, !["in", "out"].contains(direction) { throw ValidationError("--direction must be in or out") }
+        if let verdict, !["allowed", "would_deny", "denied"].contains(verdict) {
+            throw ValidationError("--verdict must be allowed, would_deny or denied")
+        }
+        if follow && aggregate { throw ValidationError("--follow and --aggregate cannot be combined") }
+    }
+
+    func run() async throws {
+        var q: [(String, String)] = []
+        func add(_ k: String, _ v: String?) { if let v { q.append((k, v)) } }
+        add("since", since); add("until", until); add("last", last.map(String.init))
+        add("workload", workload); add("container", container); add("namespace", namespace); add("pod", pod)
+        add("port", port.map(String.init)); add("peer", peer); add("direction", direction); add("verdict", verdict)
+        if aggregate { q.append(("aggregate", "true")) }
+        if follow { q.append(("follow", "true")) }
+        installStopSignals()
+
+        let out = OutputBuffer()
+        let table = ConnectionTable(aggregate: aggregate)
+        if output == .table { out.bytes += table.header().utf8 }
+        do {
+            try await APIClient(socketPath: agent.socket).get(
+                "/v1/connections", query: q, stop: { stopRequested.load(ordering: .relaxed) || out.broken }
+            ) { line in
+                switch output {
+                case .json:
+                    out.bytes += line.utf8
+                    out.bytes.append(UInt8(ascii: "\n"))
+                case .table:
+                    if let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+                        out.bytes += table.row(obj).utf8
+                    }
+                }
+                if follow { out.flush() } else { out.flushIfLarge() }
+                return !out.broken && !stopRequested.load(ordering: .relaxed)
+            }
+        } catch let e as APIClient.Failure {
+            out.flush()
+            throw Failure(e.description)
+        }
+        out.flush()
+    }
+}
+
+/// Columns of `connguard connections`.
+struct ConnectionTable {
+    let aggregate: Bool
+
+    var columns: [(String, Int)] {
+        aggregate
+            ? [("WORKLOAD", 36), ("DIR", 4), ("PEER", 40), ("PORT", 6), ("VERDICT", 11), ("COUNT", 8), ("FAILED", 7), ("FIRST SEEN", 20), ("LAST SEEN", 20)]
+            : [("TIME", 20), ("EVENT", 7), ("OUTCOME", 20), ("VERDICT", 11), ("WORKLOAD", 36), ("PROCESS", 22), ("SOURCE", 22), ("DESTINATION", 22)]
+    }
+
+    func header() -> String { line(columns.map(\.0)) }
+
+    func row(_ o: [String: Any]) -> String {
+        func s(_ k: String) -> String {
+            switch o[k] {
+            case let v as String: return TableWriter.printable(v)
+            case let v as NSNumber: return v.stringValue
+            default: return "-"
+            }
+        }
+        func time(_ k: String) -> String {
+            let t = s(k)
+            return t.count >= 19 ? String(t.prefix(19)).replacingOccurrences(of: "T", with: " ") : t
+        }
+        if aggregate {
+            return line([s("workload"), s("direction") == "accept" ? "in" : "out", s("peer"), s("port"), s("verdict"),
+                         s("count"), s("failed"), time("first_seen"), time("last_seen")])
+        }
+        let outcome = s("outcome") == "failed" && o["error"] is String ? "failed " + s("error") : s("outcome")
+        let process = (o["process_known"] as? Bool) == false ? "?" : "\(s("pid"))/\(s("comm"))"
+        func endpoint(_ a: String, _ p: String) -> String { s(a).contains(":") ? "[\(s(a))]:\(s(p))" : "\(s(a)):\(s(p))" }
+        return line([time("time"), s("event"), outcome, s("verdict"), s("workload"), process,
+                     endpoint("src", "sport"), endpoint("dst", "dport")])
+    }
+
+    private func line(_ cells: [String]) -> String {
+        var text = ""
+        for (i, cell) in cells.enumerated() {
+            text += cell
+            if i < cells.count - 1 {
+                let width = i < columns.count ? columns[i].1 : 0
+                text += String(repeating: " ", count: max(1, width - cell.count + 1))
+            }
+        }
+        return text + "\n"
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Is the agent up, since when, what it has seen and lost."
+    )
+
+    @OptionGroup var agent: AgentConnectionOptions
+    @Option(name: [.short, .customLong("output")], help: "table or json.")
+    var output: OutputFormat = .table
+
+    func run() async throws {
+        let client = APIClient(socketPath: agent.socket)
+        do {
+            if output == .json {
+                try await client.get("/v1/status") { line in print(line); return false }
+                return
+            }
+            let s = try await client.getObject("/v1/status")
+            func sub(_ k: String) -> [String: Any] { s[k] as? [String: Any] ?? [:] }
+            func n(_ d: [String: Any], _ k: String) -> String { (d[k] as? NSNumber)?.stringValue ?? "-" }
+            print("agent:      up since \(s["started_at"] ?? "-") (pid \(s["pid"] ?? "-"), version \(s["version"] ?? "-"))")
+            print("watching:   cgroup \(s["cgroup_root"] ?? "/")")
+            let hooks = sub("hooks")
+            for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
+            let e = sub("events")
+            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored, \(n(e, "unattributed")) unattributed")
+            let l = sub("lost")
+            print("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed")))")
+            print("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")
+            let d = sub("database")
+            let mb = (d["size_bytes"] as? NSNumber).map { String(format: "%.1f MiB", $0.doubleValue / 1_048_576) } ?? "-"
+            print("database:   \(d["path"] ?? "-"), \(mb), \(n(d, "events")) events, \(n(d, "connections")) aggregated connections")
+        } catch let e as APIClient.Failure {
+            throw Failure(e.description)
+        }
+    }
+}

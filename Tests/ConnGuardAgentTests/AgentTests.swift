@@ -1,0 +1,299 @@
+import ConnGuardCore
+import Foundation
+import Glibc
+import ConnGuardTestSupport
+import XCTest
+
+/// The agent as operators run it: the built binary, in a cgroup subtree of
+/// the test's own, with a temporary database and socket; real connections;
+/// the CLI's query commands.
+final class AgentTests: XCTestCase {
+    var binary: String { productsDirectory() + "/connguard" }
+    var scratch = ""
+    var root: TestCgroup!
+    var clients: TestCgroup!
+    var metricsPort: UInt16 = 0
+
+    override func setUpWithError() throws {
+        try requireRoot()
+        scratch = NSTemporaryDirectory() + "connguard-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        root = try TestCgroup("agent")
+        clients = try root.child("clients")
+        let (fd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        close(fd)
+        metricsPort = port
+    }
+
+    override func tearDown() {
+        clients?.remove()
+        root?.remove()
+        try? FileManager.default.removeItem(atPath: scratch)
+    }
+
+    var socket: String { scratch + "/api.sock" }
+    var db: String { scratch + "/db.sqlite" }
+
+    func startAgent(extra: [String] = []) throws -> Child {
+        let agent = try Child(binary, ["agent", "--db", db, "--socket", socket, "--cgroup-root", root.relativePath,
+                                       "--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "warning"] + extra)
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if access(socket, F_OK) == 0, (try? cli(["status", "--socket", socket, "-o", "json"]).status) == 0 { return agent }
+            if !agent.process.isRunning { break }
+            usleep(50_000)
+        }
+        agent.stop(signal: SIGKILL)
+        let err = String(decoding: agent.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTFail("agent did not come up: \(err)")
+        throw FileError(path: socket, errno: ETIMEDOUT)
+    }
+
+    /// Runs the CLI; returns stdout, stderr and exit status.
+    @discardableResult
+    func cli(_ args: [String]) throws -> (stdout: String, stderr: String, status: Int32) {
+        let c = try Child(binary, args)
+        // A command that hangs is a failure, not a stuck test run.
+        let pid = c.pid
+        let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
+        defer { watchdog.cancel() }
+        let out = c.stdout.fileHandleForReading.readDataToEndOfFile()
+        let err = c.stderr.fileHandleForReading.readDataToEndOfFile()
+        c.process.waitUntilExit()
+        return (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self), c.process.terminationStatus)
+    }
+
+    func connections(_ args: [String]) throws -> [[String: Any]] {
+        let r = try cli(["connections", "--socket", socket, "-o", "json"] + args)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        return try r.stdout.split(separator: "\n").map {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+    }
+
+    /// Makes `count` connections to 127.0.0.1:port from a process inside the clients cgroup.
+    func connectFromClients(port: UInt16, count: Int = 1) throws {
+        let script = "import socket\nfor _ in range(\(count)):\n    socket.create_connection(('127.0.0.1', \(port))).close()\n"
+        let c = try Child("/bin/sh", ["-c", "echo $$ > \(clients.path)/cgroup.procs && exec python3 -c \"$0\"", script])
+        c.process.waitUntilExit()
+        XCTAssertEqual(c.process.terminationStatus, 0)
+    }
+
+    /// A server in the root test cgroup that accepts and closes forever.
+    func startServer() throws -> (Child, UInt16) {
+        let server = try Child("/bin/sh", ["-c", """
+            echo $$ > \(root.path)/cgroup.procs && exec python3 -c '
+            import socket
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(512)
+            print(s.getsockname()[1], flush=True)
+            while True:
+                c, _ = s.accept(); c.close()
+            '
+            """])
+        let port = try XCTUnwrap(server.readLine().flatMap { UInt16($0) })
+        return (server, port)
+    }
+
+    func waitFor(_ description: String, timeout: Double = 10, _ condition: () throws -> Bool) rethrows {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(100_000)
+        }
+        XCTFail("timed out waiting for \(description)")
+    }
+
+    func testStoresQueriesFiltersAndExportsMetrics() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        try connectFromClients(port: port, count: 3)
+
+        var rows: [[String: Any]] = []
+        try waitFor("6 stored events") {
+            rows = try connections(["--port", String(port)])
+            return rows.count >= 6
+        }
+        XCTAssertEqual(rows.count, 6)
+        let connects = rows.filter { $0["event"] as? String == "connect" }
+        let accepts = rows.filter { $0["event"] as? String == "accept" }
+        XCTAssertEqual(connects.count, 3)
+        XCTAssertEqual(accepts.count, 3)
+        for r in connects {
+            XCTAssertEqual(r["workload"] as? String, clients.relativePath, "a host process's workload is its cgroup path")
+            XCTAssertEqual(r["comm"] as? String, "python3")
+            XCTAssertEqual(r["cgroup_id"] as? Int, Int(clients.id))
+            XCTAssertEqual(r["dport"] as? Int, Int(port))
+            XCTAssertEqual(r["verdict"] as? String, "allowed")
+            for key in ["time", "outcome", "pid", "uid", "family", "src", "sport", "dst"] { XCTAssertNotNil(r[key], key) }
+        }
+        for r in accepts {
+            XCTAssertEqual(r["workload"] as? String, root.relativePath)
+            XCTAssertEqual(r["pid"] as? Int, Int(server.pid))
+        }
+
+        // Filters narrow.
+        XCTAssertEqual(try connections(["--port", String(port), "--direction", "in"]).count, 3)
+        XCTAssertEqual(try connections(["--port", String(port), "--workload", clients.relativePath]).count, 3)
+        XCTAssertEqual(try connections(["--port", String(port), "--last", "2"]).count, 2)
+        XCTAssertEqual(try connections(["--port", String(port), "--peer", "10.0.0.0/8"]).count, 0)
+        XCTAssertEqual(try connections(["--port", String(port), "--peer", "127.0.0.0/8"]).count, 6)
+        XCTAssertEqual(try connections(["--port", String(port), "--verdict", "denied"]).count, 0)
+        XCTAssertEqual(try connections(["--port", String(port), "--until", "1h"]).count, 0)
+        XCTAssertEqual(try connections(["--port", String(port), "--since", "1h"]).count, 6)
+        let agg = try connections(["--port", String(port), "--aggregate"])
+        XCTAssertEqual(agg.count, 2, "one outbound and one inbound aggregate: \(agg)")
+        XCTAssertEqual(agg.compactMap { $0["count"] as? Int }.sorted(), [3, 3])
+
+        // Table output for a person.
+        let table = try cli(["connections", "--socket", socket, "--port", String(port)])
+        XCTAssertEqual(table.status, 0)
+        XCTAssertTrue(table.stdout.hasPrefix("TIME"), table.stdout)
+        XCTAssertEqual(table.stdout.split(separator: "\n").count, 7)
+
+        // Metrics: Prometheus text, counters matching what we did (the agent
+        // watches only our subtree).
+        let metrics = try httpGet(port: metricsPort, path: "/metrics")
+        XCTAssertEqual(metricValue(metrics, #"connguard_events_total{event="connect",verdict="allowed"}"#), 3)
+        XCTAssertEqual(metricValue(metrics, #"connguard_events_total{event="accept",verdict="allowed"}"#), 3)
+        XCTAssertEqual(metricValue(metrics, #"connguard_events_lost_total{stage="kernel",reason="ring_buffer_full"}"#), 0)
+        XCTAssertNotNil(metricValue(metrics, "connguard_database_size_bytes"))
+        XCTAssertTrue(metrics.contains("# TYPE connguard_events_total counter"))
+        XCTAssertGreaterThan(metricValue(metrics, #"connguard_bpf_program_runs_total{program="cg_tp_sock_state"}"#) ?? 0, 0)
+
+        // Status.
+        let status = try cli(["status", "--socket", socket, "-o", "json"])
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual((s["events"] as? [String: Any])?["connect"] as? Int, 3)
+        XCTAssertEqual((s["lost"] as? [String: Any])?["total"] as? Int, 0)
+        XCTAssertNotNil(s["version"])
+        let human = try cli(["status", "--socket", socket])
+        XCTAssertTrue(human.stdout.contains("up since"), human.stdout)
+    }
+
+    func testFollowDeliversNewConnections() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        try connectFromClients(port: port)  // before --follow: not replayed
+        try waitFor("first connection stored") { try connections(["--port", String(port)]).count >= 2 }
+
+        let follow = try Child(binary, ["connections", "--socket", socket, "--follow", "-o", "json", "--port", String(port), "--direction", "out"])
+        defer { follow.stop(signal: SIGKILL) }
+        usleep(500_000)
+        try connectFromClients(port: port)
+        let line = try XCTUnwrap(follow.readLine(timeout: 10), "follow delivered nothing")
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        XCTAssertEqual(obj["event"] as? String, "connect")
+        XCTAssertEqual(obj["dport"] as? Int, Int(port))
+        XCTAssertNil(follow.readLine(timeout: 1), "only the new one, once")
+        follow.stop(signal: SIGINT)
+        XCTAssertEqual(follow.process.terminationStatus, 0)
+    }
+
+    func testDataSurvivesSIGTERMAndKill9() throws {
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        var agent = try startAgent()
+        try connectFromClients(port: port, count: 2)
+        try waitFor("stored") { try connections(["--port", String(port)]).count >= 4 }
+        agent.stop(signal: SIGTERM)
+        XCTAssertEqual(agent.process.terminationStatus, 0, "clean exit on SIGTERM")
+        XCTAssertNotEqual(access(socket, F_OK), 0, "socket removed on exit")
+
+        agent = try startAgent()
+        XCTAssertEqual(try connections(["--port", String(port)]).count, 4, "kept across a restart")
+        try connectFromClients(port: port, count: 1)
+        try waitFor("stored after restart") { try connections(["--port", String(port)]).count >= 6 }
+        agent.stop(signal: SIGKILL)
+
+        agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        XCTAssertEqual(try connections(["--port", String(port)]).count, 6, "committed data kept across kill -9")
+    }
+
+    func testBadInputIsRefusedWithOneLine() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        for args in [["--since", "yesterday"], ["--last", "0"], ["--last", "99999999999999999999"], ["--port", "0"],
+                     ["--peer", "10.0.0.0/33"], ["--direction", "sideways"], ["--verdict", "maybe"], ["--follow", "--aggregate"]] {
+            let r = try cli(["connections", "--socket", socket] + args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertFalse(r.stderr.isEmpty, "\(args)")
+            XCTAssertFalse(r.stderr.contains("Fatal error"), "\(args): \(r.stderr)")
+        }
+        // The API itself refuses unknown fields and bad values with a JSON error.
+        for query in ["bogus=1", "last=-5", "since=15x", "port=99999", "last=1&last=2", "peer=300.1.1.1"] {
+            let (status, body) = try unixHTTPGet(socket: socket, path: "/v1/connections?" + query)
+            XCTAssertEqual(status, 400, query)
+            XCTAssertTrue(body.contains("\"error\""), "\(query): \(body)")
+        }
+        // No agent: one line, non-zero.
+        let none = try cli(["status", "--socket", scratch + "/nothing.sock"])
+        XCTAssertEqual(none.status, 1)
+        XCTAssertEqual(none.stderr.split(separator: "\n").count, 1, none.stderr)
+        XCTAssertTrue(none.stderr.contains("not running"), none.stderr)
+        // Agent flags.
+        for args in [["--metrics-address", "nowhere"], ["--cgroup-root", "/no/such/cgroup"], ["--log-level", "loud"],
+                     ["--config", "/no/such/file.yaml"]] {
+            let r = try cli(["agent", "--db", scratch + "/x.db", "--socket", scratch + "/x.sock"] + args)
+            XCTAssertEqual(r.status, 1, "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)")
+        }
+        let badConfig = scratch + "/bad.yaml"
+        try "databse: /tmp/x\nring_buffer_mib: 3\n".write(toFile: badConfig, atomically: true, encoding: .utf8)
+        let r = try cli(["agent", "--config", badConfig])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("databse") && r.stderr.contains("ring_buffer_mib"), "every problem listed: \(r.stderr)")
+    }
+
+    // MARK: - helpers
+
+    func metricValue(_ text: String, _ series: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+
+    func httpGet(port: UInt16, path: String) throws -> String {
+        let fd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        return try exchange(fd: fd, path: path).body
+    }
+
+    func unixHTTPGet(socket: String, path: String) throws -> (Int, String) {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socket.utf8) + [0]) }
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(ok, 0)
+        let r = try exchange(fd: fd, path: path)
+        return (r.status, r.body)
+    }
+
+    /// One HTTP request; the server closes after answering (Connection: close).
+    func exchange(fd: Int32, path: String) throws -> (status: Int, body: String) {
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        _ = request.withCString { write(fd, $0, strlen($0)) }
+        var data: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            data += buf[0..<n]
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+        return (status, body)
+    }
+}
