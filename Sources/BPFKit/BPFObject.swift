@@ -126,7 +126,8 @@ public struct BPFProgram {
 /// An attachment. Destroying it (deinit or detach()) detaches the program,
 /// unless it was pinned.
 public final class BPFLink {
-    private var handle: OpaquePointer?
+    /// nil once detached or released (BPFPins.swift).
+    var handle: OpaquePointer?
     public let description: String
 
     init(handle: OpaquePointer, description: String) {

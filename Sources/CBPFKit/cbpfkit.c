@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
 
 /* Keep at most this much of libbpf's output; a verifier log can be megabytes,
  * and its end (where the rejection is) matters most. */
@@ -121,4 +122,13 @@ long cgbpf_btf_struct_info(const struct btf *btf, const char *struct_name, const
 struct bpf_link *cgbpf_attach_kprobe(struct bpf_program *prog, int retprobe, const char *func)
 {
     return bpf_program__attach_kprobe(prog, retprobe != 0, func);
+}
+
+long cgbpf_fs_type(const char *path)
+{
+    struct statfs st;
+
+    if (statfs(path, &st) != 0)
+        return -errno;
+    return (long)st.f_type;
 }

@@ -32,4 +32,8 @@ long cgbpf_btf_struct_info(const struct btf *btf, const char *struct_name, const
 /* Attach a tracing program (fentry/fexit/tp_btf) or kprobe by name. */
 struct bpf_link *cgbpf_attach_kprobe(struct bpf_program *prog, int retprobe, const char *func);
 
+/* The filesystem type (statfs f_type: BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, ...)
+ * of the file at path, or -errno. Swift's Glibc module lacks sys/vfs.h. */
+long cgbpf_fs_type(const char *path);
+
 #endif
