@@ -7,6 +7,7 @@
 //   BPFKit               the libbpf wrapper: objects, programs, links, maps, ring buffers, typed errors
 //   ConnGuardCore        domain logic, no root needed: events, addresses, filters, output
 //   ConnGuardTracer      loads the embedded programs and turns ring-buffer records into events
+//   ConnGuardEnforcer    enforcement in the kernel: pinned cgroup programs, policy and baseline maps
 //   connguard            the command line
 import PackageDescription
 
@@ -42,6 +43,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "ConnGuardEnforcer",
+            dependencies: ["BPFKit", "CBPFKit", "CConnGuard", "ConnGuardCore"]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
@@ -57,6 +62,10 @@ let package = Package(
         .testTarget(
             name: "ConnGuardTracerTests",
             dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard", "CLibBPF"]
+        ),
+        .testTarget(
+            name: "ConnGuardEnforcerTests",
+            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard"]
         ),
     ]
 )
