@@ -1,5 +1,7 @@
 #include "cbpfkit.h"
 
+#include <bpf/bpf.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -131,4 +133,17 @@ long cgbpf_fs_type(const char *path)
     if (statfs(path, &st) != 0)
         return -errno;
     return (long)st.f_type;
+}
+
+int cgbpf_test_run(int prog_fd, const void *data, size_t size, int repeat, unsigned int *retval,
+                   unsigned int *duration_ns)
+{
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = (__u32)size, .repeat = repeat);
+    int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+    if (err)
+        return err < 0 ? err : -errno;
+    *retval = opts.retval;
+    *duration_ns = opts.duration;
+    return 0;
 }

@@ -361,6 +361,9 @@ public final class Enforcer: @unchecked Sendable {
         return try DenialReader(enforcer: self, map: denialMap)
     }
 
+    /// The loaded programs (to measure them with BPFProgram.testRun).
+    public var programs: [BPFProgram] { object.programs }
+
     func countUndecodable() { state.withLock { $0.undecodable += 1 } }
 
     // MARK: -
