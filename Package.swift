@@ -63,6 +63,11 @@ let package = Package(
             name: "ConnGuardTracerTests",
             dependencies: ["ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard", "CLibBPF"]
         ),
+        .executableTarget(
+            name: "connguard-enforce-bench",
+            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore"],
+            path: "bench/EnforceBench"
+        ),
         .testTarget(
             name: "ConnGuardEnforcerTests",
             dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard"]
