@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "connguard",
             dependencies: [
-                "ConnGuardCore", "ConnGuardTracer", "BPFKit",
+                "ConnGuardCore", "ConnGuardTracer", "ConnGuardEnforcer", "BPFKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

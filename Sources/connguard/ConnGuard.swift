@@ -6,7 +6,7 @@ struct ConnGuard: ParsableCommand {
         commandName: "connguard",
         abstract: "See, learn and enforce the TCP connections of every workload on this node.",
         version: ConnGuardVersion.string,
-        subcommands: [TraceCommand.self, ProbeCommand.self]
+        subcommands: [TraceCommand.self, ProbeCommand.self, KillSwitchCommand.self]
     )
 }
 

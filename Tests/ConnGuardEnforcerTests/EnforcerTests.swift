@@ -279,6 +279,32 @@ final class EnforcerTests: XCTestCase {
         XCTAssertTrue(try Enforcer.removeAll(pinRoot: box.pinRoot).isEmpty, "a second run finds nothing")
     }
 
+    /// The operator's command does the same, with no Swift object of ours around.
+    func testKillSwitchCommand() throws {
+        try requireRoot()
+        let binary = productsDirectory() + "/connguard"
+        guard access(binary, X_OK) == 0 else { throw XCTSkip("\(binary) not built (swift build --build-tests builds it)") }
+        let box = try EnforceSandbox()
+        defer { box.cleanup() }
+        let b = try Net.listener(address: "127.0.0.1")
+        defer { close(b.fd) }
+        let cg = try box.child("client")
+        do {
+            let e = try box.open()
+            try e.setPolicy(cgroupID: cg.id, workloadID: client, mode: .enforce)
+            try e.close(failOpen: false)
+            box.release(e)
+        }
+        XCTAssertEqual(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).errno, EPERM)
+        let cmd = try Child(binary, ["kill-switch", "--pin-root", box.pinRoot])
+        cmd.process.waitUntilExit()
+        let out = String(decoding: cmd.stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(cmd.process.terminationStatus, 0)
+        XCTAssertEqual(out.split(separator: "\n").filter { $0.hasPrefix("detached ") }.count, 5, out)
+        XCTAssertNotEqual(access(box.pinRoot, F_OK), 0)
+        XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok)
+    }
+
     /// A live agent's enforcer also loses its links to the kill-switch sweep.
     func testKillSwitchSweepsLinksOfARunningEnforcer() throws {
         try requireRoot()
