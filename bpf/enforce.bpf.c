@@ -30,6 +30,11 @@
  * cgroup/post_bind4 and post_bind6 remember who bound each socket of the
  * subtree (socket storage), to name the server in an inbound denial; they
  * never refuse.
+ *
+ * tp_btf/cgroup_mkdir reports cgroups created in the subtree on a ring buffer
+ * of their own (`cgroup_births`), so that the agent can arm a new container
+ * at once: the tracer's cgroup events share a ring with every connection on
+ * the node and wait behind them under load.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -64,6 +69,7 @@ const struct cg_socket_owner *unused_socket_owner __attribute__((unused));
 /* Set by user space before load. */
 const volatile __u8 unknown_deny = 0;  /* 1: deny cgroups with no policy (`--unknown deny`) */
 const volatile __u32 watch_level = 0;  /* cgroup level of the directory the programs attach to */
+const volatile __u64 watch_root_id = 0; /* and its id */
 
 /* cgroup id -> workload and mode. Writer: user space (the agent arms a cgroup
  * when it appears, or a pod's parent cgroup before its containers start).
@@ -126,6 +132,14 @@ struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 1 << 20);
 } denials SEC(".maps");
+
+/* Cgroups created in the watched subtree (struct cg_cgroup_event, kind
+ * CG_RECORD_CGROUP_MKDIR). Writer: cg_enf_mkdir. Reader: the agent, which
+ * arms each new cgroup. Not pinned: with no agent, nobody arms. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 16);
+} cgroup_births SEC(".maps");
 
 /* Decisions by direction (enum cg_decision). Writer: connect and ingress.
  * Reader: user space, summed over CPUs. Never deleted. */
@@ -550,4 +564,62 @@ int cg_enf_ingress(struct __sk_buff *skb)
         return 1;
     report_accept(skb, &s, cgroup_id, flags);
     return 0; /* drop the SYN */
+}
+
+/* ---- new cgroups ------------------------------------------------------- */
+
+/* Only the fields used here; the ___enf suffix keeps these apart from
+ * kernel_types.h's struct cgroup (CO-RE ignores the suffix when matching). */
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct cgroup___enf;
+struct cgroup_subsys_state___enf {
+    struct cgroup___enf *cgroup;
+    struct cgroup_subsys_state___enf *parent;
+};
+struct cgroup___enf {
+    struct cgroup_subsys_state___enf self;
+    struct kernfs_node *kn;
+    struct cgroup_root *root;
+    int level;
+};
+#pragma clang attribute pop
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(cg_enf_mkdir, struct cgroup *new_cgroup, const char *path)
+{
+    struct cgroup___enf *cgrp = (struct cgroup___enf *)new_cgroup;
+    struct cgroup___enf *c = cgrp;
+    struct cg_cgroup_event *e;
+    int level;
+
+    /* The v2 hierarchy is 0; v1 hierarchies of a hybrid layout are not ours. */
+    if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+        return 0;
+    level = BPF_CORE_READ(cgrp, level);
+    if (level <= (int)watch_level || level > (int)watch_level + MAX_ANCESTOR_DEPTH)
+        return 0;
+    /* Up to the watched root's level: is it the watched root? */
+    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
+        if (i >= level - (int)watch_level)
+            break;
+        c = BPF_CORE_READ(c, self.parent, cgroup);
+        if (!c)
+            return 0;
+    }
+    if (BPF_CORE_READ(c, kn, id) != watch_root_id)
+        return 0;
+
+    e = bpf_ringbuf_reserve(&cgroup_births, sizeof(*e), 0);
+    if (!e) {
+        count(&enforce_drops, CG_ENF_DROP_BIRTH_RINGBUF_FULL);
+        return 0;
+    }
+    e->kind = CG_RECORD_CGROUP_MKDIR;
+    e->hierarchy_id = 0;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+    if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
+        e->path[0] = 0;
+    bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP); /* arm now */
+    return 0;
 }

@@ -53,6 +53,8 @@ public final class Enforcer: @unchecked Sendable {
     private let dropMap: BPFMap
     private let denialMap: BPFMap
     private var links: [BPFLink]
+    /// cg_enf_mkdir's attachment, while someone watches new cgroups (not pinned).
+    private var birthLink: BPFLink?
     private let state = Mutex(State())
 
     private struct State {
@@ -98,6 +100,7 @@ public final class Enforcer: @unchecked Sendable {
         object = try BPFObject(bytes: Array(UnsafeRawBufferPointer(start: start, count: Int(size))), name: "connguard_enforce")
         try object.setReadOnlyGlobal("unknown_deny", UInt8(configuration.unknownCgroups == .deny ? 1 : 0))
         try object.setReadOnlyGlobal("watch_level", UInt32(dir.level))
+        try object.setReadOnlyGlobal("watch_root_id", dir.id)
         try object.map("cgroup_policy").setMaxEntries(configuration.maxCgroups)
         try object.map("rules_cidr").setMaxEntries(configuration.maxAddressRules)
         try object.map("rules_peer").setMaxEntries(configuration.maxPeerRules)
@@ -179,6 +182,8 @@ public final class Enforcer: @unchecked Sendable {
             return s.closed
         }
         if already && !failOpen { return }
+        birthLink?.detach()
+        birthLink = nil
         if failOpen {
             for l in links { try l.detachNow() }
             links.removeAll()
@@ -349,7 +354,8 @@ public final class Enforcer: @unchecked Sendable {
         func n(_ d: cg_enforce_drop_reason) throws -> UInt64 { try dropMap.perCPUSum(index: d.rawValue) }
         return EnforcementDropCounts(
             lostDenials: try n(CG_ENF_DROP_RINGBUF_FULL), ownerNotRecorded: try n(CG_ENF_DROP_OWNER_STORAGE),
-            unparsedPackets: try n(CG_ENF_DROP_UNPARSED), undecodable: state.withLock { $0.undecodable })
+            unparsedPackets: try n(CG_ENF_DROP_UNPARSED), lostNewCgroups: try n(CG_ENF_DROP_BIRTH_RINGBUF_FULL),
+            undecodable: state.withLock { $0.undecodable })
     }
 
     // MARK: - Denials
@@ -363,6 +369,22 @@ public final class Enforcer: @unchecked Sendable {
 
     /// The loaded programs (to measure them with BPFProgram.testRun).
     public var programs: [BPFProgram] { object.programs }
+
+    /// Starts reporting cgroups created in the watched subtree, at once and on
+    /// a ring buffer of their own (the tracer's cgroup events wait behind
+    /// every connection on the node). The agent arms each with `arm`.
+    /// One watcher per enforcer; it stops at close.
+    public func watchNewCgroups() throws -> NewCgroupReader {
+        try ensureOpen()
+        if birthLink == nil {
+            do {
+                birthLink = try object.program("cg_enf_mkdir").attach()
+            } catch let e as BPFError {
+                throw EnforcerError.attach(e)
+            }
+        }
+        return try NewCgroupReader(enforcer: self, map: try object.map("cgroup_births"))
+    }
 
     func countUndecodable() { state.withLock { $0.undecodable += 1 } }
 
@@ -421,6 +443,8 @@ public struct EnforcementDropCounts: Sendable, Equatable {
     public var ownerNotRecorded: UInt64
     /// Inbound packets whose TCP header was not found (let through).
     public var unparsedPackets: UInt64
+    /// New cgroups in the subtree that were not reported (their ring buffer was full).
+    public var lostNewCgroups: UInt64
     /// Denial records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64
 }
@@ -471,6 +495,32 @@ public final class DenialReader {
 
     /// Waits up to `timeoutMilliseconds` for denials and returns those ready.
     public func poll(timeoutMilliseconds: Int32) throws -> [ConnectionEvent] {
+        try reader.poll(timeoutMilliseconds: timeoutMilliseconds)
+        defer { pending.removeAll() }
+        return pending
+    }
+}
+
+/// Reads the cgroups created in the watched subtree (paths relative to the
+/// cgroup v2 mount).
+public final class NewCgroupReader {
+    private let enforcer: Enforcer
+    private var reader: RingBufferReader!
+    private var pending: [CgroupEvent] = []
+
+    init(enforcer: Enforcer, map: BPFMap) throws {
+        self.enforcer = enforcer
+        reader = try RingBufferReader(map: map) { [unowned self] bytes in
+            if case let .cgroup(c)? = try? TraceRecord.decode(bytes, clock: self.enforcer.clock) {
+                self.pending.append(c)
+            } else {
+                self.enforcer.countUndecodable()
+            }
+        }
+    }
+
+    /// Waits up to `timeoutMilliseconds` for new cgroups and returns those ready.
+    public func poll(timeoutMilliseconds: Int32) throws -> [CgroupEvent] {
         try reader.poll(timeoutMilliseconds: timeoutMilliseconds)
         defer { pending.removeAll() }
         return pending

@@ -208,6 +208,43 @@ final class EnforcerTests: XCTestCase {
         XCTAssertTrue(try box.connect(from: ctr.path, to: "127.0.0.1", port: b.port).ok)
     }
 
+    /// New cgroups in the subtree are reported at once on the enforcer's own
+    /// ring buffer (those outside it are not), and an armed one is enforced
+    /// from its first connect. Prints the creation-to-armed latency.
+    func testNewCgroupsAreReportedAndArmedBeforeTheirFirstConnect() throws {
+        try requireRoot()
+        let box = try EnforceSandbox()
+        defer { box.cleanup() }
+        let b = try Net.listener(address: "127.0.0.1")
+        defer { close(b.fd) }
+        let enforcer = try box.open()
+        let births = try enforcer.watchNewCgroups()
+        let outside = try box.outsider()
+
+        var armedIDs: Set<UInt64> = []
+        let n = 50
+        var made: [UInt64] = []
+        for i in 0..<n {
+            made.append(try box.child("ctr-\(i)").id)
+            let deadline = Date().addingTimeInterval(5)
+            while !armedIDs.contains(made[i]) && Date() < deadline {
+                for c in try births.poll(timeoutMilliseconds: 100) {
+                    XCTAssertNotEqual(c.cgroupID, cgroupID(outside), "a cgroup outside the subtree is not reported")
+                    try enforcer.arm(cgroupID: c.cgroupID, workloadID: client, mode: .enforce, createdAtWallNanoseconds: c.timeNanoseconds)
+                    armedIDs.insert(c.cgroupID)
+                    XCTAssertTrue(c.path.hasSuffix("/ctr-\(i)"), c.path)
+                }
+            }
+        }
+        XCTAssertEqual(Set(made), armedIDs)
+        let latency = try XCTUnwrap(enforcer.armingLatency())
+        print("arming latency (cgroup_mkdir -> policy inserted, \(n) cgroups, test thread polling): \(latency)")
+        XCTAssertLessThan(latency.medianNanoseconds, 100_000_000)
+        // The first process of an armed cgroup is under its policy.
+        XCTAssertEqual(try box.connect(from: box.root + "/ctr-0", to: "127.0.0.1", port: b.port).errno, EPERM)
+        XCTAssertEqual(try enforcer.dropCounts().lostNewCgroups, 0)
+    }
+
     /// Pinned state enforces with no agent; the next agent adopts it, policy
     /// and all; fail-open removes everything.
     func testEnforcementOutlivesTheAgentAndIsAdopted() throws {

@@ -49,6 +49,15 @@ final class EnforceSandbox {
 
     var rootID: UInt64 { cgroupID(root) }
 
+    /// Makes a cgroup beside the subtree, outside it (removed at cleanup).
+    func outsider() throws -> String {
+        let path = root + "-outside"
+        guard mkdir(path, 0o755) == 0 else { throw FileError(path: path, errno: errno) }
+        outsiders.append(path)
+        return path
+    }
+    private var outsiders: [String] = []
+
     /// Makes a cgroup below the subtree root ("client", "pod/ctr").
     @discardableResult
     func child(_ relative: String) throws -> (path: String, id: UInt64) {
@@ -88,7 +97,7 @@ final class EnforceSandbox {
         _ = try? Enforcer.removeAll(pinRoot: pinRoot, sweepUnpinnedLinks: false)
         for p in processes { p.stop(signal: SIGKILL) }
         processes.removeAll()
-        for dir in ([root] + children).reversed() { // deepest first
+        for dir in (outsiders + [root] + children).reversed() { // deepest first
             if let procs = try? readFile(dir + "/cgroup.procs") {
                 for p in procs.split(separator: "\n") { if let pid = Int32(p) { kill(pid, SIGKILL) } }
             }

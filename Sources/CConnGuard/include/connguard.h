@@ -234,7 +234,8 @@ enum cg_enforce_drop_reason {
     CG_ENF_DROP_RINGBUF_FULL = 0,   /* a denial happened but its event was lost */
     CG_ENF_DROP_OWNER_STORAGE = 1,  /* could not remember who bound a socket */
     CG_ENF_DROP_UNPARSED = 2,       /* an inbound packet whose TCP header was not found (allowed) */
-    CG_ENF_DROP_REASON_COUNT = 3,
+    CG_ENF_DROP_BIRTH_RINGBUF_FULL = 3, /* a new cgroup in the subtree was not reported (cgroup_births full) */
+    CG_ENF_DROP_REASON_COUNT = 4,
 };
 
 #endif /* CONNGUARD_H */
