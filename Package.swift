@@ -10,6 +10,7 @@
 //   ConnGuardIdentity    cgroup id -> container, pod and workload, from the runtimes' files on the node
 //   ConnGuardStore       the embedded SQLite database (GRDB, WAL): recent events, aggregates
 //   ConnGuardAgent       the node agent: event pipeline, local API, metrics, lifecycle
+//   ConnGuardEnforcer    enforcement in the kernel: pinned cgroup programs, policy and baseline maps
 //   connguard            the command line
 import PackageDescription
 
@@ -80,10 +81,14 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        .target(
+            name: "ConnGuardEnforcer",
+            dependencies: ["BPFKit", "CBPFKit", "CConnGuard", "ConnGuardCore"]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
-                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardAgent",
+                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardAgent", "ConnGuardEnforcer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -128,6 +133,15 @@ let package = Package(
         .testTarget(
             name: "ConnGuardAgentTests",
             dependencies: ["ConnGuardAgent", "ConnGuardCore", "ConnGuardStore", "ConnGuardTestSupport", "connguard"]
+        ),
+        .executableTarget(
+            name: "connguard-enforce-bench",
+            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore"],
+            path: "bench/EnforceBench"
+        ),
+        .testTarget(
+            name: "ConnGuardEnforcerTests",
+            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard"]
         ),
     ]
 )

@@ -67,6 +67,14 @@ struct sock {
     struct sock_cgroup_data sk_cgrp_data;
 };
 
+struct nsproxy {
+    struct net *net_ns;
+};
+
+struct task_struct {
+    struct nsproxy *nsproxy;
+};
+
 #pragma clang attribute pop
 
 /* include/net/tcp_states.h */

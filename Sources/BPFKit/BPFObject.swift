@@ -113,6 +113,17 @@ public struct BPFProgram {
         return BPFLink(handle: l, description: "\(name) on \(function)")
     }
 
+    /// Runs the loaded program `repeat` times on `data` in the kernel
+    /// (BPF_PROG_TEST_RUN), unattached. For skb programs `data` is an
+    /// Ethernet frame. Returns the program's verdict and the mean time per run.
+    public func testRun(data: [UInt8], repeat count: Int32 = 1) throws -> (result: UInt32, nanosecondsPerRun: UInt32) {
+        var result: UInt32 = 0
+        var duration: UInt32 = 0
+        try check(data.withUnsafeBytes { cgbpf_test_run(fd, $0.baseAddress, $0.count, count, &result, &duration) },
+                  "test-run \(name)")
+        return (result, duration)
+    }
+
     /// Kernel statistics of this program (run count and time, when
     /// kernel.bpf_stats_enabled is 1).
     public func info() throws -> bpf_prog_info {
@@ -126,7 +137,8 @@ public struct BPFProgram {
 /// An attachment. Destroying it (deinit or detach()) detaches the program,
 /// unless it was pinned.
 public final class BPFLink {
-    private var handle: OpaquePointer?
+    /// nil once detached or released (BPFPins.swift).
+    var handle: OpaquePointer?
     public let description: String
 
     init(handle: OpaquePointer, description: String) {

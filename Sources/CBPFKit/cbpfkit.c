@@ -1,11 +1,14 @@
 #include "cbpfkit.h"
 
+#include <bpf/bpf.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
 
 /* Keep at most this much of libbpf's output; a verifier log can be megabytes,
  * and its end (where the rejection is) matters most. */
@@ -121,4 +124,26 @@ long cgbpf_btf_struct_info(const struct btf *btf, const char *struct_name, const
 struct bpf_link *cgbpf_attach_kprobe(struct bpf_program *prog, int retprobe, const char *func)
 {
     return bpf_program__attach_kprobe(prog, retprobe != 0, func);
+}
+
+long cgbpf_fs_type(const char *path)
+{
+    struct statfs st;
+
+    if (statfs(path, &st) != 0)
+        return -errno;
+    return (long)st.f_type;
+}
+
+int cgbpf_test_run(int prog_fd, const void *data, size_t size, int repeat, unsigned int *retval,
+                   unsigned int *duration_ns)
+{
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = (__u32)size, .repeat = repeat);
+    int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+    if (err)
+        return err < 0 ? err : -errno;
+    *retval = opts.retval;
+    *duration_ns = opts.duration;
+    return 0;
 }

@@ -15,6 +15,9 @@ public struct ConnectionEvent: Sendable, Equatable {
         case established
         /// Refused, unreachable, timed out or aborted; `error` says which.
         case failed
+        /// Refused by ConnGuard's enforcement in the kernel: connect() failed
+        /// with EPERM, or the SYN to a listener was dropped.
+        case denied
     }
 
     /// The kernel hook that saw it (the attach ladder).
@@ -22,6 +25,10 @@ public struct ConnectionEvent: Sendable, Equatable {
         case tracepoint
         case fentry
         case kprobe
+        /// cgroup/connect4, cgroup/connect6 (enforcement: a refused connect).
+        case cgroupConnect = "cgroup_connect"
+        /// cgroup_skb/ingress (enforcement: a dropped SYN).
+        case cgroupSKB = "cgroup_skb"
         case unknown
     }
 
@@ -164,6 +171,7 @@ extension ConnectionEvent {
         switch UInt32(raw.outcome) {
         case CG_OUTCOME_ESTABLISHED.rawValue: outcome = .established
         case CG_OUTCOME_FAILED.rawValue: outcome = .failed
+        case CG_OUTCOME_DENIED.rawValue: outcome = .denied
         default: throw RecordDecodingError.badField("outcome \(raw.outcome)")
         }
         let hook: Hook
@@ -171,6 +179,8 @@ extension ConnectionEvent {
         case CG_HOOK_TP_BTF.rawValue: hook = .tracepoint
         case CG_HOOK_FENTRY.rawValue: hook = .fentry
         case CG_HOOK_KPROBE.rawValue: hook = .kprobe
+        case CG_HOOK_CGROUP_CONNECT.rawValue: hook = .cgroupConnect
+        case CG_HOOK_CGROUP_SKB.rawValue: hook = .cgroupSKB
         default: hook = .unknown
         }
         let unknownMask = UInt8(CG_FLAG_PROCESS_UNKNOWN.rawValue | CG_FLAG_LISTENER_UNKNOWN.rawValue)

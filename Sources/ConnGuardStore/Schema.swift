@@ -93,7 +93,7 @@ public enum StoreSchema {
                 CREATE VIEW events_view AS
                     SELECT e.id, strftime('%Y-%m-%dT%H:%M:%fZ', e.time / 1e9, 'unixepoch') AS time,
                            CASE e.direction WHEN 0 THEN 'connect' ELSE 'accept' END AS event,
-                           CASE e.outcome WHEN 0 THEN 'established' ELSE 'failed' END AS outcome,
+                           CASE e.outcome WHEN 0 THEN 'established' WHEN 1 THEN 'failed' ELSE 'denied' END AS outcome,
                            e.error, e.pid, e.comm, e.uid, w.name AS workload,
                            i.container_name, i.pod_namespace, i.pod_name,
                            hex(e.local_addr) AS local_addr, e.local_port,
@@ -131,8 +131,20 @@ enum StoreCode {
     static func direction(_ d: ConnectionEvent.Direction) -> Int64 { d == .connect ? 0 : 1 }
     static func direction(_ c: Int64) -> ConnectionEvent.Direction { c == 0 ? .connect : .accept }
 
-    static func outcome(_ o: ConnectionEvent.Outcome) -> Int64 { o == .established ? 0 : 1 }
-    static func outcome(_ c: Int64) -> ConnectionEvent.Outcome { c == 0 ? .established : .failed }
+    static func outcome(_ o: ConnectionEvent.Outcome) -> Int64 {
+        switch o {
+        case .established: return 0
+        case .failed: return 1
+        case .denied: return 2
+        }
+    }
+    static func outcome(_ c: Int64) -> ConnectionEvent.Outcome {
+        switch c {
+        case 0: return .established
+        case 1: return .failed
+        default: return .denied
+        }
+    }
 
     static func verdict(_ v: Verdict) -> Int64 {
         switch v {
@@ -155,6 +167,8 @@ enum StoreCode {
         case .fentry: return 1
         case .kprobe: return 2
         case .unknown: return 3
+        case .cgroupConnect: return 4
+        case .cgroupSKB: return 5
         }
     }
     static func hook(_ c: Int64) -> ConnectionEvent.Hook {
@@ -162,6 +176,8 @@ enum StoreCode {
         case 0: return .tracepoint
         case 1: return .fentry
         case 2: return .kprobe
+        case 4: return .cgroupConnect
+        case 5: return .cgroupSKB
         default: return .unknown
         }
     }

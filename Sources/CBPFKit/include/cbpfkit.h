@@ -32,4 +32,15 @@ long cgbpf_btf_struct_info(const struct btf *btf, const char *struct_name, const
 /* Attach a tracing program (fentry/fexit/tp_btf) or kprobe by name. */
 struct bpf_link *cgbpf_attach_kprobe(struct bpf_program *prog, int retprobe, const char *func);
 
+/* BPF_PROG_TEST_RUN: runs the program `repeat` times on `data` (for skb
+ * programs, an Ethernet frame) in the kernel, without attaching it. Returns 0
+ * or -errno; *retval is the program's return value, *duration_ns the mean
+ * time per run. */
+int cgbpf_test_run(int prog_fd, const void *data, size_t size, int repeat, unsigned int *retval,
+                   unsigned int *duration_ns);
+
+/* The filesystem type (statfs f_type: BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, ...)
+ * of the file at path, or -errno. Swift's Glibc module lacks sys/vfs.h. */
+long cgbpf_fs_type(const char *path);
+
 #endif

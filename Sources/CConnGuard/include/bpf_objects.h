@@ -6,4 +6,7 @@
 /* Bytes and size of the tracer's object (bpf/trace.bpf.c). */
 const unsigned char *cg_bpf_trace_object(unsigned long *size);
 
+/* Bytes and size of the enforcement object (bpf/enforce.bpf.c). */
+const unsigned char *cg_bpf_enforce_object(unsigned long *size);
+
 #endif

@@ -40,6 +40,7 @@ enum cg_direction {
 enum cg_outcome {
     CG_OUTCOME_ESTABLISHED = 1,
     CG_OUTCOME_FAILED = 2, /* refused, unreachable, timed out, aborted: see error */
+    CG_OUTCOME_DENIED = 3, /* refused by ConnGuard's enforcement (bpf/enforce.bpf.c) */
 };
 
 /* Which kernel hook produced an event (the attach ladder of issue 6). */
@@ -47,6 +48,8 @@ enum cg_hook {
     CG_HOOK_TP_BTF = 1,    /* tp_btf/inet_sock_set_state */
     CG_HOOK_FENTRY = 2,    /* fentry/fexit on tcp_connect / inet_csk_accept */
     CG_HOOK_KPROBE = 3,    /* kprobe/kretprobe */
+    CG_HOOK_CGROUP_CONNECT = 4, /* cgroup/connect4, cgroup/connect6 (enforcement) */
+    CG_HOOK_CGROUP_SKB = 5,     /* cgroup_skb/ingress (enforcement) */
 };
 
 /* Bits of cg_connection_event.flags. */
@@ -57,6 +60,9 @@ enum cg_event_flags {
     CG_FLAG_PROCESS_UNKNOWN = 1 << 0,
     /* An accept whose listener's owner is not known: pid and comm are 0. */
     CG_FLAG_LISTENER_UNKNOWN = 1 << 1,
+    /* A denial of a cgroup that has no policy (the operator chose
+     * `--unknown deny`), rather than one outside a workload's baseline. */
+    CG_FLAG_NO_POLICY = 1 << 2,
 };
 
 /*
@@ -138,5 +144,98 @@ struct cg_connecting {
     char comm[CG_COMM_LEN];
 };
 _Static_assert(sizeof(struct cg_connecting) == 32, "cg_connecting layout changed");
+
+/* ---- Enforcement (bpf/enforce.bpf.c) ------------------------------------ */
+
+/* A workload's mode, as the kernel sees it. The kernel decides only in
+ * CG_MODE_ENFORCE; learn and monitor verdicts are computed in user space from
+ * traced events. */
+enum cg_mode {
+    CG_MODE_LEARN = 0,
+    CG_MODE_MONITOR = 1,
+    CG_MODE_ENFORCE = 2,
+};
+
+/* Value of `cgroup_policy` (key: __u64 cgroup id): which workload a cgroup
+ * belongs to and its mode. Also covers the cgroup's descendants that have no
+ * entry of their own (resolved by ancestry in the kernel). */
+struct cg_cgroup_policy {
+    __u32 workload_id;   /* user space's number for the workload; 0 is valid */
+    __u8 mode;           /* enum cg_mode */
+    __u8 pad[3];
+};
+_Static_assert(sizeof(struct cg_cgroup_policy) == 8, "cg_cgroup_policy layout changed");
+
+/* Bits of a rules_cidr key before the address: workload_id, direction, pad, port. */
+#define CG_RULE_KEY_FIXED_BITS 64
+
+/*
+ * Key of the `rules_cidr` LPM trie: "workload W may <direction> on port P
+ * with peers in addr/n". prefixlen = CG_RULE_KEY_FIXED_BITS + address bits
+ * (IPv4 as ::ffff:a.b.c.d, so an IPv4 /n is 96 + n address bits), which makes
+ * workload, direction and port an exact match and the address a prefix.
+ * An exact address is a full-length prefix: addresses and CIDRs are one lookup.
+ * port is the service port: the remote port for connect, the local (listening)
+ * port for accept. Host byte order. There is no wildcard port.
+ */
+struct cg_rule_key {
+    __u32 prefixlen;     /* LPM trie: bits of what follows that must match */
+    __u32 workload_id;
+    __u8 direction;      /* enum cg_direction */
+    __u8 pad;
+    __u16 port;
+    __u8 addr[16];       /* network byte order; IPv4 mapped into ::ffff:0:0/96 */
+};
+_Static_assert(sizeof(struct cg_rule_key) == 28, "cg_rule_key layout changed");
+
+/* Key of `rules_peer`: "workload W may <direction> on port P with any address
+ * of workload V" (addresses of V in `peer_addresses`). */
+struct cg_peer_rule_key {
+    __u32 workload_id;
+    __u32 peer_workload_id;
+    __u16 port;          /* host byte order; as in cg_rule_key */
+    __u8 direction;      /* enum cg_direction */
+    __u8 pad;
+};
+_Static_assert(sizeof(struct cg_peer_rule_key) == 12, "cg_peer_rule_key layout changed");
+
+/* Value of `rules_cidr` and `rules_peer`; the key is the rule. */
+struct cg_rule {
+    __u32 flags;         /* none defined yet; 0 */
+};
+_Static_assert(sizeof(struct cg_rule) == 4, "cg_rule layout changed");
+
+/* Who bound a socket in the watched subtree (socket storage, set at bind());
+ * names the server of a denied inbound connection. */
+struct cg_socket_owner {
+    __u32 pid;
+    __u32 uid;
+    char comm[CG_COMM_LEN];
+};
+_Static_assert(sizeof(struct cg_socket_owner) == 24, "cg_socket_owner layout changed");
+
+/* Indexes into the per-CPU `decisions` array: what the enforcement programs
+ * decided, by direction. */
+enum cg_decision {
+    CG_DECISION_CONNECT_ALLOWED = 0,     /* enforce mode, inside the baseline */
+    CG_DECISION_CONNECT_DENIED = 1,      /* refused: connect() failed with EPERM */
+    CG_DECISION_CONNECT_NOT_ENFORCED = 2,/* learn or monitor mode: allowed */
+    CG_DECISION_CONNECT_UNKNOWN = 3,     /* no policy for the cgroup or its ancestors: allowed */
+    CG_DECISION_ACCEPT_ALLOWED = 4,
+    CG_DECISION_ACCEPT_DENIED = 5,       /* refused: the SYN was dropped */
+    CG_DECISION_ACCEPT_NOT_ENFORCED = 6,
+    CG_DECISION_ACCEPT_UNKNOWN = 7,
+    CG_DECISION_COUNT = 8,
+};
+
+/* Indexes into the per-CPU `enforce_drops` array: what enforcement could not
+ * report or could not check. Never silent. */
+enum cg_enforce_drop_reason {
+    CG_ENF_DROP_RINGBUF_FULL = 0,   /* a denial happened but its event was lost */
+    CG_ENF_DROP_OWNER_STORAGE = 1,  /* could not remember who bound a socket */
+    CG_ENF_DROP_UNPARSED = 2,       /* an inbound packet whose TCP header was not found (allowed) */
+    CG_ENF_DROP_BIRTH_RINGBUF_FULL = 3, /* a new cgroup in the subtree was not reported (cgroup_births full) */
+    CG_ENF_DROP_REASON_COUNT = 4,
+};
 
 #endif /* CONNGUARD_H */

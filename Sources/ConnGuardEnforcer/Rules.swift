@@ -1,0 +1,165 @@
+import CConnGuard
+import ConnGuardCore
+import Glibc
+
+/// A workload's mode. The kernel decides only in `enforce`; in `learn` and
+/// `monitor` it lets everything through (monitor's would-deny verdicts are
+/// computed in user space from traced events).
+public enum EnforcementMode: UInt8, Sendable, Codable, CaseIterable {
+    case learn = 0    // CG_MODE_LEARN
+    case monitor = 1  // CG_MODE_MONITOR
+    case enforce = 2  // CG_MODE_ENFORCE
+}
+
+/// What the kernel does with a connection from or to a cgroup in the watched
+/// subtree that has no policy, itself or by ancestry.
+public enum UnknownCgroups: String, Sendable, Codable {
+    /// Let it through (the default: ConnGuard never blocks what it does not know).
+    case allow
+    /// Refuse it: only on the operator's explicit request (`--unknown deny`).
+    case deny
+}
+
+/// Which workload a cgroup belongs to, and the mode it is in.
+public struct CgroupPolicy: Sendable, Hashable {
+    public var workloadID: UInt32
+    public var mode: EnforcementMode
+
+    public init(workloadID: UInt32, mode: EnforcementMode) {
+        self.workloadID = workloadID
+        self.mode = mode
+    }
+}
+
+/// The other end of an allowed connection.
+public enum RulePeer: Sendable, Hashable, CustomStringConvertible {
+    /// Any address in this block (a bare address is a /32 or /128).
+    case cidr(CIDR)
+    /// Any address of this workload (addresses set with `setPeerAddress`).
+    case workload(UInt32)
+
+    public var description: String {
+        switch self {
+        case let .cidr(c): return c.description
+        case let .workload(w): return "workload \(w)"
+        }
+    }
+}
+
+/// One baseline entry: workload `workloadID` may `direction` on `port` with
+/// `peer`. `port` is the service port: the remote port of a connect, the local
+/// (listening) port of an accept. There is no wildcard port.
+public struct EnforcementRule: Sendable, Hashable, CustomStringConvertible {
+    public var workloadID: UInt32
+    public var direction: ConnectionEvent.Direction
+    public var port: UInt16
+    public var peer: RulePeer
+
+    public init(workloadID: UInt32, direction: ConnectionEvent.Direction, port: UInt16, peer: RulePeer) {
+        self.workloadID = workloadID
+        self.direction = direction
+        self.port = port
+        self.peer = peer
+    }
+
+    public var description: String { "workload \(workloadID) \(direction.rawValue) \(peer) port \(port)" }
+}
+
+// MARK: - Kernel keys (struct cg_rule_key, struct cg_peer_rule_key in connguard.h)
+
+extension ConnectionEvent.Direction {
+    var kernelValue: UInt8 {
+        switch self {
+        case .connect: return UInt8(CG_DIRECTION_CONNECT.rawValue)
+        case .accept: return UInt8(CG_DIRECTION_ACCEPT.rawValue)
+        }
+    }
+
+    init?(kernelValue: UInt8) {
+        switch UInt32(kernelValue) {
+        case CG_DIRECTION_CONNECT.rawValue: self = .connect
+        case CG_DIRECTION_ACCEPT.rawValue: self = .accept
+        default: return nil
+        }
+    }
+}
+
+/// 16 address bytes as the kernel keys them: IPv6 as is, IPv4 as ::ffff:a.b.c.d.
+typealias KernelAddress = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                           UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+
+enum AddressKey {
+    static func bytes(_ a: IPAddress) -> [UInt8] {
+        switch a.family {
+        case .ipv4: return [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + a.bytes
+        case .ipv6: return a.bytes
+        }
+    }
+
+    static func tuple(_ a: IPAddress) -> KernelAddress {
+        var t: KernelAddress = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &t) { $0.copyBytes(from: bytes(a)) }
+        return t
+    }
+
+    static func address(_ t: KernelAddress) -> IPAddress {
+        var t = t
+        return IPAddress(ipv6: withUnsafeBytes(of: &t) { Array($0) }) // folds ::ffff:a.b.c.d to IPv4
+    }
+
+    static func isMappedIPv4(_ b: [UInt8]) -> Bool {
+        b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff
+    }
+}
+
+extension EnforcementRule {
+    /// The rules_cidr key, or nil for a peer-workload rule.
+    var cidrKey: cg_rule_key? {
+        guard case let .cidr(c) = peer else { return nil }
+        var k = cg_rule_key()
+        let addressBits = c.network.family == .ipv4 ? 96 + c.prefixLength : c.prefixLength
+        k.prefixlen = UInt32(CG_RULE_KEY_FIXED_BITS) + UInt32(addressBits)
+        k.workload_id = workloadID
+        k.direction = direction.kernelValue
+        k.port = port
+        k.addr = AddressKey.tuple(c.network)
+        return k
+    }
+
+    /// The rules_peer key, or nil for an address rule.
+    var peerKey: cg_peer_rule_key? {
+        guard case let .workload(w) = peer else { return nil }
+        var k = cg_peer_rule_key()
+        k.workload_id = workloadID
+        k.peer_workload_id = w
+        k.port = port
+        k.direction = direction.kernelValue
+        return k
+    }
+
+    init?(_ k: cg_rule_key) {
+        guard let direction = ConnectionEvent.Direction(kernelValue: k.direction),
+              k.prefixlen >= UInt32(CG_RULE_KEY_FIXED_BITS), k.prefixlen <= UInt32(CG_RULE_KEY_FIXED_BITS) + 128
+        else { return nil }
+        var a = k.addr
+        let bytes = withUnsafeBytes(of: &a) { Array($0) }
+        let bits = Int(k.prefixlen) - Int(CG_RULE_KEY_FIXED_BITS)
+        let text: String
+        if bits >= 96 && AddressKey.isMappedIPv4(bytes) {
+            text = "\(bytes[12]).\(bytes[13]).\(bytes[14]).\(bytes[15])/\(bits - 96)"
+        } else {
+            var in6 = in6_addr()
+            withUnsafeMutableBytes(of: &in6) { $0.copyBytes(from: bytes) }
+            var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            inet_ntop(AF_INET6, &in6, &buf, socklen_t(buf.count))
+            text = String(decoding: buf.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/\(bits)"
+        }
+        guard let cidr = CIDR(text) else { return nil }
+        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .cidr(cidr))
+    }
+
+    init?(_ k: cg_peer_rule_key) {
+        guard let direction = ConnectionEvent.Direction(kernelValue: k.direction) else { return nil }
+        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .workload(k.peer_workload_id))
+    }
+}

@@ -1,0 +1,625 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * enforce.bpf.c: ConnGuard's enforcement. A TCP connection outside a
+ * workload's baseline is refused in the kernel:
+ *
+ *   outbound: cgroup/connect4 and cgroup/connect6 run inside connect() (and
+ *             sendto(MSG_FASTOPEN)), in the caller's context; returning 0
+ *             makes the call fail with EPERM. The process is not harmed.
+ *   inbound:  cgroup_skb/ingress runs for every packet delivered to a socket
+ *             of the subtree; for a SYN (no ACK) the socket is the listener,
+ *             so its cgroup is the server's. Returning 0 drops the SYN: the
+ *             server never sees the connection, the client retries until its
+ *             own timeout.
+ *
+ * All programs are attached to ONE cgroup directory, the watched subtree's
+ * root, so they run for its descendants and nowhere else: processes outside
+ * the subtree are never affected.
+ *
+ * Which rules apply to a cgroup: `cgroup_policy`, looked up by the cgroup's
+ * id, then (on a miss) by its ancestors up to the watched root, so a policy
+ * set on a pod's cgroup covers containers created in it later, from their
+ * first connect(). A cgroup with no policy is allowed, unless user space set
+ * unknown_deny (the operator's explicit `--unknown deny`).
+ *
+ * Only CG_MODE_ENFORCE is decided here; learn and monitor allow everything
+ * (monitor's would-deny verdicts come from traced events in user space).
+ * Each refusal is a cg_connection_event with outcome CG_OUTCOME_DENIED in
+ * `denials`.
+ *
+ * cgroup/post_bind4 and post_bind6 remember who bound each socket of the
+ * subtree (socket storage), to name the server in an inbound denial; they
+ * never refuse.
+ *
+ * tp_btf/cgroup_mkdir reports cgroups created in the subtree on a ring buffer
+ * of their own (`cgroup_births`), so that the agent can arm a new container
+ * at once: the tracer's cgroup events share a ring with every connection on
+ * the node and wait behind them under load.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kernel_types.h"
+#include "connguard.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* The shared record types, into the object's BTF for the layout test. */
+const struct cg_connection_event *unused_connection_event __attribute__((unused));
+const struct cg_cgroup_policy *unused_cgroup_policy __attribute__((unused));
+const struct cg_rule_key *unused_rule_key __attribute__((unused));
+const struct cg_peer_rule_key *unused_peer_rule_key __attribute__((unused));
+const struct cg_rule *unused_rule __attribute__((unused));
+const struct cg_socket_owner *unused_socket_owner __attribute__((unused));
+
+#define SOCK_STREAM 1
+#define IPPROTO_MPTCP 262
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define EPERM 1
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+/* Levels below the watched root that the ancestry walk looks at. Kubernetes
+ * nests containers 3 deep (kubepods/<qos>/pod<uid>/<container>). */
+#define MAX_ANCESTOR_DEPTH 8
+
+/* Set by user space before load. */
+const volatile __u8 unknown_deny = 0;  /* 1: deny cgroups with no policy (`--unknown deny`) */
+const volatile __u32 watch_level = 0;  /* cgroup level of the directory the programs attach to */
+const volatile __u64 watch_root_id = 0; /* and its id */
+
+/* cgroup id -> workload and mode. Writer: user space (the agent arms a cgroup
+ * when it appears, or a pod's parent cgroup before its containers start).
+ * Deleter: user space, when the cgroup goes away or leaves policy. Reader:
+ * every program here, for the caller's / listener's cgroup and its ancestors. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct cg_cgroup_policy);
+} cgroup_policy SEC(".maps");
+
+/* Baseline rules by address or CIDR (struct cg_rule_key). Writer and deleter:
+ * user space (baseline import, rule edits). Reader: connect and ingress, in
+ * enforce mode. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+    __uint(max_entries, 65536);
+    __type(key, struct cg_rule_key);
+    __type(value, struct cg_rule);
+} rules_cidr SEC(".maps");
+
+/* Baseline rules whose peer is a known workload. Writer and deleter: user
+ * space. Reader: connect and ingress, in enforce mode, after the peer's
+ * address was found in `peer_addresses`. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 65536);
+    __type(key, struct cg_peer_rule_key);
+    __type(value, struct cg_rule);
+} rules_peer SEC(".maps");
+
+/* Address (16 bytes, IPv4 as ::ffff:a.b.c.d) -> workload id of the peer that
+ * holds it. Writer and deleter: user space, as pods and containers come and
+ * go. Reader: connect and ingress, in enforce mode. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 65536);
+    __type(key, __u8[16]);
+    __type(value, __u32);
+} peer_addresses SEC(".maps");
+
+/* Who bound a socket. Writer: post_bind4/6 (the kernel frees it with the
+ * socket). Reader: ingress, to name the server of a denied SYN. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct cg_socket_owner);
+} socket_owners SEC(".maps");
+
+/* Denials to user space (struct cg_connection_event, outcome DENIED). Writer:
+ * connect and ingress. Reader: the agent's ring-buffer thread. Pinned: denials
+ * made while no agent runs wait here for the next one. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 20);
+} denials SEC(".maps");
+
+/* Cgroups created in the watched subtree (struct cg_cgroup_event, kind
+ * CG_RECORD_CGROUP_MKDIR). Writer: cg_enf_mkdir. Reader: the agent, which
+ * arms each new cgroup. Not pinned: with no agent, nobody arms. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 16);
+} cgroup_births SEC(".maps");
+
+/* Decisions by direction (enum cg_decision). Writer: connect and ingress.
+ * Reader: user space, summed over CPUs. Never deleted. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, CG_DECISION_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} decisions SEC(".maps");
+
+/* What could not be reported or checked (enum cg_enforce_drop_reason).
+ * Writer: every program here. Reader: user space. Never deleted. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, CG_ENF_DROP_REASON_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} enforce_drops SEC(".maps");
+
+static __always_inline void count(void *map, __u32 index)
+{
+    __u64 *n = bpf_map_lookup_elem(map, &index);
+    if (n)
+        *n += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Offset of the decision counters of a direction. */
+static __always_inline __u32 decision_base(__u8 direction)
+{
+    return direction == CG_DIRECTION_CONNECT ? CG_DECISION_CONNECT_ALLOWED : CG_DECISION_ACCEPT_ALLOWED;
+}
+
+/* Policy of the calling task's cgroup, or of its nearest ancestor that has one
+ * (not above the watched root). */
+static __always_inline struct cg_cgroup_policy *policy_of_current(__u64 *cgroup_id)
+{
+    struct cg_cgroup_policy *p;
+    __u64 id = bpf_get_current_cgroup_id();
+
+    *cgroup_id = id;
+    p = bpf_map_lookup_elem(&cgroup_policy, &id);
+    if (p)
+        return p;
+    /* Deepest first; levels below the task's own give 0. */
+    for (int i = MAX_ANCESTOR_DEPTH - 1; i >= 0; i--) {
+        __u64 a = bpf_get_current_ancestor_cgroup_id(watch_level + i);
+        if (!a || a == id)
+            continue;
+        p = bpf_map_lookup_elem(&cgroup_policy, &a);
+        if (p)
+            return p;
+    }
+    return NULL;
+}
+
+/* The same, for the socket an skb is delivered to (the listener for a SYN). */
+static __always_inline struct cg_cgroup_policy *policy_of_skb(struct __sk_buff *skb, __u64 *cgroup_id)
+{
+    struct cg_cgroup_policy *p;
+    __u64 id = bpf_skb_cgroup_id(skb);
+
+    *cgroup_id = id;
+    p = bpf_map_lookup_elem(&cgroup_policy, &id);
+    if (p)
+        return p;
+    for (int i = MAX_ANCESTOR_DEPTH - 1; i >= 0; i--) {
+        __u64 a = bpf_skb_ancestor_cgroup_id(skb, watch_level + i);
+        if (!a || a == id)
+            continue;
+        p = bpf_map_lookup_elem(&cgroup_policy, &a);
+        if (p)
+            return p;
+    }
+    return NULL;
+}
+
+/* Whether the baseline of `workload` holds (direction, port, peer address). */
+static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16 port, const __u8 addr[16])
+{
+    struct cg_rule_key key = {};
+    struct cg_peer_rule_key peer_key = {};
+    __u32 *peer;
+
+    key.prefixlen = CG_RULE_KEY_FIXED_BITS + 128;
+    key.workload_id = workload;
+    key.direction = direction;
+    key.port = port;
+    __builtin_memcpy(key.addr, addr, 16);
+    if (bpf_map_lookup_elem(&rules_cidr, &key))
+        return 1;
+
+    peer = bpf_map_lookup_elem(&peer_addresses, key.addr);
+    if (!peer)
+        return 0;
+    peer_key.workload_id = workload;
+    peer_key.peer_workload_id = *peer;
+    peer_key.port = port;
+    peer_key.direction = direction;
+    return bpf_map_lookup_elem(&rules_peer, &peer_key) != NULL;
+}
+
+/* 1: allow, 0: refuse. Counts the decision; *flags gets CG_FLAG_NO_POLICY for
+ * a refusal of an unknown cgroup. */
+static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 direction, __u16 port,
+                                  const __u8 addr[16], __u8 *flags)
+{
+    __u32 base = decision_base(direction);
+
+    *flags = 0;
+    if (!p) {
+        if (unknown_deny) {
+            *flags = CG_FLAG_NO_POLICY;
+            count(&decisions, base + 1);
+            return 0;
+        }
+        count(&decisions, base + 3);
+        return 1;
+    }
+    if (p->mode != CG_MODE_ENFORCE) {
+        count(&decisions, base + 2);
+        return 1;
+    }
+    if (baseline_allows(p->workload_id, direction, port, addr)) {
+        count(&decisions, base + 0);
+        return 1;
+    }
+    count(&decisions, base + 1);
+    return 0;
+}
+
+static __always_inline void map_ipv4(__u8 addr[16], __u32 ip_be)
+{
+    __builtin_memset(addr, 0, 10);
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    __builtin_memcpy(addr + 12, &ip_be, 4);
+}
+
+/* ---- outbound -------------------------------------------------------- */
+
+static __always_inline void report_connect(__u16 family, const __u8 addr[16], __u16 port, __u64 cgroup_id, __u8 flags)
+{
+    struct cg_connection_event *e;
+    struct task_struct *task;
+
+    e = bpf_ringbuf_reserve(&denials, sizeof(*e), 0);
+    if (!e) {
+        count(&enforce_drops, CG_ENF_DROP_RINGBUF_FULL);
+        return;
+    }
+    e->kind = CG_RECORD_CONNECTION;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->cgroup_id = cgroup_id;
+    e->uid = (__u32)bpf_get_current_uid_gid();
+    task = (struct task_struct *)bpf_get_current_task();
+    e->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+    e->error = EPERM;
+    e->family = family;
+    e->sport = 0; /* not bound yet: the kernel picks it after this hook */
+    e->dport = port;
+    e->direction = CG_DIRECTION_CONNECT;
+    e->outcome = CG_OUTCOME_DENIED;
+    e->hook = CG_HOOK_CGROUP_CONNECT;
+    e->flags = flags;
+    e->pad[0] = e->pad[1] = 0;
+    __builtin_memset(e->saddr, 0, sizeof(e->saddr));
+    if (family == AF_INET) {
+        __builtin_memset(e->daddr, 0, sizeof(e->daddr));
+        __builtin_memcpy(e->daddr, addr + 12, 4);
+    } else {
+        __builtin_memcpy(e->daddr, addr, 16);
+    }
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    /* Always wake: a denial is rare and the operator wants it now. */
+    bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, const __u8 addr[16])
+{
+    struct cg_cgroup_policy *p;
+    __u64 cgroup_id;
+    __u16 port;
+    __u8 flags;
+
+    /* TCP only (MPTCP is TCP underneath); UDP and others pass. */
+    if (ctx->type != SOCK_STREAM || (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_MPTCP))
+        return 1;
+    port = bpf_ntohs((__u16)ctx->user_port);
+    p = policy_of_current(&cgroup_id);
+    if (decide(p, CG_DIRECTION_CONNECT, port, addr, &flags))
+        return 1;
+    report_connect(family, addr, port, cgroup_id, flags);
+    return 0; /* connect() fails with EPERM */
+}
+
+SEC("cgroup/connect4")
+int cg_enf_connect4(struct bpf_sock_addr *ctx)
+{
+    __u8 addr[16];
+
+    map_ipv4(addr, ctx->user_ip4);
+    return on_connect(ctx, AF_INET, addr);
+}
+
+SEC("cgroup/connect6")
+int cg_enf_connect6(struct bpf_sock_addr *ctx)
+{
+    __u32 ip6[4];
+
+    /* One 4-byte load per word: the only access the verifier allows. */
+    ip6[0] = ctx->user_ip6[0];
+    ip6[1] = ctx->user_ip6[1];
+    ip6[2] = ctx->user_ip6[2];
+    ip6[3] = ctx->user_ip6[3];
+    /* ::ffff:a.b.c.d from a dual-stack socket meets the IPv4 rules. */
+    return on_connect(ctx, AF_INET6, (const __u8 *)ip6);
+}
+
+/* ---- who bound a socket ------------------------------------------------ */
+
+static __always_inline int on_bind(struct bpf_sock *sk)
+{
+    struct cg_socket_owner *o;
+
+    if (sk->type != SOCK_STREAM)
+        return 1;
+    o = bpf_sk_storage_get(&socket_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!o) {
+        count(&enforce_drops, CG_ENF_DROP_OWNER_STORAGE);
+        return 1;
+    }
+    o->pid = bpf_get_current_pid_tgid() >> 32;
+    o->uid = (__u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(o->comm, sizeof(o->comm));
+    return 1; /* never refuse a bind */
+}
+
+SEC("cgroup/post_bind4")
+int cg_enf_bind4(struct bpf_sock *sk)
+{
+    return on_bind(sk);
+}
+
+SEC("cgroup/post_bind6")
+int cg_enf_bind6(struct bpf_sock *sk)
+{
+    return on_bind(sk);
+}
+
+/* ---- inbound ----------------------------------------------------------- */
+
+struct syn {
+    __u8 saddr[16]; /* remote, mapped for IPv4 */
+    __u8 daddr[16]; /* local */
+    __u16 sport;
+    __u16 dport;
+    __u16 family;
+};
+
+/* Offset of the TCP header in an IPv6 packet, past the extension headers the
+ * stack leaves in place; <0 if not TCP or not found within a few headers. */
+static __always_inline int ipv6_tcp_offset(struct __sk_buff *skb, __u8 nexthdr)
+{
+    int off = 40;
+
+    for (int i = 0; i < 4; i++) {
+        __u8 h[2];
+
+        if (nexthdr == IPPROTO_TCP)
+            return off;
+        if (nexthdr != 0 && nexthdr != 43 && nexthdr != 60 && nexthdr != 44 && nexthdr != 51)
+            return -1; /* another protocol: not ours */
+        if (bpf_skb_load_bytes(skb, off, h, 2))
+            return -2;
+        if (nexthdr == 44)
+            off += 8;
+        else if (nexthdr == 51)
+            off += (h[1] + 2) * 4;
+        else
+            off += (h[1] + 1) * 8;
+        nexthdr = h[0];
+    }
+    return nexthdr == IPPROTO_TCP ? off : -2;
+}
+
+/* Fills *s if the packet is a TCP SYN without ACK. 1: it is; 0: it is not
+ * (or not TCP); -1: could not be parsed. */
+static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
+{
+    __u8 tcp[14];
+    int off;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        __u8 ip[20];
+        if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
+            return -1;
+        if (ip[9] != IPPROTO_TCP)
+            return 0;
+        off = (ip[0] & 0x0f) * 4;
+        if (off < 20)
+            return -1;
+        s->family = AF_INET;
+        __builtin_memset(s->saddr, 0, 16);
+        __builtin_memset(s->daddr, 0, 16);
+        s->saddr[10] = s->saddr[11] = 0xff;
+        s->daddr[10] = s->daddr[11] = 0xff;
+        __builtin_memcpy(s->saddr + 12, ip + 12, 4);
+        __builtin_memcpy(s->daddr + 12, ip + 16, 4);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        __u8 ip[40];
+        if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
+            return -1;
+        off = ipv6_tcp_offset(skb, ip[6]);
+        if (off == -1)
+            return 0;
+        if (off < 0)
+            return -1;
+        s->family = AF_INET6;
+        __builtin_memcpy(s->saddr, ip + 8, 16);
+        __builtin_memcpy(s->daddr, ip + 24, 16);
+    } else {
+        return 0;
+    }
+    if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
+        return -1;
+    if ((tcp[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+        return 0;
+    s->sport = ((__u16)tcp[0] << 8) | tcp[1];
+    s->dport = ((__u16)tcp[2] << 8) | tcp[3];
+    return 1;
+}
+
+static __always_inline void report_accept(struct __sk_buff *skb, const struct syn *s, __u64 cgroup_id, __u8 flags)
+{
+    struct cg_connection_event *e;
+    struct cg_socket_owner *o = NULL;
+    struct bpf_sock *sk = skb->sk;
+    struct tcp_sock *tp;
+
+    e = bpf_ringbuf_reserve(&denials, sizeof(*e), 0);
+    if (!e) {
+        count(&enforce_drops, CG_ENF_DROP_RINGBUF_FULL);
+        return;
+    }
+    e->kind = CG_RECORD_CONNECTION;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->cgroup_id = cgroup_id; /* the listener's */
+    e->netns = 0;
+    e->error = 0;
+    e->family = s->family;
+    /* Flow direction, as the tracer reports accepts: the remote is the source. */
+    e->sport = s->sport;
+    e->dport = s->dport;
+    e->direction = CG_DIRECTION_ACCEPT;
+    e->outcome = CG_OUTCOME_DENIED;
+    e->hook = CG_HOOK_CGROUP_SKB;
+    e->pad[0] = e->pad[1] = 0;
+    __builtin_memset(e->saddr, 0, sizeof(e->saddr));
+    __builtin_memset(e->daddr, 0, sizeof(e->daddr));
+    if (s->family == AF_INET) {
+        __builtin_memcpy(e->saddr, s->saddr + 12, 4);
+        __builtin_memcpy(e->daddr, s->daddr + 12, 4);
+    } else {
+        __builtin_memcpy(e->saddr, s->saddr, 16);
+        __builtin_memcpy(e->daddr, s->daddr, 16);
+    }
+    if (sk) {
+        tp = bpf_skc_to_tcp_sock(sk);
+        if (tp)
+            e->netns = BPF_CORE_READ((struct sock *)tp, __sk_common.skc_net.net, ns.inum);
+        sk = bpf_sk_fullsock(sk);
+        if (sk)
+            o = bpf_sk_storage_get(&socket_owners, sk, 0, 0);
+    }
+    if (o) {
+        e->pid = o->pid;
+        e->uid = o->uid;
+        __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+        e->flags = flags;
+    } else {
+        /* Bound before enforcement attached: the cgroup still names it. */
+        e->pid = 0;
+        e->uid = 0;
+        __builtin_memset(e->comm, 0, sizeof(e->comm));
+        e->flags = flags | CG_FLAG_LISTENER_UNKNOWN;
+    }
+    bpf_ringbuf_submit(e, 0);
+}
+
+SEC("cgroup_skb/ingress")
+int cg_enf_ingress(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk;
+    struct cg_cgroup_policy *p;
+    struct syn s;
+    __u64 cgroup_id;
+    __u8 flags;
+    int r;
+
+    /* Only a listener takes new connections: a SYN that reaches a socket in
+     * another state (established, TIME_WAIT) is handed by TCP to the
+     * listener, which comes through here again. So established traffic, the
+     * bulk of packets, costs two field reads. CLOSE goes on too: it is an
+     * unbound UDP socket (parsed, not TCP, let through) or the dummy socket
+     * of BPF_PROG_TEST_RUN, with which the bench times the full path. */
+    sk = skb->sk;
+    if (!sk)
+        return 1;
+    if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE)
+        return 1;
+
+    r = parse_syn(skb, &s);
+    if (r == 0)
+        return 1;
+    if (r < 0) {
+        count(&enforce_drops, CG_ENF_DROP_UNPARSED);
+        return 1;
+    }
+    p = policy_of_skb(skb, &cgroup_id);
+    if (decide(p, CG_DIRECTION_ACCEPT, s.dport, s.saddr, &flags))
+        return 1;
+    report_accept(skb, &s, cgroup_id, flags);
+    return 0; /* drop the SYN */
+}
+
+/* ---- new cgroups ------------------------------------------------------- */
+
+/* Only the fields used here; the ___enf suffix keeps these apart from
+ * kernel_types.h's struct cgroup (CO-RE ignores the suffix when matching). */
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct cgroup___enf;
+struct cgroup_subsys_state___enf {
+    struct cgroup___enf *cgroup;
+    struct cgroup_subsys_state___enf *parent;
+};
+struct cgroup___enf {
+    struct cgroup_subsys_state___enf self;
+    struct kernfs_node *kn;
+    struct cgroup_root *root;
+    int level;
+};
+#pragma clang attribute pop
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(cg_enf_mkdir, struct cgroup *new_cgroup, const char *path)
+{
+    struct cgroup___enf *cgrp = (struct cgroup___enf *)new_cgroup;
+    struct cgroup___enf *c = cgrp;
+    struct cg_cgroup_event *e;
+    int level;
+
+    /* The v2 hierarchy is 0; v1 hierarchies of a hybrid layout are not ours. */
+    if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+        return 0;
+    level = BPF_CORE_READ(cgrp, level);
+    if (level <= (int)watch_level || level > (int)watch_level + MAX_ANCESTOR_DEPTH)
+        return 0;
+    /* Up to the watched root's level: is it the watched root? */
+    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
+        if (i >= level - (int)watch_level)
+            break;
+        c = BPF_CORE_READ(c, self.parent, cgroup);
+        if (!c)
+            return 0;
+    }
+    if (BPF_CORE_READ(c, kn, id) != watch_root_id)
+        return 0;
+
+    e = bpf_ringbuf_reserve(&cgroup_births, sizeof(*e), 0);
+    if (!e) {
+        count(&enforce_drops, CG_ENF_DROP_BIRTH_RINGBUF_FULL);
+        return 0;
+    }
+    e->kind = CG_RECORD_CGROUP_MKDIR;
+    e->hierarchy_id = 0;
+    e->timestamp_ns = bpf_ktime_get_boot_ns();
+    e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+    if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
+        e->path[0] = 0;
+    bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP); /* arm now */
+    return 0;
+}
