@@ -33,6 +33,20 @@ public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
         }
     }
 
+    /// The inverse of `description`: "workload:NAME" (NAME not empty) is a
+    /// workload; anything else must be an address or a CIDR.
+    public init?(description text: String) {
+        if text.hasPrefix("workload:") {
+            let name = String(text.dropFirst("workload:".count))
+            guard !name.isEmpty else { return nil }
+            self = .workload(name)
+        } else if let c = CIDR(text) {
+            self = .network(c)
+        } else {
+            return nil
+        }
+    }
+
     public static func < (a: Peer, b: Peer) -> Bool { a.description < b.description }
 
     /// Whether an address (and, if known, the workload it belongs to) is this peer.
