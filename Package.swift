@@ -72,7 +72,7 @@ let package = Package(
         .target(
             name: "ConnGuardAgent",
             dependencies: [
-                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore",
+                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore", "ConnGuardEnforcer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

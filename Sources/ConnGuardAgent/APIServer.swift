@@ -50,7 +50,142 @@ enum APIRoutes {
                 return errorResponse(.internalServerError, "query failed: \(error)")
             }
         }
+        addPolicyRoutes(router, agent: agent)
         return router
+    }
+
+    /// Baselines and modes:
+    ///   GET  /v1/baselines                              list
+    ///   GET  /v1/baseline?workload=W[&format=yaml]      show / export
+    ///   GET  /v1/baseline/diff?workload=W&since=1h      rules added since
+    ///   POST /v1/baseline/import?who=U                  body: YAML; all or nothing
+    ///   POST /v1/baseline/prune?workload=W&unused_for=7d&who=U
+    ///   POST /v1/mode?workload=W&mode=M&who=U
+    ///   GET  /v1/audit?limit=N
+    static func addPolicyRoutes(_ router: Router<BasicRequestContext>, agent: Agent) {
+        router.get("/v1/baselines") { request, _ -> Response in
+            handle {
+                _ = try params(request, allowed: [])
+                var out: [UInt8] = []
+                for s in agent.policy.list() {
+                    JSONValue.object([
+                        ("workload", .string(s.workload)), ("mode", .string(s.mode.rawValue)), ("rules", .int(Int64(s.rules))),
+                        ("last_change", .string(BaselineFile.rfc3339(s.lastChange))), ("incomplete", .bool(s.incomplete)),
+                    ]).append(to: &out)
+                    out.append(UInt8(ascii: "\n"))
+                }
+                return Response(status: .ok, headers: [.contentType: ndjson], body: .init(byteBuffer: ByteBuffer(bytes: out)))
+            }
+        }
+        router.get("/v1/baseline") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["workload", "format"])
+                guard let w = p["workload"] else { throw APIError.badRequest("workload is required") }
+                guard let b = agent.policy.baseline(w) else { throw APIError.notFound("no workload named '\(w)' (see `connguard baseline list`)") }
+                switch p["format"] ?? "json" {
+                case "yaml":
+                    return Response(status: .ok, headers: [.contentType: "application/yaml"],
+                                    body: .init(byteBuffer: ByteBuffer(string: BaselineFile.export(b))))
+                case "json": return json(baselineJSON(b))
+                default: throw APIError.badRequest("format must be json or yaml")
+                }
+            }
+        }
+        router.get("/v1/baseline/diff") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["workload", "since"])
+                guard let w = p["workload"], let since = p["since"] else { throw APIError.badRequest("workload and since are required") }
+                guard let t = ConnectionsRequest.time(since, now: EventStore.now()) else { throw APIError.badRequest("since: '\(since)' is neither a duration nor an RFC 3339 time") }
+                guard let b = agent.policy.baseline(w) else { throw APIError.notFound("no workload named '\(w)'") }
+                return json(.object([("workload", .string(w)), ("added", .array(b.added(since: t).map(ruleJSON)))]))
+            }
+        }
+        router.post("/v1/baseline/import") { request, _ -> Response in
+            let p: [String: String]
+            do { p = try params(request, allowed: ["who"]) } catch { return errorResponse(.badRequest, "\(error)") }
+            let body: ByteBuffer
+            do {
+                body = try await request.body.collect(upTo: BaselineFile.maximumBytes + 1)
+            } catch {
+                return errorResponse(.badRequest, "the file is larger than \(BaselineFile.maximumBytes >> 20) MiB")
+            }
+            return handle {
+                let b = try BaselineFile.parse(String(buffer: body), now: EventStore.now())
+                try agent.policy.importBaseline(b, who: p["who"] ?? "unknown")
+                return json(.object([("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)), ("rules", .int(Int64(b.rules.count)))]))
+            }
+        }
+        router.post("/v1/baseline/prune") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["workload", "unused_for", "who"])
+                guard let w = p["workload"], let u = p["unused_for"] else { throw APIError.badRequest("workload and unused_for are required") }
+                guard let seconds = DurationParser.seconds(u), seconds > 0 else { throw APIError.badRequest("unused_for: '\(u)' is not a duration like 7d") }
+                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: p["who"] ?? "unknown")
+                return json(.object([("workload", .string(w)), ("pruned", .array(pruned.map(ruleJSON)))]))
+            }
+        }
+        router.post("/v1/mode") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["workload", "mode", "who"])
+                guard let w = p["workload"], let m = p["mode"] else { throw APIError.badRequest("workload and mode are required") }
+                guard let mode = Mode(rawValue: m) else { throw APIError.badRequest("mode must be learn, monitor or enforce") }
+                try agent.policy.setMode(w, mode, who: p["who"] ?? "unknown", reason: "operator")
+                return json(.object([("workload", .string(w)), ("mode", .string(mode.rawValue))]))
+            }
+        }
+        router.get("/v1/audit") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["limit", "workload"])
+                let limit = p["limit"].flatMap(Int.init) ?? 20
+                guard (1...10_000).contains(limit) else { throw APIError.badRequest("limit must be from 1 to 10000") }
+                let entries = try BaselineStore(store: agent.store).audit(limit: limit, workload: p["workload"])
+                return json(.array(entries.map { e in
+                    .object([("time", .string(BaselineFile.rfc3339(e.time))), ("who", .string(e.who)),
+                             ("workload", e.workload.map { .string($0) } ?? .null), ("action", .string(e.action)), ("detail", .string(e.detail))])
+                }))
+            }
+        }
+    }
+
+static func params(_ r: Request, allowed: Set<String>) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for (k, v) in r.uri.queryParameters {
+            let key = String(k)
+            guard allowed.contains(key) else { throw APIError.badRequest("unknown parameter '\(key)'") }
+            guard out[key] == nil else { throw APIError.badRequest("'\(key)' given twice") }
+            guard v.utf8.count <= 1024 else { throw APIError.badRequest("'\(key)' is too long") }
+            out[key] = String(v)
+        }
+        return out
+    }
+static func handle(_ body: () throws -> Response) -> Response {
+        do { return try body() } catch let e as APIError {
+            switch e {
+            case let .badRequest(m): return errorResponse(.badRequest, m)
+            case let .notFound(m): return errorResponse(.notFound, m)
+            }
+        } catch let e as BaselineFile.Problems {
+            return errorResponse(.badRequest, e.description)
+        } catch {
+            return errorResponse(.internalServerError, "\(error)")
+        }
+    }
+static func baselineJSON(_ b: Baseline) -> JSONValue {
+        .object([
+            ("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)),
+            ("incomplete", .bool(b.incomplete)),
+            ("last_change", .string(BaselineFile.rfc3339(b.lastChange))),
+            ("rules", .array(b.sortedRules.map(ruleJSON))),
+        ])
+    }
+
+    static func ruleJSON(_ r: Rule) -> JSONValue {
+        .object([
+            ("direction", .string(r.key.direction.rawValue)), ("peer", .string(r.key.peer.description)),
+            ("port", .int(Int64(r.key.port))), ("protocol", .string(r.key.proto)),
+            ("first_seen", .string(BaselineFile.rfc3339(r.firstSeen))), ("last_seen", .string(BaselineFile.rfc3339(r.lastSeen))),
+            ("hits", .int(r.hits)),
+        ])
     }
 
     /// Streams matching rows as they are committed: first those the query

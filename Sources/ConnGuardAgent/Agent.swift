@@ -1,5 +1,6 @@
 import BPFKit
 import ConnGuardCore
+import ConnGuardEnforcer
 import ConnGuardStore
 import ConnGuardTracer
 import Foundation
@@ -22,6 +23,8 @@ public final class Agent: @unchecked Sendable {
     let pipeline: EventPipeline
     let identity: IdentitySource
     let metrics: AgentMetrics
+    let enforcer: Enforcer?
+    public let policy: PolicyEngine
     let logger: Logger
     let startedAt = Date()
     let version: String
@@ -49,7 +52,7 @@ public final class Agent: @unchecked Sendable {
         }
 
         do {
-            store = try EventStore(path: configuration.databasePath)
+            store = try EventStore(path: configuration.databasePath, options: .init(migrations: [BaselineSchema.migration]))
         } catch {
             throw AgentError("cannot open the database \(configuration.databasePath): \(error)")
         }
@@ -69,6 +72,38 @@ public final class Agent: @unchecked Sendable {
         }
         metrics = AgentMetrics()
         pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
+
+        // Enforcement: attached at the watched root, pinned so that it holds
+        // while the agent is away; an agent that finds the pins adopts them.
+        guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted") }
+        let rootPath = configuration.cgroupRoot == "/" ? mount : mount + configuration.cgroupRoot
+        do {
+            enforcer = try Enforcer.open(cgroupPath: rootPath, pinRoot: configuration.pinRoot,
+                                         unknown: configuration.unknownCgroups == "deny" ? .deny : .allow,
+                                         allowRoot: configuration.cgroupRoot == "/")
+        } catch {
+            tracer.close()
+            writer.close()
+            throw AgentError("enforcement: \(error)")
+        }
+        if configuration.unknownCgroups == "deny" {
+            logger.critical("--unknown deny: connections from cgroups ConnGuard does not know are REFUSED under \(rootPath)")
+        }
+        var settings = PolicyEngine.Settings()
+        settings.defaultMode = Mode(rawValue: configuration.defaultMode) ?? .learn
+        settings.promotion = PromotionPolicy(
+            learningPeriod: configuration.learningPeriodSeconds.map { Int64($0 * 1e9) },
+            quietPeriod: Int64(configuration.quietPeriodSeconds * 1e9), autoEnforce: configuration.autoEnforce)
+        do {
+            policy = try PolicyEngine(settings: settings, store: BaselineStore(store: store), enforcer: enforcer,
+                                      identity: identity, cgroupRootPath: rootPath, logger: logger)
+        } catch {
+            try? enforcer?.close(failOpen: configuration.failOpen)
+            tracer.close()
+            writer.close()
+            throw AgentError("baselines: \(error)")
+        }
+        pipeline.policy = policy
         // Per-program run time and count, for the metrics: held while this fd is open.
         statsToken = BPFSystem.enableRunTimeStatistics()
     }
@@ -84,7 +119,7 @@ public final class Agent: @unchecked Sendable {
                 Agent.secureSocket(configuration, logger: logger)
             },
             logger: logger)
-        var services: [any Service] = [PipelineService(agent: self), api]
+        var services: [any Service] = [PipelineService(agent: self), EnforcementService(agent: self), api]
         if let m = configuration.metricsAddress, let address = MetricsAddress(m) {
             services.append(Application(
                 router: metricsRouter(),
@@ -112,9 +147,16 @@ public final class Agent: @unchecked Sendable {
     /// Called by the pipeline service on shutdown: drain, flush, detach.
     func shutdown() {
         pipeline.stop()
+        try? policy.flush()
         writer.flush()
         writer.close()
         tracer.close()
+        do {
+            try enforcer?.close(failOpen: configuration.failOpen)
+            logger.info(configuration.failOpen ? "enforcement detached (--fail-open)" : "enforcement left pinned; the next agent adopts it")
+        } catch {
+            logger.error("closing enforcement: \(error)")
+        }
         let c = pipeline.snapshot
         logger.info("events drained and stored", metadata: ["connects": "\(c.connects)", "accepts": "\(c.accepts)"])
     }
@@ -183,6 +225,16 @@ public final class Agent: @unchecked Sendable {
                 ("connections", .int(Int64(s?.aggregates ?? 0))),
             ])),
             ("metrics_address", configuration.metricsAddress.map { .string($0) } ?? .null),
+            ("enforcement", .object([
+                ("cgroup", .string(enforcer?.cgroupPath ?? "")),
+                ("pinned_at", .string(configuration.pinRoot)),
+                ("adopted", .bool(enforcer?.adopted ?? false)),
+                ("unknown_cgroups", .string(configuration.unknownCgroups)),
+                ("on_exit", .string(configuration.failOpen ? "detach (fail open)" : "stay pinned")),
+                ("arming", enforcer?.armingLatency().map { .string($0.description) } ?? .null),
+            ])),
+            ("modes", .object(Mode.allCases.map { m in (m.rawValue, .int(Int64(policy.list().filter { $0.mode == m }.count))) })),
+            ("audit", .object([("recent", .string((try? BaselineStore(store: store).audit(limit: 5, workload: nil).map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""))])),
         ])
     }
 
@@ -209,6 +261,59 @@ public final class Agent: @unchecked Sendable {
         }
         logger.debug("API listening", metadata: ["socket": "\(c.socketPath)"])
     }
+}
+
+/// Reads denials and new cgroups from the enforcement programs, each on a
+/// thread of its own (the polls block), and runs the policy engine's
+/// periodic work, until shutdown.
+struct EnforcementService: Service {
+    let agent: Agent
+
+    func run() async throws {
+        guard let enforcer = agent.enforcer else { return }
+        let stop = StopFlag()
+        // Each reader is used by its one thread only.
+        nonisolated(unsafe) let denials = try enforcer.denialReader()
+        nonisolated(unsafe) let births = try enforcer.watchNewCgroups()
+        let denialThread = Thread {
+            while !stop.isSet {
+                guard let events = try? denials.poll(timeoutMilliseconds: 100) else { continue }
+                for e in events {
+                    let who = agent.identity.resolve(e)
+                    agent.writer.submit(StoredConnection(event: e, identity: who, verdict: .denied))
+                    agent.metrics.countEvent(e.direction, .denied)
+                    agent.logger.notice("denied", metadata: [
+                        "event": "\(e.direction.rawValue)", "workload": "\(who.workload)",
+                        "peer": "\(e.peer)", "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
+                    ])
+                }
+            }
+        }
+        let birthThread = Thread {
+            while !stop.isSet {
+                guard let created = try? births.poll(timeoutMilliseconds: 100) else { continue }
+                for c in created { agent.policy.cgroupCreated(c) }
+            }
+        }
+        denialThread.start()
+        birthThread.start()
+        var lastLost: UInt64 = (try? agent.tracer.lossCounts().lostEvents) ?? 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(2))
+            let lost = ((try? agent.tracer.lossCounts().lostEvents) ?? 0) + agent.writer.snapshot.lost
+            agent.policy.tick(eventsLostSinceLastTick: lost > lastLost)
+            lastLost = lost
+        }
+        stop.set()
+        _ = (denials, births)
+    }
+}
+
+final class StopFlag: @unchecked Sendable {
+    private let lock = Mutex()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
 }
 
 /// Runs the event pipeline inside the service group; on graceful shutdown,

@@ -27,6 +27,20 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// Events waiting for the database at most; beyond it they are counted as lost.
     public var writeQueueCapacity = 1_000_000
     public var logLevel = "info"
+    /// Mode of a workload seen for the first time.
+    public var defaultMode = "learn"
+    /// learn -> monitor after this long (and a quiet period with no new rule); nil: never automatically.
+    public var learningPeriodSeconds: Double?
+    /// How long without a new rule (learn) or a would_deny (monitor) before a promotion.
+    public var quietPeriodSeconds: Double = 3600
+    /// Allow automatic promotion from monitor to enforce.
+    public var autoEnforce = false
+    /// "deny": refuse connections of cgroups the agent does not know. Default allow.
+    public var unknownCgroups = "allow"
+    /// Detach every enforcement program on exit instead of leaving them pinned.
+    public var failOpen = false
+    /// Where enforcement is pinned (bpffs).
+    public var pinRoot = "/sys/fs/bpf/connguard"
 
     public init() {}
 
@@ -36,6 +50,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     public static let fileKeys: Set<String> = [
         "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
+        "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
     ]
 
     /// Reads a YAML config file over the defaults. Unknown keys and bad values
@@ -86,6 +101,15 @@ public struct AgentConfiguration: Sendable, Equatable {
         }
         if let v = int("write_queue_capacity", 1000...100_000_000) { c.writeQueueCapacity = v }
         if let v = string("log_level") { c.logLevel = v }
+        if let v = string("default_mode") { c.defaultMode = v }
+        if let v = duration("learning_period") { c.learningPeriodSeconds = v }
+        if let v = duration("quiet_period") { c.quietPeriodSeconds = v }
+        if let v = string("unknown") { c.unknownCgroups = v }
+        if let v = string("pin_root") { c.pinRoot = v }
+        for key in ["auto_enforce", "fail_open"] where dict[key] != nil {
+            guard let b = dict[key] as? Bool else { problems.append("\(key): expected true or false"); continue }
+            if key == "auto_enforce" { c.autoEnforce = b } else { c.failOpen = b }
+        }
         problems += c.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
         return c
@@ -104,6 +128,9 @@ public struct AgentConfiguration: Sendable, Equatable {
             problems.append("log_level: '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
         }
         if cgroupRoot.split(separator: "/").contains("..") { problems.append("cgroup_root: '..' is not allowed") }
+        if Mode(rawValue: defaultMode) == nil { problems.append("default_mode: '\(defaultMode)' is not one of learn, monitor, enforce") }
+        if !["allow", "deny"].contains(unknownCgroups) { problems.append("unknown: '\(unknownCgroups)' must be allow or deny") }
+        if !pinRoot.hasPrefix("/") { problems.append("pin_root: must be an absolute path") }
         return problems
     }
 }

@@ -12,6 +12,8 @@ public protocol IdentitySource: AnyObject, Sendable {
     func resolve(_ event: ConnectionEvent) -> Identity
     /// cgroups currently known.
     var trackedCgroups: Int { get }
+    /// Who a cgroup belongs to (for arming the cgroups of a workload).
+    func identity(forCgroup id: UInt64) -> Identity
 }
 
 /// Counts the pipeline keeps for `connguard status`.
@@ -32,6 +34,8 @@ public final class EventPipeline: @unchecked Sendable {
     private let metrics: AgentMetrics
     private let scope: CgroupSubtree?
     private let logger: Logger
+    /// Set once the policy engine exists (it needs the store and the enforcer).
+    public var policy: PolicyEngine?
 
     private let lock = Mutex()
     private var stopFlag = false
@@ -91,7 +95,7 @@ public final class EventPipeline: @unchecked Sendable {
                         }
                         let who = self.identity.resolve(e)
                         if who.isUnknown { batch.unattributed += 1 }
-                        let verdict = Verdict.allowed
+                        let verdict = self.policy?.verdict(for: e, identity: who) ?? .allowed
                         if e.direction == .connect { batch.connects += 1 } else { batch.accepts += 1 }
                         byVerdict["\(e.direction.rawValue)/\(verdict.rawValue)", default: 0] += 1
                         self.writer.submit(StoredConnection(event: e, identity: who, verdict: verdict))

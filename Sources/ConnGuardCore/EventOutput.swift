@@ -75,6 +75,7 @@ public indirect enum JSONValue: Sendable, Equatable {
     case bool(Bool)
     case int(Int64)
     case string(String)
+    case array([JSONValue])
     case object([(String, JSONValue)])
 
     public static func == (a: JSONValue, b: JSONValue) -> Bool {
@@ -92,6 +93,13 @@ public indirect enum JSONValue: Sendable, Equatable {
             if i < 0 { out.append(UInt8(ascii: "-")) }
             appendDecimal(i.magnitude, to: &out)
         case let .string(s): JSONValue.appendString(s, to: &out)
+        case let .array(items):
+            out.append(UInt8(ascii: "["))
+            for (i, v) in items.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                v.append(to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
         case let .object(pairs):
             out.append(UInt8(ascii: "{"))
             for (i, (k, v)) in pairs.enumerated() {

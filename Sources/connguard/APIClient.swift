@@ -19,6 +19,19 @@ struct APIClient {
     /// until the agent stops, `onLine` returns false or `stop` returns true).
     func get(_ path: String, query: [(String, String)] = [], stop: () -> Bool = { false },
              onLine: (String) throws -> Bool) async throws {
+        try await request(.GET, path, query: query, stop: stop, onLine: onLine)
+    }
+
+    /// The whole answer of a request, as text.
+    func send(_ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: [UInt8]? = nil) async throws -> String {
+        var lines: [String] = []
+        try await request(method, path, query: query, body: body, keepBlankLines: true) { lines.append($0); return true }
+        return lines.joined(separator: "\n")
+    }
+
+    func request(_ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: [UInt8]? = nil,
+                 keepBlankLines: Bool = false, stop: () -> Bool = { false },
+                 onLine: (String) throws -> Bool) async throws {
         try checkSocket()
         var components = URLComponents()
         components.path = path
@@ -39,9 +52,11 @@ struct APIClient {
             throw Failure(description: "cannot connect to the agent at \(socketPath): \(Self.reason(error)) (is `connguard agent` running?)")
         }
         try await channel.executeThenClose { inbound, outbound in
-            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target)
+            var head = HTTPRequestHead(version: .http1_1, method: method, uri: target)
             head.headers.add(name: "Host", value: "localhost")
+            if let body { head.headers.add(name: "Content-Length", value: String(body.count)) }
             try await outbound.write(.head(head))
+            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
             try await outbound.write(.end(nil))
             var status: HTTPResponseStatus = .ok
             var pending: [UInt8] = []
@@ -57,7 +72,7 @@ struct APIClient {
                     while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
                         let line = String(decoding: pending[..<nl], as: UTF8.self)
                         pending.removeSubrange(...nl)
-                        if !line.isEmpty, try !onLine(line) { return }
+                        if !line.isEmpty || keepBlankLines, try !onLine(line) { return }
                     }
                     // A streamed answer sends a blank line now and then even
                     // when nothing is new, so this is checked regularly.

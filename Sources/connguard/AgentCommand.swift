@@ -41,6 +41,27 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
+    @Option(help: "Mode of a workload seen for the first time: learn (default), monitor or enforce.")
+    var defaultMode: String?
+
+    @Option(help: "Move a workload from learn to monitor after this long (e.g. 24h), once no rule was added for --quiet-period.")
+    var learningPeriod: Duration?
+
+    @Option(help: "Quiet time before an automatic promotion (default 1h).")
+    var quietPeriod: Duration?
+
+    @Flag(help: "Also promote monitor -> enforce automatically, after --quiet-period without would_deny.")
+    var autoEnforce = false
+
+    @Option(help: "Connections of cgroups ConnGuard does not know: allow (default) or deny.")
+    var unknown: String?
+
+    @Flag(help: "On exit, detach enforcement instead of leaving it pinned in the kernel.")
+    var failOpen = false
+
+    @Option(help: "bpffs folder where enforcement is pinned (default /sys/fs/bpf/connguard).")
+    var pinRoot: String?
+
     func run() async throws {
         var c = AgentConfiguration()
         do {
@@ -59,6 +80,13 @@ struct AgentCommand: AsyncParsableCommand {
         if let cgroupRoot { c.cgroupRoot = cgroupRoot }
         if let eventRetention { c.eventRetentionSeconds = eventRetention.seconds }
         if let logLevel { c.logLevel = logLevel }
+        if let defaultMode { c.defaultMode = defaultMode }
+        if let learningPeriod { c.learningPeriodSeconds = learningPeriod.seconds }
+        if let quietPeriod { c.quietPeriodSeconds = quietPeriod.seconds }
+        if autoEnforce { c.autoEnforce = true }
+        if let unknown { c.unknownCgroups = unknown }
+        if failOpen { c.failOpen = true }
+        if let pinRoot { c.pinRoot = absolute(pinRoot) }
         let problems = c.validate()
         if !problems.isEmpty { throw Failure(ConfigurationError(problems: problems).description) }
 

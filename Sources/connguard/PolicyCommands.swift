@@ -1,0 +1,179 @@
+import ArgumentParser
+import ConnGuardCore
+import Foundation
+
+/// Who is asking, for the audit log: the user behind sudo if any.
+func operatorName() -> String {
+    if let s = ProcessInfo.processInfo.environment["SUDO_USER"], !s.isEmpty { return s }
+    if let pw = getpwuid(getuid()) { return String(cString: pw.pointee.pw_name) }
+    return "uid \(getuid())"
+}
+
+struct BaselineCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baseline",
+        abstract: "Show, export, import, prune and compare the baselines the agent learnt.",
+        subcommands: [List.self, Show.self, Export.self, Import.self, Prune.self, Diff.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Workloads, their mode, rule count and last change.")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Option(name: [.short, .customLong("output")]) var output: OutputFormat = .table
+
+        func run() async throws {
+            var rows: [[String: Any]] = []
+            try await callAgent { try await APIClient(socketPath: agent.socket).get("/v1/baselines") { line in
+                if output == .json { print(line) } else if let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] { rows.append(o) }
+                return true
+            } }
+            guard output == .table else { return }
+            print(pad("WORKLOAD", 48) + pad("MODE", 9) + pad("RULES", 7) + "LAST CHANGE")
+            for r in rows {
+                let mode = (r["mode"] as? String ?? "") + ((r["incomplete"] as? Bool) == true ? "*" : "")
+                print(pad(TableWriter.printable(r["workload"] as? String ?? ""), 48) + pad(mode, 9)
+                      + pad("\((r["rules"] as? Int) ?? 0)", 7) + (r["last_change"] as? String ?? ""))
+            }
+            if rows.contains(where: { ($0["incomplete"] as? Bool) == true }) {
+                print("* learnt while events were lost: not promoted automatically")
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One workload's rules.")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Argument(help: "The workload (as in `baseline list`).") var workload: String
+        @Option(name: [.short, .customLong("output")], help: "table, json or yaml.") var output: String = "table"
+
+        func validate() throws {
+            guard ["table", "json", "yaml"].contains(output) else { throw ValidationError("--output must be table, json or yaml") }
+        }
+
+        func run() async throws {
+            let client = APIClient(socketPath: agent.socket)
+            if output == "yaml" {
+                print(try await callAgent { try await client.send(.GET, "/v1/baseline", query: [("workload", workload), ("format", "yaml")]) }, terminator: "")
+                return
+            }
+            let text = try await callAgent { try await client.send(.GET, "/v1/baseline", query: [("workload", workload)]) }
+            if output == "json" { print(text); return }
+            guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { throw Failure("the agent's answer was not JSON") }
+            print("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
+            print(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
+            for r in o["rules"] as? [[String: Any]] ?? [] {
+                print(pad(r["direction"] as? String ?? "", 5) + pad(TableWriter.printable(r["peer"] as? String ?? ""), 44)
+                      + pad("\(r["port"] ?? "")", 7) + pad("\(r["hits"] ?? "")", 10) + pad(r["first_seen"] as? String ?? "", 22)
+                      + (r["last_seen"] as? String ?? ""))
+            }
+        }
+    }
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a workload's baseline as YAML (for import elsewhere).")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Argument var workload: String
+
+        func run() async throws {
+            let text = try await callAgent {
+                try await APIClient(socketPath: agent.socket).send(.GET, "/v1/baseline", query: [("workload", workload), ("format", "yaml")])
+            }
+            print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
+        }
+    }
+
+    struct Import: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Replace a workload's baseline with a YAML file (checked as a whole; all or nothing).")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Argument(help: "The YAML file (`-` for standard input).") var file: String
+
+        func run() async throws {
+            let data: Data
+            if file == "-" {
+                data = FileHandle.standardInput.readDataToEndOfFile()
+            } else {
+                guard let d = FileManager.default.contents(atPath: file) else { throw Failure("cannot read \(file)") }
+                data = d
+            }
+            let text = try await callAgent {
+                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", query: [("who", operatorName())], body: Array(data))
+            }
+            if let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
+                print("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
+            }
+        }
+    }
+
+    struct Prune: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove rules not used for a while.")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Argument var workload: String
+        @Option(help: "Remove rules unused for this long (e.g. 7d).") var unusedFor: String
+
+        func validate() throws {
+            guard let s = DurationParser.seconds(unusedFor), s > 0 else { throw ValidationError("--unused-for: '\(unusedFor)' is not a duration like 7d") }
+        }
+
+        func run() async throws {
+            let text = try await callAgent {
+                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/prune",
+                                                                   query: [("workload", workload), ("unused_for", unusedFor), ("who", operatorName())])
+            }
+            let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+            let pruned = o?["pruned"] as? [[String: Any]] ?? []
+            print("removed \(pruned.count) rules from \(workload)")
+            for r in pruned { print("  \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (last seen \(r["last_seen"] ?? ""))") }
+        }
+    }
+
+    struct Diff: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Rules added to a workload's baseline since a time.")
+        @OptionGroup var agent: AgentConnectionOptions
+        @Argument var workload: String
+        @Option(help: "Since this long ago (1h) or this RFC 3339 time.") var since: String
+        @Option(name: [.short, .customLong("output")]) var output: OutputFormat = .table
+
+        func run() async throws {
+            let text = try await callAgent {
+                try await APIClient(socketPath: agent.socket).send(.GET, "/v1/baseline/diff", query: [("workload", workload), ("since", since)])
+            }
+            if output == .json { print(text); return }
+            let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+            let added = o?["added"] as? [[String: Any]] ?? []
+            print("\(added.count) rules added to \(workload) since \(since)")
+            for r in added { print("+ \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (first seen \(r["first_seen"] ?? ""))") }
+        }
+    }
+}
+
+struct ModeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mode",
+        abstract: "Set a workload's mode: learn, monitor (report what would be blocked) or enforce (block it).",
+        discussion: "Recorded, with who and when, in the audit log that `connguard status` shows."
+    )
+    @OptionGroup var agent: AgentConnectionOptions
+    @Argument var workload: String
+    @Argument(help: "learn, monitor or enforce.") var mode: String
+
+    func validate() throws {
+        guard Mode(rawValue: mode) != nil else { throw ValidationError("mode must be learn, monitor or enforce") }
+    }
+
+    func run() async throws {
+        _ = try await callAgent {
+            try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode), ("who", operatorName())])
+        }
+        print("\(workload): \(mode)")
+    }
+}
+
+/// API failures become one line and exit 1.
+func callAgent<T>(_ body: () async throws -> T) async throws -> T {
+    do { return try await body() } catch let e as APIClient.Failure { throw Failure(e.description) }
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
+}
