@@ -121,7 +121,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnGuardIdentityTests",
-            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore"]
+            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore", "connguard"]
         ),
         .testTarget(
             name: "ConnGuardStoreTests",

@@ -179,6 +179,12 @@ struct StatusCommand: AsyncParsableCommand {
             let d = sub("database")
             let mb = (d["size_bytes"] as? NSNumber).map { String(format: "%.1f MiB", $0.doubleValue / 1_048_576) } ?? "-"
             print("database:   \(d["path"] ?? "-"), \(mb), \(n(d, "events")) events, \(n(d, "connections")) aggregated connections")
+            let m = sub("modes")
+            print("modes:      \(n(m, "learn")) learn, \(n(m, "monitor")) monitor, \(n(m, "enforce")) enforce")
+            let enf = sub("enforcement")
+            print("enforce:    on \(enf["cgroup"] ?? "-"), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
+            if let a = enf["arming"] as? String { print("arming:     \(a)") }
+            if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { print("audit:      \(recent)") }
         } catch let e as APIClient.Failure {
             throw Failure(e.description)
         }

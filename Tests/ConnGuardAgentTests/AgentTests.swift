@@ -26,6 +26,9 @@ final class AgentTests: XCTestCase {
     }
 
     override func tearDown() {
+        // Enforcement stays pinned after the agent exits (by design): remove it.
+        _ = try? cli(["kill-switch", "--pin-root", pinRoot])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot), "pins left behind")
         clients?.remove()
         root?.remove()
         try? FileManager.default.removeItem(atPath: scratch)
@@ -33,10 +36,12 @@ final class AgentTests: XCTestCase {
 
     var socket: String { scratch + "/api.sock" }
     var db: String { scratch + "/db.sqlite" }
+    var pinRoot: String { "/sys/fs/bpf/connguard-test" + (scratch as NSString).lastPathComponent }
 
     func startAgent(extra: [String] = []) throws -> Child {
         let agent = try Child(binary, ["agent", "--db", db, "--socket", socket, "--cgroup-root", root.relativePath,
-                                       "--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "warning"] + extra)
+                                       "--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "warning",
+                                       "--pin-root", pinRoot] + extra)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if access(socket, F_OK) == 0, (try? cli(["status", "--socket", socket, "-o", "json"]).status) == 0 { return agent }
@@ -239,7 +244,7 @@ final class AgentTests: XCTestCase {
         // Agent flags.
         for args in [["--metrics-address", "nowhere"], ["--cgroup-root", "/no/such/cgroup"], ["--log-level", "loud"],
                      ["--config", "/no/such/file.yaml"]] {
-            let r = try cli(["agent", "--db", scratch + "/x.db", "--socket", scratch + "/x.sock"] + args)
+            let r = try cli(["agent", "--db", scratch + "/x.db", "--socket", scratch + "/x.sock", "--pin-root", pinRoot] + args)
             XCTAssertEqual(r.status, 1, "\(args): \(r.stderr)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(args): \(r.stderr)")
         }
