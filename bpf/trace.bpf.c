@@ -87,11 +87,19 @@ static __always_inline void count_drop(__u32 reason)
         *n += 1; /* per-CPU slot: no atomics needed */
 }
 
-static __always_inline long wakeup_flags(void)
+/* Wake the reader when this record makes the waiting data cross the
+ * threshold, not on every record above it: while the reader drains a backlog,
+ * each forced wake-up would be a wasted (in a VM, costly) interrupt. The
+ * reserved record already counts in AVAIL_DATA. A reader that sleeps past a
+ * crossing still drains on its poll timeout. */
+static __always_inline long wakeup_flags(__u64 record_size)
 {
+    __u64 avail;
+
     if (!wakeup_data_size)
         return 0;
-    return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_data_size
+    avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    return avail >= wakeup_data_size && avail - record_size < wakeup_data_size
                ? BPF_RB_FORCE_WAKEUP
                : BPF_RB_NO_WAKEUP;
 }
@@ -183,7 +191,7 @@ static __always_inline void on_connect_done(const struct sock *sk, __u16 family,
         __builtin_memset(e->comm, 0, sizeof(e->comm));
         e->flags = CG_FLAG_PROCESS_UNKNOWN;
     }
-    bpf_ringbuf_submit(e, wakeup_flags());
+    bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
 }
 
 static __always_inline void on_listen(const struct sock *sk, __u16 family)
@@ -259,7 +267,7 @@ static __always_inline void on_accept(const struct sock *sk, __u16 family)
         __builtin_memset(e->comm, 0, sizeof(e->comm));
         e->flags = CG_FLAG_LISTENER_UNKNOWN;
     }
-    bpf_ringbuf_submit(e, wakeup_flags());
+    bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
 }
 
 SEC("tp_btf/inet_sock_set_state")

@@ -8,6 +8,26 @@ public enum OutputFormat: String, Sendable, CaseIterable {
     case json
 }
 
+/// Appends a string literal's bytes; StaticString avoids String's generic
+/// UTF8View path (runtime metadata lookups, retain/release) per call.
+@inline(__always)
+func lit(_ s: StaticString, _ out: inout [UInt8]) {
+    s.withUTF8Buffer { out.append(contentsOf: $0) }
+}
+
+/// Dotted IPv4 without inet_ntop (which goes through vfprintf) or a String.
+@inline(__always)
+func appendAddress(_ a: IPAddress, to out: inout [UInt8]) {
+    if a.family == .ipv4 {
+        for i in 0..<4 {
+            if i > 0 { out.append(UInt8(ascii: ".")) }
+            appendDecimal(UInt64(a.bytes[i]), to: &out)
+        }
+    } else {
+        out.append(contentsOf: a.description.utf8)
+    }
+}
+
 /// Writes events as JSON lines into a byte buffer.
 ///
 /// Hand-written rather than JSONEncoder: the tracer formats tens of thousands
@@ -23,49 +43,49 @@ public struct JSONLineWriter {
     /// src, sport, dst, dport, netns, hook, process_known; then `extra` (each a
     /// pre-rendered "key":value pair, already valid JSON).
     public mutating func append(_ e: ConnectionEvent, extra: [(String, JSONValue)] = [], to out: inout [UInt8]) {
-        out.append(contentsOf: #"{"time":""#.utf8)
+        lit(#"{"time":""#, &out)
         dates.appendRFC3339(e.timeNanoseconds, to: &out)
-        out.append(contentsOf: #"","event":""#.utf8)
+        lit(#"","event":""#, &out)
         out.append(contentsOf: e.direction.rawValue.utf8)
-        out.append(contentsOf: #"","outcome":""#.utf8)
+        lit(#"","outcome":""#, &out)
         out.append(contentsOf: e.outcome.rawValue.utf8)
-        out.append(contentsOf: #"","error":"#.utf8)
+        lit(#"","error":"#, &out)
         if e.error != 0 {
             JSONValue.appendString(ErrnoName.name(e.error), to: &out)
         } else {
-            out.append(contentsOf: "null".utf8)
+            lit("null", &out)
         }
-        out.append(contentsOf: #","pid":"#.utf8)
+        lit(#","pid":"#, &out)
         appendDecimal(UInt64(e.pid), to: &out)
-        out.append(contentsOf: #","comm":"#.utf8)
+        lit(#","comm":"#, &out)
         JSONValue.appendString(e.comm, to: &out)
-        out.append(contentsOf: #","uid":"#.utf8)
+        lit(#","uid":"#, &out)
         appendDecimal(UInt64(e.uid), to: &out)
-        out.append(contentsOf: #","cgroup_id":"#.utf8)
+        lit(#","cgroup_id":"#, &out)
         appendDecimal(e.cgroupID, to: &out)
-        out.append(contentsOf: #","family":""#.utf8)
+        lit(#","family":""#, &out)
         out.append(contentsOf: e.family.rawValue.utf8)
-        out.append(contentsOf: #"","src":""#.utf8)
-        out.append(contentsOf: e.source.description.utf8)
-        out.append(contentsOf: #"","sport":"#.utf8)
+        lit(#"","src":""#, &out)
+        appendAddress(e.source, to: &out)
+        lit(#"","sport":"#, &out)
         appendDecimal(UInt64(e.sourcePort), to: &out)
-        out.append(contentsOf: #","dst":""#.utf8)
-        out.append(contentsOf: e.destination.description.utf8)
-        out.append(contentsOf: #"","dport":"#.utf8)
+        lit(#","dst":""#, &out)
+        appendAddress(e.destination, to: &out)
+        lit(#"","dport":"#, &out)
         appendDecimal(UInt64(e.destinationPort), to: &out)
-        out.append(contentsOf: #","netns":"#.utf8)
+        lit(#","netns":"#, &out)
         appendDecimal(UInt64(e.netns), to: &out)
-        out.append(contentsOf: #","hook":""#.utf8)
+        lit(#","hook":""#, &out)
         out.append(contentsOf: e.hook.rawValue.utf8)
-        out.append(contentsOf: #"","process_known":"#.utf8)
-        out.append(contentsOf: (e.processKnown ? "true" : "false").utf8)
+        lit(#"","process_known":"#, &out)
+        if e.processKnown { lit("true", &out) } else { lit("false", &out) }
         for (key, value) in extra {
             out.append(UInt8(ascii: ","))
             JSONValue.appendString(key, to: &out)
             out.append(UInt8(ascii: ":"))
             value.append(to: &out)
         }
-        out.append(contentsOf: "}\n".utf8)
+        lit("}\n", &out)
     }
 }
 
@@ -191,11 +211,11 @@ struct DateCache {
     }
 
     private func pad(_ v: Int, _ width: Int, _ out: inout [UInt8]) {
-        var digits: [UInt8] = []
-        var n = v
-        repeat { digits.append(UInt8(ascii: "0") + UInt8(n % 10)); n /= 10 } while n > 0
-        if digits.count < width { out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - digits.count)) }
-        out.append(contentsOf: digits.reversed())
+        var digits = 1, p = 10
+        while v >= p && digits < 18 { digits += 1; p *= 10 }
+        for _ in digits..<max(width, digits) { out.append(UInt8(ascii: "0")) }
+        var div = p / 10
+        while div > 0 { out.append(UInt8(ascii: "0") + UInt8((v / div) % 10)); div /= 10 }
     }
 }
 
