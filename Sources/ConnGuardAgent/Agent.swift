@@ -178,7 +178,7 @@ public final class Agent: @unchecked Sendable {
         }
         metrics.update(programStats: tracer.programs.compactMap { p in
             guard let info = try? p.info() else { return nil }
-            return (p.name, info.run_cnt, info.run_time_ns)
+            return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)
         })
         if let s = try? store.stats() {
             metrics.update(storedEvents: s.events, storedAggregates: s.aggregates, databaseBytes: Int(s.totalBytes),
@@ -211,6 +211,8 @@ public final class Agent: @unchecked Sendable {
                 ("undecodable", .int(Int64(loss.undecodable))),
                 ("write_queue_full", .int(Int64(w.dropped))),
                 ("write_failed", .int(Int64(w.failed))),
+                // Not in total: a skipped run may have been a transition we ignore.
+                ("possibly_lost_kernel_recursion", .int(Int64(loss.recursionMisses))),
             ])),
             ("incomplete", .object([
                 ("connects_without_process", .int(Int64(loss.connectMapFull))),

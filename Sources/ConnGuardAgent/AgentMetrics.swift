@@ -21,6 +21,7 @@ public final class AgentMetrics: Sendable {
     private let writeQueueDepth: Gauge
     private let programRuns: [String: Counter]
     private let programSeconds: [String: Counter]
+    private let programMisses: [String: Counter]
     /// Kernel counters are absolute; Prometheus counters take increments.
     private let lastKernel = Mutex()
     nonisolated(unsafe) private var kernelSeen: [String: UInt64] = [:]
@@ -63,6 +64,10 @@ public final class AgentMetrics: Sendable {
             ($0, registry.makeCounter(name: "connguard_bpf_program_runs_total", labels: [("program", $0)],
                                       help: "Times each BPF program ran (kernel statistics)."))
         })
+        programMisses = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
+            ($0, registry.makeCounter(name: "connguard_bpf_program_recursion_misses_total", labels: [("program", $0)],
+                                      help: "Runs the kernel skipped because the program was already running on that CPU; each may be a lost event."))
+        })
         programSeconds = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
             ($0, registry.makeCounter(name: "connguard_bpf_program_run_seconds_total", labels: [("program", $0)],
                                       help: "CPU time spent in each BPF program (kernel statistics)."))
@@ -86,8 +91,9 @@ public final class AgentMetrics: Sendable {
         advance("i/listener_map_full", loss.listenerMapFull) { incomplete["listener_map_full"]!.increment(by: $0) }
     }
 
-    public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64)]) {
+    public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64, misses: UInt64)]) {
         for p in programStats {
+            advance("m/\(p.name)", p.misses) { programMisses[p.name]?.increment(by: $0) }
             advance("r/\(p.name)", p.runs) { programRuns[p.name]?.increment(by: $0) }
             advance("t/\(p.name)", p.nanoseconds) { programSeconds[p.name]?.increment(by: Double($0) / 1e9) }
         }

@@ -17,6 +17,12 @@ public struct LossCounts: Sendable, Equatable {
     public var listenerMapFull: UInt64 = 0
     /// Records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64 = 0
+    /// Times the kernel skipped one of our programs because it was already
+    /// running on that CPU (a state change inside an interrupt that came
+    /// during another): the kernel says nothing else about these. Each may
+    /// have been a connect or accept transition, so each is a possibly lost
+    /// event.
+    public var recursionMisses: UInt64 = 0
 
     /// Events that were lost outright.
     public var lostEvents: UInt64 { ringBufferFull + undecodable }
@@ -148,6 +154,9 @@ public final class Tracer {
         c.listenerMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_LISTENER_MAP_FULL.rawValue))
         c.cgroupRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_CGROUP_RINGBUF_FULL.rawValue))
         c.undecodable = undecodable
+        for p in object.programs {
+            if let info = try? p.info() { c.recursionMisses += info.recursion_misses }
+        }
         return c
     }
 

@@ -17,9 +17,12 @@ struct KillSwitchCommand: ParsableCommand {
     @Option(help: "Where enforcement is pinned in bpffs.")
     var pinRoot: String = Enforcer.defaultPinRoot
 
+    @Flag(help: "Only what is pinned under --pin-root: leave other ConnGuard links (another pin root's) alone.")
+    var pinRootOnly = false
+
     func run() throws {
         try reportingErrors {
-            let report = try Enforcer.removeAll(pinRoot: pinRoot)
+            let report = try Enforcer.removeAll(pinRoot: pinRoot, sweepUnpinnedLinks: !pinRootOnly)
             print(report.description)
         }
     }

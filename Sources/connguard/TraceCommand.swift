@@ -157,6 +157,9 @@ struct TraceCommand: ParsableCommand {
         if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 {
             summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; cgroup records lost: \(loss.cgroupRingBufferFull))"
         }
+        if loss.recursionMisses > 0 {
+            summary += "; \(loss.recursionMisses) program runs skipped by the kernel (recursion), each possibly a lost event"
+        }
         if let ids = identities?.statistics {
             summary += "; \(ids.unattributed) of \(ids.events) resolved events unattributed"
             if ids.withoutMetadata > 0 { summary += ", \(ids.withoutMetadata) in containers whose runtime files were not readable" }

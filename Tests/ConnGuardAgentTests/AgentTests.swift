@@ -27,7 +27,7 @@ final class AgentTests: XCTestCase {
 
     override func tearDown() {
         // Enforcement stays pinned after the agent exits (by design): remove it.
-        _ = try? cli(["kill-switch", "--pin-root", pinRoot])
+        _ = try? cli(["kill-switch", "--pin-root", pinRoot, "--pin-root-only"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot), "pins left behind")
         clients?.remove()
         root?.remove()

@@ -34,7 +34,7 @@ final class EnforcementTests: XCTestCase {
     override func tearDown() {
         if agentPID > 0 { kill(agentPID, SIGKILL) }
         for c in containers { Shell.run(["podman", "rm", "-f", "-t", "0", c]) }
-        Shell.run([binary, "kill-switch", "--pin-root", pinRoot])
+        Shell.run([binary, "kill-switch", "--pin-root", pinRoot, "--pin-root-only"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot), "pins left behind")
         CgroupMounts.remove(parent)
         try? FileManager.default.removeItem(atPath: scratch)
