@@ -49,8 +49,8 @@ for rung in fentry kprobe tracepoint; do
     done
     if ! kill -0 $tpid 2>/dev/null; then
         wait $tpid; rc=$?
-        msg="$(grep -v "^connguard: \(rung\|hook\|listeners\|cgroup v2\|warning\)" "$err" | head -n 1)"
-        lines="$(grep -c . "$err")"
+        msg="$(grep "^connguard: " "$err" | grep -v "^connguard: \(rung\|hook\|listeners\|cgroup v2\|warning\)" | tail -n 1)"
+        lines="$(grep -c "^connguard: " "$err")"
         if [ "$expected" = yes ]; then
             echo "RESULT rung=$rung fail: did not start (exit $rc): $msg"; status=1
         elif [ $rc -eq 1 ] && echo "$msg" | grep -q "$rung"; then
