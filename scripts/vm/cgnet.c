@@ -4,6 +4,10 @@
  *
  *   cgnet serve ADDR PORT N   listen on ADDR:PORT, print "ready", accept N
  *                             connections (closing each), exit 0
+ *   cgnet handoff ADDR PORT   listen on ADDR:PORT, print "ready", fork a child
+ *                             that prints "child PID", accepts one connection
+ *                             and exits; the parent (the listener's owner)
+ *                             waits for it
  *   cgnet connect ADDR PORT   connect once; print "ok" or the errno name; exit
  *                             0 on success, 1 otherwise
  * ADDR is an IPv4 or IPv6 literal.
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int make_addr(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *len)
@@ -72,6 +77,29 @@ int main(int argc, char **argv)
             }
             close(c);
         }
+        return 0;
+    }
+    if (strcmp(argv[1], "handoff") == 0) {
+        pid_t child;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 16)) {
+            perror("bind/listen");
+            return 2;
+        }
+        child = fork();
+        if (child == 0) {
+            int c;
+            printf("child %d\nready\n", (int)getpid());
+            fflush(stdout);
+            c = accept(fd, NULL, NULL);
+            if (c < 0) {
+                perror("accept");
+                _exit(2);
+            }
+            close(c);
+            _exit(0);
+        }
+        waitpid(child, NULL, 0);
         return 0;
     }
     if (strcmp(argv[1], "connect") == 0) {

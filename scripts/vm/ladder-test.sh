@@ -35,7 +35,7 @@ expect() {
 
 for rung in fentry kprobe tracepoint; do
     base=$((base + 10))
-    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2))
+    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3))
     out="$TMP/$rung.json"; err="$TMP/$rung.err"
     expected=no
     case " $EXPECT " in *" $rung "*) expected=yes ;; esac
@@ -71,16 +71,21 @@ for rung in fentry kprobe tracepoint; do
     s4=$!
     sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET serve ::1 $p6 1" >"$TMP/s6" &
     s6=$!
+    # A listener that hands accept() to a child: the owner and the acceptor differ.
+    "$NET" handoff 127.0.0.1 $ph >"$TMP/sh" &
+    sh_owner=$!
     i=0
-    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     "$NET" connect 127.0.0.1 $p4 >"$TMP/c4" & c4=$!; wait $c4; r4=$?
     "$NET" connect ::1 $p6 >"$TMP/c6" & c6=$!; wait $c6; r6=$?
     "$NET" connect 127.0.0.1 $pr >"$TMP/cr" & cr=$!; wait $cr
+    "$NET" connect 127.0.0.1 $ph >"$TMP/ch" & ch=$!; wait $ch; rh=$?
+    sh_child=$(awk '/^child/ { print $2 }' "$TMP/sh")
     # The servers exit once they have accepted (on the fentry and kprobe rungs
     # the accept event comes from accept() itself).
     i=0
-    while { kill -0 $s4 || kill -0 $s6; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    kill $s4 $s6 2>/dev/null
+    while { kill -0 $s4 || kill -0 $s6 || kill -0 $sh_owner; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill $s4 $s6 $sh_owner 2>/dev/null
     sleep 1
     kill -INT $tpid; wait $tpid
     rmdir "$srv"
@@ -100,15 +105,22 @@ for rung in fentry kprobe tracepoint; do
     expect "v6 accept" 1 "$out" "\"dport\":$p6," '"event":"accept"' "\"pid\":$s6," "\"cgroup_id\":$srvid," '"family":"ipv6"' "$h"
     expect "refused events" 1 "$out" "\"dport\":$pr,"
     expect "refused connect" 1 "$out" "\"dport\":$pr," '"event":"connect"' '"outcome":"failed"' '"error":"ECONNREFUSED"' "\"pid\":$cr," "$h"
+    [ $rh -eq 0 ] || problems="$problems; handoff connect failed: $(cat "$TMP/ch")"
+    # Who accepted: the child on the fentry and kprobe rungs; on the
+    # tracepoint rung only the listener's owner is known.
+    acceptor=$sh_child
+    [ "$rung" = tracepoint ] && acceptor=$sh_owner
+    expect "handoff events" 2 "$out" "\"dport\":$ph,"
+    expect "handoff accept" 1 "$out" "\"dport\":$ph," '"event":"accept"' "\"pid\":$acceptor," "$h"
     expect "lost" 1 "$err" " 0 lost"
     n=$(grep -c . "$out")
     if [ -z "$problems" ] && [ "$expected" = yes ]; then
-        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid) exact; $n events in ${secs}s"
+        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner) exact; $n events in ${secs}s"
     elif [ -z "$problems" ]; then
         echo "RESULT rung=$rung ok (not expected to load here)"
     else
         echo "RESULT rung=$rung fail:${problems#;}"
-        echo "--- events of $rung"; grep "\"dport\":\($p4\|$p6\|$pr\)," "$out"; echo "--- stderr"; cat "$err"
+        echo "--- events of $rung"; grep "\"dport\":\($p4\|$p6\|$pr\|$ph\)," "$out"; echo "--- stderr"; cat "$err"
         status=1
     fi
 done
