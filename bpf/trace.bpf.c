@@ -21,9 +21,22 @@
  *
  * Also cgroup_mkdir / cgroup_rmdir, so the agent learns of a container's cgroup
  * before the container's first connection.
+ *
+ * The attach ladder (issue 6). The tracepoint above is the bottom rung; on
+ * kernels that allow them, better rungs take over the process attribution:
+ *   fentry:  fentry/tcp_connect records the caller (in connect(), in the
+ *            caller's context) and fexit/inet_csk_accept emits the accept
+ *            event in the accepting process's context, with its pid and comm.
+ *   kprobe:  the same with kprobe/tcp_connect and kretprobe/inet_csk_accept.
+ * The outcome of a connect always comes from the tracepoint (it needs the
+ * state change). Those programs are off by default (autoload); user space
+ * turns on one rung and sets the knobs below, so that the tracepoint neither
+ * records the caller nor emits the accept a second time: each connection is
+ * one connect event and one accept event on every rung.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
+#include <asm/ptrace.h> /* struct pt_regs for BPF_KPROBE (uapi layout = kernel layout) */
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
@@ -42,6 +55,12 @@ const struct cg_cgroup_event *unused_cgroup_event __attribute__((unused));
  * every event). Under load this spares a context switch per event; the reader
  * also polls on a short timeout, so a quiet trickle is delivered promptly. */
 const volatile __u64 wakeup_data_size = 0;
+
+/* Which rung attributes connects and accepts (enum cg_hook): CG_HOOK_TP_BTF,
+ * CG_HOOK_FENTRY or CG_HOOK_KPROBE. Written into every connection event's
+ * `hook`. With any other than CG_HOOK_TP_BTF, the tracepoint leaves the
+ * caller record and the accept event to that rung's programs. */
+const volatile __u32 attribution_hook = CG_HOOK_TP_BTF;
 
 /* Events to user space. Writer: every program here. Reader: the agent's
  * ring-buffer thread. Size set by user space before load. */
@@ -162,7 +181,7 @@ static __always_inline void on_connect_done(const struct sock *sk, __u16 family,
     e->kind = CG_RECORD_CONNECTION;
     e->timestamp_ns = bpf_ktime_get_boot_ns();
     e->direction = CG_DIRECTION_CONNECT;
-    e->hook = CG_HOOK_TP_BTF;
+    e->hook = attribution_hook;
     e->family = family;
     e->netns = sock_netns(sk);
     e->pad[0] = e->pad[1] = 0;
@@ -225,7 +244,10 @@ static __always_inline void on_unlisten(const struct sock *sk, __u16 family)
         bpf_map_delete_elem(&listeners, &key);
 }
 
-static __always_inline void on_accept(const struct sock *sk, __u16 family)
+/* An accepted connection. From the tracepoint (in softirq, in_process = 0)
+ * the process is the listener's remembered owner; from fexit/kretprobe on
+ * inet_csk_accept (in_process = 1) it is the current task, which accepted. */
+static __always_inline void on_accept(const struct sock *sk, __u16 family, int in_process)
 {
     struct cg_listener_key key = {};
     struct cg_listener *owner;
@@ -242,7 +264,7 @@ static __always_inline void on_accept(const struct sock *sk, __u16 family)
     e->direction = CG_DIRECTION_ACCEPT;
     e->outcome = CG_OUTCOME_ESTABLISHED;
     e->error = 0;
-    e->hook = CG_HOOK_TP_BTF;
+    e->hook = attribution_hook;
     e->family = family;
     e->netns = sock_netns(sk);
     e->pad[0] = e->pad[1] = 0;
@@ -252,6 +274,14 @@ static __always_inline void on_accept(const struct sock *sk, __u16 family)
     e->dport = lport;
     e->cgroup_id = sock_cgroup_id(sk); /* inherited from the listener */
 
+    if (in_process) {
+        e->pid = bpf_get_current_pid_tgid() >> 32;
+        e->uid = (__u32)bpf_get_current_uid_gid();
+        bpf_get_current_comm(e->comm, sizeof(e->comm));
+        e->flags = 0;
+        bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
+        return;
+    }
     key.netns = e->netns;
     key.port = lport;
     key.family = family;
@@ -281,16 +311,82 @@ int BPF_PROG(cg_tp_sock_state, const struct sock *sk, int oldstate, int newstate
     if (family != AF_INET && family != AF_INET6)
         return 0;
 
-    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
-        on_connect_start(sk);
-    else if (oldstate == TCP_SYN_SENT)
+    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+        if (attribution_hook == CG_HOOK_TP_BTF)
+            on_connect_start(sk);
+    } else if (oldstate == TCP_SYN_SENT)
         on_connect_done(sk, family, newstate);
-    else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
-        on_accept(sk, family);
+    else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+        if (attribution_hook == CG_HOOK_TP_BTF)
+            on_accept(sk, family, 0);
+    }
     else if (newstate == TCP_LISTEN)
         on_listen(sk, family);
     else if (oldstate == TCP_LISTEN)
         on_unlisten(sk, family);
+    return 0;
+}
+
+/* TCP over IPv4 or IPv6: the family, else 0. */
+static __always_inline __u16 tcp_family(const struct sock *sk)
+{
+    __u16 family;
+
+    if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+        return 0;
+    family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    return family == AF_INET || family == AF_INET6 ? family : 0;
+}
+
+/* ---- fentry rung ("?": not loaded unless user space turns it on) ------- */
+
+/* tcp_connect() runs inside connect() (after CLOSE -> SYN_SENT, before the
+ * SYN is sent), in the caller's context. */
+SEC("?fentry/tcp_connect")
+int BPF_PROG(cg_fentry_tcp_connect, struct sock *sk)
+{
+    if (tcp_family(sk))
+        on_connect_start(sk);
+    return 0;
+}
+
+/* inet_csk_accept() returns the accepted child socket, in the context of the
+ * process calling accept(). Its arguments differ between kernels (6.1: sk,
+ * flags, err, kern; 6.10+: sk, arg), so the return value is read with
+ * bpf_get_func_ret rather than by position. */
+SEC("?fexit/inet_csk_accept")
+int BPF_PROG(cg_fexit_inet_csk_accept, struct sock *listener)
+{
+    __u64 ret = 0;
+    const struct sock *sk;
+    __u16 family;
+
+    if (bpf_get_func_ret(ctx, &ret))
+        return 0;
+    sk = (const struct sock *)ret;
+    family = tcp_family(sk);
+    if (family)
+        on_accept(sk, family, 1);
+    return 0;
+}
+
+/* ---- kprobe rung -------------------------------------------------------- */
+
+SEC("?kprobe/tcp_connect")
+int BPF_KPROBE(cg_kprobe_tcp_connect, struct sock *sk)
+{
+    if (tcp_family(sk))
+        on_connect_start(sk);
+    return 0;
+}
+
+SEC("?kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(cg_kretprobe_inet_csk_accept, struct sock *sk)
+{
+    __u16 family = tcp_family(sk);
+
+    if (family)
+        on_accept(sk, family, 1);
     return 0;
 }
 

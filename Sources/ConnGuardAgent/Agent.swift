@@ -65,6 +65,10 @@ public final class Agent: @unchecked Sendable {
         var tracerConfig = Tracer.Configuration()
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
         do {
+            if let h = configuration.hooks {
+                guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
+                tracerConfig.forcedRung = rung
+            }
             tracer = try Tracer(configuration: tracerConfig, logger: logger)
         } catch {
             writer.close()
@@ -133,6 +137,8 @@ public final class Agent: @unchecked Sendable {
         logger.info("agent started", metadata: [
             "version": "\(version)", "database": "\(configuration.databasePath)", "socket": "\(socketPath)",
             "metrics": "\(configuration.metricsAddress ?? "off")", "cgroup_root": "\(configuration.cgroupRoot)",
+            "hook_rung": "\(tracer.rung)\(configuration.hooks != nil ? " (forced)" : "")",
+            "hook_rungs_refused": "\(tracer.refusedRungs.map { "\($0.rung): \($0.reason)" }.joined(separator: "; "))",
             "hooks": "\(tracer.hooks.map(\.description).joined(separator: "; "))",
             "listeners_seeded": "\(tracer.seededListeners)",
         ])
@@ -198,6 +204,7 @@ public final class Agent: @unchecked Sendable {
             ("started_at", .string(ISO8601DateFormatter().string(from: startedAt))),
             ("uptime_seconds", .int(Int64(Date().timeIntervalSince(startedAt)))),
             ("cgroup_root", .string(configuration.cgroupRoot)),
+            ("hook_rung", .string(tracer.rung.rawValue)),
             ("hooks", .object(tracer.hooks.map { ($0.capability, .string("\($0.rung) \($0.detail)")) })),
             ("events", .object([
                 ("connect", .int(Int64(c.connects))), ("accept", .int(Int64(c.accepts))),

@@ -24,6 +24,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var aggregateRetentionSeconds: Double = 90 * 24 * 3600
     /// Ring buffer size in MiB.
     public var ringBufferMiB: UInt32 = 16
+    /// Force one hook rung ("fentry", "kprobe", "tracepoint"); nil: the best the kernel allows.
+    public var hooks: String?
     /// Events waiting for the database at most; beyond it they are counted as lost.
     public var writeQueueCapacity = 1_000_000
     public var logLevel = "info"

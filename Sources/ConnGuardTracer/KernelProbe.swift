@@ -14,12 +14,18 @@ public struct KernelProbeReport {
 
     public var facilities: [Facility] = []
     public var hooks: [HookChoice] = []
+    /// The rung chosen automatically.
+    public var rung: HookRung?
+    /// Each rung tried on its own: nil if it loaded and attached, else why not.
+    public var rungs: [(rung: HookRung, refused: String?)] = []
     /// Why tracing cannot work here, if it cannot.
     public var error: String?
 
     public var json: JSONValue {
         .object([
             ("facilities", .object(facilities.map { ($0.name, .object([("available", .bool($0.available)), ("detail", .string($0.detail))])) })),
+            ("rung", rung.map { .string($0.rawValue) } ?? .null),
+            ("rungs", .object(rungs.map { ($0.rung.rawValue, .object([("available", .bool($0.refused == nil)), ("detail", .string($0.refused ?? "loads and attaches"))])) })),
             ("hooks", .object(hooks.map { ($0.capability, .object([("rung", .string($0.rung)), ("program", .string($0.detail))])) })),
             ("error", error.map { .string($0) } ?? .null),
         ])
@@ -60,13 +66,28 @@ public enum KernelProbe {
         let ringbuf = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil) == 1
         r.facilities.append(.init(name: "map type ringbuf", available: ringbuf, detail: ringbuf ? "creates" : "refused"))
 
-        // The real test: load and attach the tracer, then let it go.
+        // The real test: load and attach each rung on its own, then the
+        // automatic choice, and let them go.
+        var config = Tracer.Configuration()
+        config.ringBufferBytes = 1 << 16
+        config.seedListeners = false
+        for rung in HookRung.allCases {
+            config.forcedRung = rung
+            do {
+                let t = try Tracer(configuration: config)
+                t.close()
+                r.rungs.append((rung, nil))
+            } catch let e as TracerError {
+                r.rungs.append((rung, e.shortReason))
+            } catch {
+                r.rungs.append((rung, "\(error)"))
+            }
+        }
+        config.forcedRung = nil
         do {
-            var config = Tracer.Configuration()
-            config.ringBufferBytes = 1 << 16
-            config.seedListeners = false
             let t = try Tracer(configuration: config)
             r.hooks = t.hooks
+            r.rung = t.rung
             t.close()
         } catch {
             r.error = "\(error)"

@@ -41,6 +41,52 @@ public struct HookChoice: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "\(capability): \(rung) [\(detail)]" }
 }
 
+/// A rung of the attach ladder: how connects and accepts are attributed to
+/// their process. Best first.
+public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
+    /// fentry/tcp_connect + fexit/inet_csk_accept (BPF trampolines).
+    case fentry
+    /// kprobe/tcp_connect + kretprobe/inet_csk_accept.
+    case kprobe
+    /// tp_btf/inet_sock_set_state alone (the listener's owner names the acceptor).
+    case tracepoint
+
+    public var description: String { rawValue }
+
+    /// The value of the BPF knob `attribution_hook` (enum cg_hook).
+    var hookValue: UInt32 {
+        switch self {
+        case .fentry: CG_HOOK_FENTRY.rawValue
+        case .kprobe: CG_HOOK_KPROBE.rawValue
+        case .tracepoint: CG_HOOK_TP_BTF.rawValue
+        }
+    }
+
+    /// Programs loaded and attached on this rung: (program, capabilities).
+    /// The tracepoint always runs: it gives every rung the connect outcome,
+    /// and, on the bottom rung, the caller and the accept as well.
+    var plan: [(program: String, capabilities: [String])] {
+        let cgroups: [(String, [String])] = [
+            ("cg_tp_cgroup_mkdir", ["cgroup creation"]),
+            ("cg_tp_cgroup_rmdir", ["cgroup removal"]),
+        ]
+        switch self {
+        case .fentry:
+            return [("cg_fentry_tcp_connect", ["connect"]), ("cg_fexit_inet_csk_accept", ["accept"]),
+                    ("cg_tp_sock_state", ["connect outcome"])] + cgroups
+        case .kprobe:
+            return [("cg_kprobe_tcp_connect", ["connect"]), ("cg_kretprobe_inet_csk_accept", ["accept"]),
+                    ("cg_tp_sock_state", ["connect outcome"])] + cgroups
+        case .tracepoint:
+            return [("cg_tp_sock_state", ["connect", "connect outcome", "accept"])] + cgroups
+        }
+    }
+
+    /// Every rung-specific program in the object (off unless its rung is chosen).
+    static let optionalPrograms = ["cg_fentry_tcp_connect", "cg_fexit_inet_csk_accept",
+                                   "cg_kprobe_tcp_connect", "cg_kretprobe_inet_csk_accept"]
+}
+
 /// Loads the embedded trace programs into the running kernel, attaches them,
 /// and reads their ring buffer. Everything it attached is detached when it is
 /// closed or deinitialised; nothing is pinned, so a crash leaves nothing
@@ -55,17 +101,24 @@ public final class Tracer {
         public var pollIntervalMilliseconds: Int32 = 100
         /// Learn listeners that existed before attach, from /proc.
         public var seedListeners = true
+        /// Use only this rung (fail if the kernel refuses it); nil: the best
+        /// rung the kernel allows, found by loading and attaching.
+        public var forcedRung: HookRung?
         public init() {}
     }
 
     public let configuration: Configuration
     public let hooks: [HookChoice]
+    /// The rung in use.
+    public let rung: HookRung
+    /// Rungs tried before this one, and why the kernel refused each.
+    public let refusedRungs: [(rung: HookRung, reason: String)]
     public let clock: BootClock
     /// Listeners learnt from /proc at start.
     public private(set) var seededListeners = 0
 
     private let object: BPFObject
-    private var links: [BPFLink] = []
+    private var links: [BPFLink]
     private var reader: RingBufferReader!
     private let drops: BPFMap
     private var undecodable: UInt64 = 0
@@ -78,38 +131,28 @@ public final class Tracer {
         self.logger = logger
         clock = BootClock.measure()
 
-        var size: UInt = 0
-        let start = cg_bpf_trace_object(&size)
-        let bytes = Array(UnsafeRawBufferPointer(start: start, count: Int(size)))
-        object = try BPFObject(bytes: bytes, name: "connguard_trace")
-        try object.map("events").setMaxEntries(configuration.ringBufferBytes)
-        try object.setReadOnlyGlobal("wakeup_data_size", configuration.wakeupBytes)
-        do {
-            try object.load()
-        } catch let e as BPFError {
-            throw TracerError.load(e)
-        }
-        drops = try object.map("drops")
-
-        let plan: [(program: String, capability: [String])] = [
-            ("cg_tp_sock_state", ["connect", "accept"]),
-            ("cg_tp_cgroup_mkdir", ["cgroup creation"]),
-            ("cg_tp_cgroup_rmdir", ["cgroup removal"]),
-        ]
-        var chosen: [HookChoice] = []
-        for step in plan {
-            let program = try object.program(step.program)
+        var refused: [(rung: HookRung, reason: String)] = []
+        var attached: (object: BPFObject, links: [BPFLink], hooks: [HookChoice], rung: HookRung)?
+        for rung in configuration.forcedRung.map({ [$0] }) ?? HookRung.allCases {
             do {
-                links.append(try program.attach())
-            } catch let e as BPFError {
-                links.forEach { $0.detach() }
-                throw TracerError.attach(e)
-            }
-            for c in step.capability {
-                chosen.append(HookChoice(capability: c, rung: "tracepoint", detail: "\(program.name) (\(program.sectionName))"))
+                let (o, l, h) = try Tracer.open(rung: rung, configuration: configuration)
+                attached = (o, l, h, rung)
+                break
+            } catch let e as TracerError {
+                if configuration.forcedRung != nil { throw TracerError.rungRefused(rung, e) }
+                // The bottom rung failing is not a fallback case: report it as is.
+                if rung == .tracepoint { throw e }
+                refused.append((rung, e.shortReason))
+                logger.debug("hook rung refused", metadata: ["rung": "\(rung)", "reason": "\(e.shortReason)"])
             }
         }
-        hooks = chosen
+        guard let attached else { throw TracerError.noRung }
+        object = attached.object
+        links = attached.links
+        hooks = attached.hooks
+        rung = attached.rung
+        refusedRungs = refused
+        drops = try object.map("drops")
 
         reader = try RingBufferReader(map: try object.map("events")) { [unowned self] bytes in
             do {
@@ -126,10 +169,49 @@ public final class Tracer {
             let seeds = ListenerSeeder.discover(cgroupMount: CgroupMount.find())
             seededListeners = ListenerSeeder.seed(seeds, into: try object.map("listeners"))
         }
-        logger.debug("tracer attached", metadata: ["hooks": "\(hooks.map(\.description))", "seeded_listeners": "\(seededListeners)"])
+        logger.debug("tracer attached", metadata: [
+            "rung": "\(rung)", "forced": "\(configuration.forcedRung != nil)",
+            "refused": "\(refusedRungs.map { "\($0.rung): \($0.reason)" })",
+            "hooks": "\(hooks.map(\.description))", "seeded_listeners": "\(seededListeners)"])
     }
 
     deinit { close() }
+
+    /// Opens a fresh object with only `rung`'s programs on, loads and
+    /// attaches them. On any failure everything is released.
+    static func open(rung: HookRung, configuration: Configuration) throws -> (BPFObject, [BPFLink], [HookChoice]) {
+        var size: UInt = 0
+        let start = cg_bpf_trace_object(&size)
+        let bytes = Array(UnsafeRawBufferPointer(start: start, count: Int(size)))
+        let object = try BPFObject(bytes: bytes, name: "connguard_trace")
+        try object.map("events").setMaxEntries(configuration.ringBufferBytes)
+        try object.setReadOnlyGlobal("wakeup_data_size", configuration.wakeupBytes)
+        try object.setReadOnlyGlobal("attribution_hook", rung.hookValue)
+        let wanted = Set(rung.plan.map(\.program))
+        for p in object.programs { p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name) }
+        do {
+            try object.load()
+        } catch let e as BPFError {
+            throw TracerError.load(e)
+        }
+        var links: [BPFLink] = []
+        var chosen: [HookChoice] = []
+        for step in rung.plan {
+            let program = try object.program(step.program)
+            do {
+                links.append(try program.attach())
+            } catch let e as BPFError {
+                links.forEach { $0.detach() }
+                throw TracerError.attach(e)
+            }
+            let section = program.sectionName.hasPrefix("?") ? String(program.sectionName.dropFirst()) : program.sectionName
+            for c in step.capabilities {
+                chosen.append(HookChoice(capability: c, rung: c == "connect outcome" || c.hasPrefix("cgroup") ? "tracepoint" : rung.rawValue,
+                                         detail: "\(program.name) (\(section))"))
+            }
+        }
+        return (object, links, chosen)
+    }
 
     /// Delivers records to `onRecord` on the calling thread until `shouldStop`
     /// returns true (checked at least every pollIntervalMilliseconds). Calls
@@ -167,12 +249,25 @@ public final class Tracer {
     }
 
     /// The loaded programs (for run-time statistics).
-    public var programs: [BPFProgram] { object.programs }
+    public var programs: [BPFProgram] { object.programs.filter(\.autoload) }
 }
 
 public enum TracerError: Error, CustomStringConvertible {
     case load(BPFError)
     case attach(BPFError)
+    /// A forced rung (--hooks) that this kernel does not allow.
+    indirect case rungRefused(HookRung, TracerError)
+    case noRung
+
+    /// Why, in a few words (for logs and `connguard probe`).
+    public var shortReason: String {
+        switch self {
+        case let .load(e): return "load refused (\(e))"
+        case let .attach(e): return "attach refused (\(e))"
+        case let .rungRefused(_, e): return e.shortReason
+        case .noRung: return "no rung loaded"
+        }
+    }
 
     public var description: String {
         switch self {
@@ -183,6 +278,10 @@ public enum TracerError: Error, CustomStringConvertible {
             return "the kernel rejected ConnGuard's BPF programs (\(e)); run with --verbose for the verifier log"
         case let .attach(e):
             return "could not attach a BPF program (\(e)): this kernel may lack the hook; `connguard probe` shows what it supports"
+        case let .rungRefused(rung, e):
+            return "this kernel does not allow the \(rung) hooks (\(e.shortReason)); `connguard probe` shows which rungs it allows"
+        case .noRung:
+            return "no hook rung could be loaded; `connguard probe` shows why"
         }
     }
 
@@ -190,6 +289,8 @@ public enum TracerError: Error, CustomStringConvertible {
     public var log: String {
         switch self {
         case let .load(e), let .attach(e): return e.log
+        case let .rungRefused(_, e): return e.log
+        case .noRung: return ""
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import ConnGuardAgent
 import ConnGuardCore
 import ConnGuardIdentity
+import ConnGuardTracer
 import Foundation
 import Logging
 
@@ -28,6 +29,9 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Option(help: "Group allowed to query the agent (socket mode 0660).")
     var socketGroup: String?
+
+    @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows).")
+    var hooks: HookRung?
 
     @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9090). Off by default.")
     var metricsAddress: String?
@@ -77,6 +81,7 @@ struct AgentCommand: AsyncParsableCommand {
         if let socket { c.socketPath = absolute(socket) }
         if let socketGroup { c.socketGroup = socketGroup }
         if let metricsAddress { c.metricsAddress = metricsAddress }
+        if let hooks { c.hooks = hooks.rawValue }
         if let cgroupRoot { c.cgroupRoot = cgroupRoot }
         if let eventRetention { c.eventRetentionSeconds = eventRetention.seconds }
         if let logLevel { c.logLevel = logLevel }

@@ -20,9 +20,16 @@ struct ProbeCommand: ParsableCommand {
                     let mark = f.available ? "yes" : "no "
                     print("\(mark)  \(f.name.padding(to: 34))\(f.detail)")
                 }
+                if !report.rungs.isEmpty {
+                    print("")
+                    print("hook rungs (best first):")
+                    for x in report.rungs {
+                        print("  \(x.refused == nil ? "yes" : "no ")  \(x.rung.rawValue.padding(to: 12))\(x.refused ?? "loads and attaches")")
+                    }
+                }
                 if !report.hooks.isEmpty {
                     print("")
-                    print("hooks chosen:")
+                    print("hooks chosen (rung \(report.rung.map(\.rawValue) ?? "-")):")
                     for h in report.hooks { print("  \(h.capability.padding(to: 18))\(h.rung.padding(to: 12))\(h.detail)") }
                 }
                 if let e = report.error { print(""); print("cannot trace here: \(e)") }

@@ -169,6 +169,7 @@ struct StatusCommand: AsyncParsableCommand {
             func n(_ d: [String: Any], _ k: String) -> String { (d[k] as? NSNumber)?.stringValue ?? "-" }
             print("agent:      up since \(s["started_at"] ?? "-") (pid \(s["pid"] ?? "-"), version \(s["version"] ?? "-"))")
             print("watching:   cgroup \(s["cgroup_root"] ?? "/")")
+            print("hook rung:  \(s["hook_rung"] ?? "-")")
             let hooks = sub("hooks")
             for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
             let e = sub("events")

@@ -42,6 +42,9 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Only events of pods in this Kubernetes namespace.")
     var namespace: String?
 
+    @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows). Fails if the kernel refuses them.")
+    var hooks: HookRung?
+
     @Flag(name: .shortAndLong, help: "Print the hooks chosen and libbpf's messages on failure.")
     var verbose = false
 
@@ -90,6 +93,7 @@ struct TraceCommand: ParsableCommand {
 
         var config = Tracer.Configuration()
         config.ringBufferBytes = ringBufferMiB << 20
+        config.forcedRung = hooks
         installStopSignals()
         let tracer: Tracer
         do {
@@ -100,6 +104,8 @@ struct TraceCommand: ParsableCommand {
         }
         defer { tracer.close() }
         if verbose {
+            for r in tracer.refusedRungs { printError("rung \(r.rung) refused: \(r.reason)") }
+            printError("rung \(tracer.rung)\(hooks != nil ? " (forced)" : "")")
             for h in tracer.hooks { printError("hook \(h)") }
             printError("listeners known from /proc at start: \(tracer.seededListeners)")
             if let identities {
@@ -176,3 +182,5 @@ enum FileHandleStderr {
         text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
     }
 }
+
+extension HookRung: ExpressibleByArgument {}

@@ -1,4 +1,5 @@
 import ConnGuardCore
+import ConnGuardTracer
 import Foundation
 import Glibc
 import ConnGuardTestSupport
@@ -120,6 +121,28 @@ final class TraceCommandTests: XCTestCase {
         XCTAssertEqual(child.process.terminationStatus, 1)
         XCTAssertEqual(err.split(separator: "\n").count, 1, err)
         XCTAssertTrue(err.contains("needs root"), err)
+    }
+
+    /// `--hooks RUNG` that this kernel refuses is one line naming the rung and
+    /// exit 1; one it allows traces with that rung; an unknown rung is a usage error.
+    func testForcedHooks() throws {
+        try requireRoot()
+        for rung in HookRung.allCases {
+            let child = try Child(binary, ["trace", "--hooks", rung.rawValue, "--duration", "1", "-o", "json"])
+            child.process.waitUntilExit()
+            let err = String(decoding: child.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            if child.process.terminationStatus == 0 {
+                XCTAssertTrue(err.contains("events seen"), err)
+                continue
+            }
+            XCTAssertNotEqual(rung, .tracepoint, "the bottom rung works here: \(err)")
+            XCTAssertEqual(child.process.terminationStatus, 1)
+            XCTAssertEqual(err.split(separator: "\n").count, 1, err)
+            XCTAssertTrue(err.contains("does not allow the \(rung.rawValue) hooks"), err)
+        }
+        let bad = try Child(binary, ["trace", "--hooks", "ebpf-magic", "--duration", "1"])
+        bad.process.waitUntilExit()
+        XCTAssertNotEqual(bad.process.terminationStatus, 0)
     }
 
     func testBadArgumentsAreRejected() throws {

@@ -12,8 +12,10 @@ final class TracerTests: XCTestCase {
         try requireRoot()
     }
 
-    func loopbackConnect(family: Int32, address: String) throws {
-        let collector = try TraceCollector()
+    func loopbackConnect(family: Int32, address: String, rung: HookRung? = nil) throws {
+        var config = Tracer.Configuration()
+        config.forcedRung = rung
+        let collector = try TraceCollector(configuration: config)
         defer { collector.finish() }
         let (lfd, port) = try Net.listener(family: family, address: address)
         defer { close(lfd) }
@@ -41,7 +43,7 @@ final class TracerTests: XCTestCase {
             XCTAssertEqual(e.destination, IPAddress(address))
             XCTAssertEqual(e.sourcePort, clientPort, "source is the client for both directions")
             XCTAssertTrue(e.processKnown)
-            XCTAssertEqual(e.hook, .tracepoint)
+            XCTAssertEqual(e.hook.rawValue, collector.tracer.rung.rawValue)
         }
         XCTAssertLessThanOrEqual(connect.timeNanoseconds, acceptEvent.timeNanoseconds + 1_000_000)
         XCTAssertLessThan(abs(connect.timeNanoseconds - BootClock.now(CLOCK_REALTIME)), 10_000_000_000, "wall-clock time")
@@ -51,6 +53,43 @@ final class TracerTests: XCTestCase {
     func testIPv4Loopback() throws { try loopbackConnect(family: AF_INET, address: "127.0.0.1") }
 
     func testIPv6Loopback() throws { try loopbackConnect(family: AF_INET6, address: "::1") }
+
+    /// Every rung this kernel allows gives the same events (one connect, one
+    /// accept, same fields); every rung it refuses fails alone, cleanly, with
+    /// a message that names the rung.
+    func testEachRungGivesTheSameEventsOrFailsClearly() throws {
+        var allowed: [HookRung] = []
+        for rung in HookRung.allCases {
+            var config = Tracer.Configuration()
+            config.forcedRung = rung
+            config.seedListeners = false
+            do {
+                let t = try Tracer(configuration: config)
+                XCTAssertEqual(t.rung, rung)
+                t.close()
+                allowed.append(rung)
+            } catch let e as TracerError {
+                guard case .rungRefused(let r, _) = e else { return XCTFail("\(rung): \(e)") }
+                XCTAssertEqual(r, rung)
+                XCTAssertTrue(e.description.contains("does not allow the \(rung) hooks"), e.description)
+                XCTAssertFalse(e.description.contains("\n"), "one line: \(e.description)")
+            }
+        }
+        XCTAssertTrue(allowed.contains(.tracepoint), "the bottom rung must work on every supported kernel")
+        // The automatic choice is the best allowed rung.
+        let auto = try Tracer(configuration: { var c = Tracer.Configuration(); c.seedListeners = false; return c }())
+        XCTAssertEqual(auto.rung, allowed.first)
+        XCTAssertEqual(auto.refusedRungs.map(\.rung), HookRung.allCases.filter { !allowed.contains($0) && $0 != .tracepoint }.filter { HookRung.allCases.firstIndex(of: $0)! < HookRung.allCases.firstIndex(of: auto.rung)! })
+        auto.close()
+        for rung in allowed {
+            try loopbackConnect(family: AF_INET, address: "127.0.0.1", rung: rung)
+            try loopbackConnect(family: AF_INET6, address: "::1", rung: rung)
+        }
+        // This machine (Linux 6.18 without kprobes or trampolines): see KERNEL.md.
+        if access("/sys/bus/event_source/devices/kprobe", F_OK) != 0 {
+            XCTAssertFalse(allowed.contains(.kprobe))
+        }
+    }
 
     func testMappedIPv4OnAnIPv6SocketIsReportedAsIPv4() throws {
         let collector = try TraceCollector()

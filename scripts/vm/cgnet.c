@@ -1,0 +1,115 @@
+/*
+ * cgnet: the network half of scripts/vm/ladder-test.sh, for a guest that has
+ * no python: a one-shot TCP server and client. Built with clang -static.
+ *
+ *   cgnet serve ADDR PORT N   listen on ADDR:PORT, print "ready", accept N
+ *                             connections (closing each), exit 0
+ *   cgnet handoff ADDR PORT   listen on ADDR:PORT, print "ready", fork a child
+ *                             that prints "child PID", accepts one connection
+ *                             and exits; the parent (the listener's owner)
+ *                             waits for it
+ *   cgnet connect ADDR PORT   connect once; print "ok" or the errno name; exit
+ *                             0 on success, 1 otherwise
+ * ADDR is an IPv4 or IPv6 literal.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int make_addr(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+
+    memset(ss, 0, sizeof(*ss));
+    if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        *len = sizeof(*a4);
+        return AF_INET;
+    }
+    if (inet_pton(AF_INET6, addr, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        *len = sizeof(*a6);
+        return AF_INET6;
+    }
+    fprintf(stderr, "cgnet: bad address %s\n", addr);
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int family, fd, one = 1;
+
+    if (argc < 4) {
+        fprintf(stderr, "usage: cgnet serve ADDR PORT N | cgnet connect ADDR PORT\n");
+        return 2;
+    }
+    family = make_addr(argv[2], atoi(argv[3]), &ss, &len);
+    fd = socket(family, SOCK_STREAM, 0);
+    if (fd < 0) {
+        perror("socket");
+        return 2;
+    }
+    if (strcmp(argv[1], "serve") == 0 && argc == 5) {
+        int n = atoi(argv[4]);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 16)) {
+            perror("bind/listen");
+            return 2;
+        }
+        printf("ready\n");
+        fflush(stdout);
+        while (n-- > 0) {
+            int c = accept(fd, NULL, NULL);
+            if (c < 0) {
+                perror("accept");
+                return 2;
+            }
+            close(c);
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "handoff") == 0) {
+        pid_t child;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 16)) {
+            perror("bind/listen");
+            return 2;
+        }
+        child = fork();
+        if (child == 0) {
+            int c;
+            printf("child %d\nready\n", (int)getpid());
+            fflush(stdout);
+            c = accept(fd, NULL, NULL);
+            if (c < 0) {
+                perror("accept");
+                _exit(2);
+            }
+            close(c);
+            _exit(0);
+        }
+        waitpid(child, NULL, 0);
+        return 0;
+    }
+    if (strcmp(argv[1], "connect") == 0) {
+        if (connect(fd, (struct sockaddr *)&ss, len) == 0) {
+            printf("ok\n");
+            return 0;
+        }
+        printf("%s\n", errno == ECONNREFUSED ? "ECONNREFUSED" : strerror(errno));
+        return 1;
+    }
+    fprintf(stderr, "cgnet: unknown command %s\n", argv[1]);
+    return 2;
+}

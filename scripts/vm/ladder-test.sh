@@ -1,0 +1,128 @@
+#!/bin/sh
+# The hook-ladder test: for each rung, force it (connguard trace --hooks RUNG),
+# make loopback connections and check the events exactly. Runs inside the
+# qemu guest of scripts/vm-test (busybox sh) and on the host.
+#
+#   ladder-test.sh CONNGUARD CGNET "EXPECTED RUNGS"
+# Rungs in EXPECTED must work; the others must fail cleanly (exit 1, one
+# line naming the rung). Prints "RESULT rung=R ok|fail|refused ..." per rung
+# and exits non-zero if any expectation was not met.
+CG="$1"; NET="$2"; EXPECT="$3"
+CGROOT="$(grep ' - cgroup2 ' /proc/self/mountinfo | head -n 1 | cut -d' ' -f5)"
+TMP="${TMPDIR:-/tmp}/ladder.$$"
+mkdir -p "$TMP"
+status=0
+base=0
+
+say() { echo "ladder: $*"; }
+
+# count FILE PATTERN...: lines of FILE containing every PATTERN (fixed strings)
+count() {
+    f="$1"; shift
+    cat "$f" >"$TMP/c.0"
+    for p in "$@"; do grep -F -- "$p" "$TMP/c.0" >"$TMP/c.1"; mv "$TMP/c.1" "$TMP/c.0"; done
+    grep -c . "$TMP/c.0"
+}
+
+# expect LABEL N FILE PATTERN...
+expect() {
+    label="$1"; want="$2"; shift 2
+    got="$(count "$@")"
+    if [ "$got" != "$want" ]; then
+        problems="$problems; $label: $got events, want $want"
+    fi
+}
+
+for rung in fentry kprobe tracepoint; do
+    base=$((base + 10))
+    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3))
+    out="$TMP/$rung.json"; err="$TMP/$rung.err"
+    expected=no
+    case " $EXPECT " in *" $rung "*) expected=yes ;; esac
+    start=$(date +%s)
+    "$CG" trace --hooks "$rung" -o json --verbose --duration 120 >"$out" 2>"$err" &
+    tpid=$!
+    # Attached once it names its rung; gone if the kernel refused it.
+    i=0
+    while ! grep -q "^connguard: rung $rung" "$err" 2>/dev/null && kill -0 $tpid 2>/dev/null && [ $i -lt 600 ]; do
+        sleep 0.1; i=$((i + 1))
+    done
+    if ! kill -0 $tpid 2>/dev/null; then
+        wait $tpid; rc=$?
+        msg="$(grep "^connguard: " "$err" | grep -v "^connguard: \(rung\|hook\|listeners\|cgroup v2\|warning\)" | tail -n 1)"
+        lines="$(grep -c "^connguard: " "$err")"
+        if [ "$expected" = yes ]; then
+            echo "RESULT rung=$rung fail: did not start (exit $rc): $msg"; status=1
+        elif [ $rc -eq 1 ] && echo "$msg" | grep -q "$rung"; then
+            echo "RESULT rung=$rung refused (as expected on this kernel): $msg"
+        else
+            echo "RESULT rung=$rung fail: refused without a clear message (exit $rc, $lines lines): $msg"; status=1
+        fi
+        continue
+    fi
+    if [ "$expected" = no ]; then
+        say "$rung loaded although not expected here; testing it anyway"
+    fi
+
+    srv="$CGROOT/ladder-srv-$rung-$$"
+    mkdir "$srv"
+    srvid=$(stat -c %i "$srv")
+    sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET serve 127.0.0.1 $p4 1" >"$TMP/s4" &
+    s4=$!
+    sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET serve ::1 $p6 1" >"$TMP/s6" &
+    s6=$!
+    # A listener that hands accept() to a child: the owner and the acceptor differ.
+    "$NET" handoff 127.0.0.1 $ph >"$TMP/sh" &
+    sh_owner=$!
+    i=0
+    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    "$NET" connect 127.0.0.1 $p4 >"$TMP/c4" & c4=$!; wait $c4; r4=$?
+    "$NET" connect ::1 $p6 >"$TMP/c6" & c6=$!; wait $c6; r6=$?
+    "$NET" connect 127.0.0.1 $pr >"$TMP/cr" & cr=$!; wait $cr
+    "$NET" connect 127.0.0.1 $ph >"$TMP/ch" & ch=$!; wait $ch; rh=$?
+    sh_child=$(awk '/^child/ { print $2 }' "$TMP/sh")
+    # The servers exit once they have accepted (on the fentry and kprobe rungs
+    # the accept event comes from accept() itself).
+    i=0
+    while { kill -0 $s4 || kill -0 $s6 || kill -0 $sh_owner; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill $s4 $s6 $sh_owner 2>/dev/null
+    sleep 1
+    kill -INT $tpid; wait $tpid
+    rmdir "$srv"
+    secs=$(( $(date +%s) - start ))
+
+    problems=""
+    [ $r4 -eq 0 ] || problems="$problems; IPv4 connect failed: $(cat "$TMP/c4")"
+    [ $r6 -eq 0 ] || problems="$problems; IPv6 connect failed: $(cat "$TMP/c6")"
+    grep -q ECONNREFUSED "$TMP/cr" || problems="$problems; refused connect: $(cat "$TMP/cr")"
+    h="\"hook\":\"$rung\""
+    # Exactly one connect and one accept per accepted connection, none doubled.
+    expect "v4 events" 2 "$out" "\"dport\":$p4,"
+    expect "v4 connect" 1 "$out" "\"dport\":$p4," '"event":"connect"' '"outcome":"established"' "\"pid\":$c4," '"comm":"cgnet"' '"family":"ipv4"' "$h" '"process_known":true'
+    expect "v4 accept" 1 "$out" "\"dport\":$p4," '"event":"accept"' '"outcome":"established"' "\"pid\":$s4," '"comm":"cgnet"' "\"cgroup_id\":$srvid," '"family":"ipv4"' "$h" '"process_known":true'
+    expect "v6 events" 2 "$out" "\"dport\":$p6,"
+    expect "v6 connect" 1 "$out" "\"dport\":$p6," '"event":"connect"' '"outcome":"established"' "\"pid\":$c6," '"family":"ipv6"' "$h"
+    expect "v6 accept" 1 "$out" "\"dport\":$p6," '"event":"accept"' "\"pid\":$s6," "\"cgroup_id\":$srvid," '"family":"ipv6"' "$h"
+    expect "refused events" 1 "$out" "\"dport\":$pr,"
+    expect "refused connect" 1 "$out" "\"dport\":$pr," '"event":"connect"' '"outcome":"failed"' '"error":"ECONNREFUSED"' "\"pid\":$cr," "$h"
+    [ $rh -eq 0 ] || problems="$problems; handoff connect failed: $(cat "$TMP/ch")"
+    # Who accepted: the child on the fentry and kprobe rungs; on the
+    # tracepoint rung only the listener's owner is known.
+    acceptor=$sh_child
+    [ "$rung" = tracepoint ] && acceptor=$sh_owner
+    expect "handoff events" 2 "$out" "\"dport\":$ph,"
+    expect "handoff accept" 1 "$out" "\"dport\":$ph," '"event":"accept"' "\"pid\":$acceptor," "$h"
+    expect "lost" 1 "$err" " 0 lost"
+    n=$(grep -c . "$out")
+    if [ -z "$problems" ] && [ "$expected" = yes ]; then
+        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner) exact; $n events in ${secs}s"
+    elif [ -z "$problems" ]; then
+        echo "RESULT rung=$rung ok (not expected to load here)"
+    else
+        echo "RESULT rung=$rung fail:${problems#;}"
+        echo "--- events of $rung"; grep "\"dport\":\($p4\|$p6\|$pr\|$ph\)," "$out"; echo "--- stderr"; cat "$err"
+        status=1
+    fi
+done
+rm -rf "$TMP"
+exit $status
