@@ -146,7 +146,7 @@ do {
         try store.close()
         exit(0)
     }
-    try store.database.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+    _ = try store.database.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
     print(String(format: "size after a checkpoint: %.1f MiB (%.0f bytes an event, aggregates and all)",
                  Double(try store.stats().totalBytes) / 1048576, Double(try store.stats().totalBytes) / Double(eventCount)))
 
