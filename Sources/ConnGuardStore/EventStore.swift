@@ -152,11 +152,31 @@ public final class EventStore: Sendable {
         var failed: Int64
     }
 
+    private static func step(_ statement: OpaquePointer?, _ db: Database, _ sql: String) throws {
+        let rc = sqlite3_step(statement)
+        guard rc == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: rc),
+                                message: String(cString: sqlite3_errmsg(db.sqliteConnection)), sql: sql)
+        }
+    }
+
     /// The hot path (50,000+ events a second): values are bound straight on
     /// the SQLite statement, without GRDB's boxed arguments.
     private static func append(_ batch: [StoredConnection], cache: inout InternCache, _ db: Database) throws -> ClosedRange<Int64> {
-        let insert = try db.makeStatement(sql: StoreSchema.insertEvent)
-        let stmt = insert.sqliteStatement
+        // GRDB finalizes a statement when its object goes: keep them for the
+        // whole of this function, whose raw pointers they own.
+        let statements = (insert: try db.makeStatement(sql: StoreSchema.insertEvent),
+                          upsert: try db.makeStatement(sql: StoreSchema.upsertAggregate),
+                          touch: try db.makeStatement(sql: StoreSchema.touchIdentity))
+        return try withExtendedLifetime(statements) {
+            try append(batch, cache: &cache, db, insert: statements.insert.sqliteStatement,
+                       upsert: statements.upsert.sqliteStatement, touch: statements.touch.sqliteStatement)
+        }
+    }
+
+    private static func append(_ batch: [StoredConnection], cache: inout InternCache, _ db: Database,
+                               insert stmt: SQLiteStatement, upsert: SQLiteStatement,
+                               touch: SQLiteStatement) throws -> ClosedRange<Int64> {
         var aggregates: [AggregateKey: AggregateValue] = [:]
         var firstID: Int64 = 0
         var previous: (identity: Identity, ids: (identity: Int64, workload: Int64))?
@@ -167,7 +187,7 @@ public final class EventStore: Sendable {
             if let p = previous, p.identity == c.identity {
                 ids = p.ids
             } else {
-                ids = try cache.ids(for: c.identity, db)
+                ids = try cache.ids(for: c.identity, cgroup: c.event.cgroupID, db)
                 previous = (c.identity, ids)
             }
             let e = c.event
@@ -204,11 +224,7 @@ public final class EventStore: Sendable {
             sqlite3_bind_int64(stmt, 16, StoreCode.hook(e.hook))
             sqlite3_bind_int64(stmt, 17, e.processKnown ? 1 : 0)
             sqlite3_bind_int64(stmt, 18, verdict)
-            let rc = sqlite3_step(stmt)
-            guard rc == SQLITE_DONE else {
-                throw DatabaseError(resultCode: ResultCode(rawValue: rc),
-                                    message: String(cString: sqlite3_errmsg(db.sqliteConnection)), sql: StoreSchema.insertEvent)
-            }
+            try step(stmt, db, StoreSchema.insertEvent)
             let rowID = db.lastInsertedRowID
             if index == 0 { firstID = rowID }
             lastEventOfIdentity[ids.identity] = rowID
@@ -228,16 +244,24 @@ public final class EventStore: Sendable {
         sqlite3_reset(stmt)
         sqlite3_clear_bindings(stmt)
         let lastID = db.lastInsertedRowID
-        let upsert = try db.cachedStatement(sql: StoreSchema.upsertAggregate)
         for (k, v) in aggregates {
-            upsert.setUncheckedArguments([k.workload, k.direction, StoreAddress.Raw(high: k.peerHigh, low: k.peerLow).data,
-                                          k.port, k.verdict, v.first, v.last, v.count, v.failed])
-            try upsert.execute()
+            sqlite3_reset(upsert)
+            sqlite3_bind_int64(upsert, 1, k.workload)
+            sqlite3_bind_int64(upsert, 2, k.direction)
+            StoreAddress.Raw(high: k.peerHigh, low: k.peerLow).bind(upsert, 3)
+            sqlite3_bind_int64(upsert, 4, k.port)
+            sqlite3_bind_int64(upsert, 5, k.verdict)
+            sqlite3_bind_int64(upsert, 6, v.first)
+            sqlite3_bind_int64(upsert, 7, v.last)
+            sqlite3_bind_int64(upsert, 8, v.count)
+            sqlite3_bind_int64(upsert, 9, v.failed)
+            try step(upsert, db, StoreSchema.upsertAggregate)
         }
-        let touch = try db.cachedStatement(sql: "UPDATE identity SET last_event_id = ? WHERE id = ?")
         for (identity, event) in lastEventOfIdentity {
-            touch.setUncheckedArguments([event, identity])
-            try touch.execute()
+            sqlite3_reset(touch)
+            sqlite3_bind_int64(touch, 1, event)
+            sqlite3_bind_int64(touch, 2, identity)
+            try step(touch, db, StoreSchema.touchIdentity)
         }
         return firstID...lastID
     }
@@ -584,20 +608,32 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
 struct InternCache {
     var identities: [Identity: (identity: Int64, workload: Int64)] = [:]
     var workloads: [String: (id: Int64, hasNamespace: Bool)] = [:]
+    /// The last identity seen per cgroup: checking it costs an equality test
+    /// (instant when the resolver hands out the same strings each time)
+    /// rather than hashing every string of the identity.
+    var byCgroup: [UInt64: (identity: Identity, ids: (identity: Int64, workload: Int64))] = [:]
+
+    mutating func ids(for identity: Identity, cgroup: UInt64, _ db: Database) throws -> (identity: Int64, workload: Int64) {
+        if let hit = byCgroup[cgroup], hit.identity == identity { return hit.ids }
+        let ids = try ids(for: identity, db)
+        if byCgroup.count >= 65_536 { byCgroup.removeAll(keepingCapacity: true) }
+        byCgroup[cgroup] = (identity, ids)
+        return ids
+    }
 
     mutating func ids(for identity: Identity, _ db: Database) throws -> (identity: Int64, workload: Int64) {
         if let ids = identities[identity] { return ids }
         let workload = try workloadID(identity.workload, namespace: identity.pod?.namespace, db)
         let key = InternCache.key(identity)
         let id: Int64
-        if let existing = try Int64.fetchOne(db, sql: "SELECT id FROM identity WHERE key = ?", arguments: [key]) {
+        if let existing = try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM identity WHERE key = ?"), arguments: [key]) {
             id = existing
         } else {
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 INSERT INTO identity (key, workload_id, container_id, container_runtime, container_name,
                                       container_image, pod_namespace, pod_name, pod_uid, pod_container, cgroup_path)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [key, workload, identity.container?.id, identity.container?.runtime.rawValue,
+                """).execute(arguments: [key, workload, identity.container?.id, identity.container?.runtime.rawValue,
                                  identity.container?.name, identity.container?.image, identity.pod?.namespace,
                                  identity.pod?.name, identity.pod?.uid, identity.pod?.container, identity.cgroupPath])
             id = db.lastInsertedRowID
@@ -609,13 +645,13 @@ struct InternCache {
     private mutating func workloadID(_ name: String, namespace: String?, _ db: Database) throws -> Int64 {
         if let w = workloads[name], w.hasNamespace || namespace == nil { return w.id }
         let id: Int64
-        if let row = try Row.fetchOne(db, sql: "SELECT id, namespace FROM workload WHERE name = ?", arguments: [name]) {
+        if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, namespace FROM workload WHERE name = ?"), arguments: [name]) {
             id = row[0]
             if namespace != nil && (row[1] as String?) == nil {
                 try db.execute(sql: "UPDATE workload SET namespace = ? WHERE id = ?", arguments: [namespace, id])
             }
         } else {
-            try db.execute(sql: "INSERT INTO workload (name, namespace) VALUES (?, ?)", arguments: [name, namespace])
+            try db.cachedStatement(sql: "INSERT INTO workload (name, namespace) VALUES (?, ?)").execute(arguments: [name, namespace])
             id = db.lastInsertedRowID
         }
         workloads[name] = (id, namespace != nil)

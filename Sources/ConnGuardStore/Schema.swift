@@ -113,6 +113,8 @@ public enum StoreSchema {
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
+    static let touchIdentity = "UPDATE identity SET last_event_id = ? WHERE id = ?"
+
     static let upsertAggregate = """
         INSERT INTO connection_aggregate (workload_id, direction, peer_addr, port, verdict,
                                           first_seen, last_seen, count, failed)

@@ -21,11 +21,12 @@ var runs = 20
 var dir: String?
 var keep = false
 var check = false
+var fillOnly = false
 var missed: [String] = []
 var batchSize = 5_000
 var args = CommandLine.arguments.dropFirst()
 func usage() -> Never {
-    print("usage: connguard-bench-store [--events N] [--workloads N] [--runs N] [--batch N] [--dir DIR] [--keep] [--check]")
+    print("usage: connguard-bench-store [--events N] [--workloads N] [--runs N] [--batch N] [--dir DIR] [--keep] [--check] [--fill-only]")
     exit(2)
 }
 while let a = args.popFirst() {
@@ -41,11 +42,19 @@ while let a = args.popFirst() {
     case "--dir": guard let d = args.popFirst() else { usage() }; dir = d
     case "--keep": keep = true
     case "--check": check = true
+    case "--fill-only": fillOnly = true
     default: usage()
     }
 }
 
 func monotonic() -> Double { Double(BootClock.now(CLOCK_MONOTONIC)) / 1e9 }
+/// CPU seconds (user + system) of the whole process: on a machine shared with
+/// other work, events per CPU second says more than events per second.
+func cpuSeconds() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
+}
 func ms(_ s: Double) -> String { String(format: "%.2f ms", s * 1000) }
 
 /// A small deterministic generator (xorshift), so runs are comparable.
@@ -80,7 +89,8 @@ let local6 = IPAddress("fd00::5")!
 
 @MainActor func makeEvent(_ i: Int, time: Int64, rng: inout Rng) -> StoredConnection {
     let w = rng.below(workloadCount)
-    let identity = identities[w][rng.below(3)]
+    let replica = rng.below(3)
+    let identity = identities[w][replica]
     // Each workload talks to a handful of peers on one or two ports.
     let peer = peers[(w * 7 + rng.below(8)) % peers.count]
     let local = peer.family == .ipv4 ? local4 : local6
@@ -90,7 +100,7 @@ let local6 = IPAddress("fd00::5")!
     let failed = rng.below(50) == 0
     let event = ConnectionEvent(
         timeNanoseconds: time, direction: accept ? .accept : .connect, outcome: failed ? .failed : .established,
-        error: failed ? 111 : 0, pid: UInt32(1000 + w), comm: "app-\(w % 10)", uid: 1000, cgroupID: UInt64(5000 + w),
+        error: failed ? 111 : 0, pid: UInt32(1000 + w), comm: "app-\(w % 10)", uid: 1000, cgroupID: UInt64(5000 + w * 3 + replica),
         netns: 4026531840, source: accept ? peer : local, sourcePort: ephemeral,
         destination: accept ? local : peer, destinationPort: port)
     return StoredConnection(event: event, identity: identity, verdict: rng.below(100) == 0 ? .wouldDeny : .allowed)
@@ -106,6 +116,7 @@ do {
 
     // Fill, in time order, in batches.
     var appendSeconds = 0.0
+    var appendCPU = 0.0
     let fillStart = monotonic()
     var batch: [StoredConnection] = []
     batch.reserveCapacity(batchSize)
@@ -113,8 +124,10 @@ do {
         batch.append(makeEvent(i, time: start + span * Int64(i) / Int64(eventCount), rng: &rng))
         if batch.count == batchSize || i == eventCount - 1 {
             let t0 = monotonic()
+            let c0 = cpuSeconds()
             try store.append(batch)
             appendSeconds += monotonic() - t0
+            appendCPU += cpuSeconds() - c0
             batch.removeAll(keepingCapacity: true)
         }
     }
@@ -122,11 +135,20 @@ do {
     let stats = try store.stats()
     let insertRate = Double(eventCount) / appendSeconds
     if insertRate < 50_000 { missed.append(String(format: "insert rate %.0f events/s < 50000", insertRate)) }
-    print(String(format: "insert: %d events in %.2f s of append (%.0f events/s; %.2f s with generation), batches of %d",
-                 eventCount, appendSeconds, Double(eventCount) / appendSeconds, fillSeconds, batchSize))
+    print(String(format: "insert: %d events in %.2f s of append: %.0f events/s (%.0f per CPU second, %.1f us CPU each; %.2f s with generation), batches of %d",
+                 eventCount, appendSeconds, Double(eventCount) / appendSeconds, Double(eventCount) / appendCPU,
+                 appendCPU / Double(eventCount) * 1e6, fillSeconds, batchSize))
     print(String(format: "size: %.1f MiB (main %.1f MiB + wal %.1f MiB), %d aggregates, %d identities",
                  Double(stats.totalBytes) / 1048576, Double(stats.databaseBytes) / 1048576, Double(stats.walBytes) / 1048576,
                  stats.aggregates, stats.identities))
+
+    if fillOnly {
+        try store.close()
+        exit(0)
+    }
+    _ = try store.database.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+    print(String(format: "size after a checkpoint: %.1f MiB (%.0f bytes an event, aggregates and all)",
+                 Double(try store.stats().totalBytes) / 1048576, Double(try store.stats().totalBytes) / Double(eventCount)))
 
     let workload = identities[min(7, workloadCount - 1)][0].workload
     let plan = try store.database.read { db in
