@@ -79,7 +79,9 @@ public final class EventPipeline: @unchecked Sendable {
         // Per-batch tallies, published to metrics once per poll round rather
         // than per event.
         var batch = PipelineCounts()
-        var byVerdict: [String: Int64] = [:]
+        // Indexed by (direction, verdict), so the per-event work is one add.
+        let directions = ConnectionEvent.Direction.allCases, verdicts = Verdict.allCases
+        var byVerdict = [Int64](repeating: 0, count: directions.count * verdicts.count)
         do {
             try tracer.run(
                 shouldStop: { self.lock.withLock { self.stopFlag } },
@@ -97,18 +99,14 @@ public final class EventPipeline: @unchecked Sendable {
                         if who.isUnknown { batch.unattributed += 1 }
                         let verdict = self.policy?.verdict(for: e, identity: who) ?? .allowed
                         if e.direction == .connect { batch.connects += 1 } else { batch.accepts += 1 }
-                        byVerdict["\(e.direction.rawValue)/\(verdict.rawValue)", default: 0] += 1
+                        byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += 1
                         self.writer.submit(StoredConnection(event: e, identity: who, verdict: verdict))
                     }
                 },
                 onIdle: {
-                    guard batch != PipelineCounts() || !byVerdict.isEmpty else { return }
-                    for (key, n) in byVerdict {
-                        let parts = key.split(separator: "/")
-                        if let d = ConnectionEvent.Direction(rawValue: String(parts[0])),
-                           let v = Verdict(rawValue: String(parts[1])) {
-                            self.metrics.countEvent(d, v, by: n)
-                        }
+                    guard batch != PipelineCounts() else { return }
+                    for (i, n) in byVerdict.enumerated() where n > 0 {
+                        self.metrics.countEvent(directions[i / verdicts.count], verdicts[i % verdicts.count], by: n)
                     }
                     self.metrics.countUnattributed(by: Int64(batch.unattributed))
                     self.lock.withLock {
@@ -118,7 +116,7 @@ public final class EventPipeline: @unchecked Sendable {
                         self.counts.unattributed += batch.unattributed
                     }
                     batch = PipelineCounts()
-                    byVerdict.removeAll(keepingCapacity: true)
+                    for i in byVerdict.indices { byVerdict[i] = 0 }
                 })
         } catch {
             logger.error("event pipeline stopped: \(error)")
