@@ -87,16 +87,7 @@ public struct ConnectionsRequest: Sendable, Equatable {
         if let seconds = DurationParser.seconds(text) {
             return try? ConnectionQuery.time(secondsAgo: seconds, now: now)
         }
-        let f = ISO8601DateFormatter()
-        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
-            f.formatOptions = options
-            if let d = f.date(from: text) {
-                let ns = d.timeIntervalSince1970 * 1e9
-                guard ns.isFinite, ns >= 0, ns < 9e18 else { return nil }
-                return Int64(ns)
-            }
-        }
-        return nil
+        return RFC3339.nanoseconds(text)
     }
 }
 

@@ -123,21 +123,11 @@ public enum BaselineFile {
     }
 
     static func time(_ value: Any) -> Int64? {
-        if let d = value as? Date { return Int64(d.timeIntervalSince1970 * 1e9) }
-        guard let s = value as? String else { return nil }
-        let f = ISO8601DateFormatter()
-        for o: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
-            f.formatOptions = o
-            if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1e9) }
-        }
-        return nil
+        if let d = value as? Date { return RFC3339.nanoseconds(d) }  // Yams reads unquoted timestamps as Date
+        return (value as? String).flatMap(RFC3339.nanoseconds)
     }
 
-    static func rfc3339(_ ns: Int64) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: Date(timeIntervalSince1970: Double(ns) / 1e9))
-    }
+    static func rfc3339(_ ns: Int64) -> String { RFC3339.string(ns) }
 
     /// Double-quoted YAML scalar, so names with ':' or '#' survive.
     static func quote(_ s: String) -> String {

@@ -48,7 +48,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
     func validate() throws {
         for (name, value) in [("--since", since), ("--until", until)] {
-            if let v = value, DurationParser.seconds(v) == nil, ISO8601DateFormatter().date(from: v) == nil {
+            if let v = value, DurationParser.seconds(v) == nil, RFC3339.nanoseconds(v) == nil {
                 throw ValidationError("\(name): '\(v)' is neither a duration (15m, 2h) nor an RFC 3339 time")
             }
         }
