@@ -141,7 +141,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnGuardEnforcerTests",
-            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore", "BPFKit", "CBPFKit", "CConnGuard"]
+            dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore", "ConnGuardTestSupport", "BPFKit", "CBPFKit", "CConnGuard"]
         ),
     ]
 )

@@ -3,6 +3,7 @@ import ConnGuardCore
 import ConnGuardEnforcer
 import Foundation
 import Glibc
+import ConnGuardTestSupport
 import XCTest
 
 /// Privileged: real programs attached to a cgroup subtree of the test's own,

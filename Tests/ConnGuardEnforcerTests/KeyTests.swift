@@ -3,6 +3,7 @@ import CBPFKit
 import CConnGuard
 import ConnGuardCore
 @testable import ConnGuardEnforcer
+import ConnGuardTestSupport
 import XCTest
 
 /// How rules become kernel keys, and the shared structs' layout in the

@@ -1,21 +1,10 @@
 import BPFKit
+import ConnGuardTestSupport
 import ConnGuardCore
 import ConnGuardEnforcer
 import Foundation
 import Glibc
 import XCTest
-
-/// Privileged tests run wherever they can. Not root: skip, saying why. Under
-/// CI (CI=true) a privileged test that cannot run is a failure.
-func requireRoot(file: StaticString = #filePath, line: UInt = #line) throws {
-    if geteuid() == 0 { return }
-    let why = "needs root to load BPF programs and create cgroups"
-    if ProcessInfo.processInfo.environment["CI"] == "true" {
-        XCTFail("CI=true but this privileged test cannot run: \(why)", file: file, line: line)
-        throw XCTSkip("failed above")
-    }
-    throw XCTSkip(why)
-}
 
 func cgroupID(_ path: String) -> UInt64 {
     var st = stat()
@@ -190,106 +179,4 @@ func waitForDenials(_ reader: DenialReader, timeout: Double = 3, until predicate
         if predicate(all) { break }
     } while Date() < deadline
     return all
-}
-
-/// A child process, killed at the end.
-final class Child {
-    let process = Process()
-    let stdout = Pipe()
-    let stderr = Pipe()
-
-    init(_ executable: String, _ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-    }
-
-    var pid: Int32 { process.processIdentifier }
-
-    /// Reads one line from stdout (blocking up to `timeout`).
-    func readLine(timeout: Double = 10) -> String? {
-        let fd = stdout.fileHandleForReading.fileDescriptor
-        var line: [UInt8] = []
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 100) > 0 else { continue }
-            var b: UInt8 = 0
-            guard read(fd, &b, 1) == 1 else { return line.isEmpty ? nil : String(decoding: line, as: UTF8.self) }
-            if b == UInt8(ascii: "\n") { return String(decoding: line, as: UTF8.self) }
-            line.append(b)
-        }
-        return nil
-    }
-
-    func stop(signal: Int32 = SIGTERM) {
-        if process.isRunning { kill(pid, signal) }
-        process.waitUntilExit()
-    }
-
-    deinit {
-        if process.isRunning { kill(pid, SIGKILL); process.waitUntilExit() }
-    }
-}
-
-/// Minimal sockets for listeners in the test's own cgroup (outside the watched subtree).
-enum Net {
-    static func listener(address: String, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
-        let family = address.contains(":") ? AF_INET6 : AF_INET
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FileError(path: "socket", errno: errno) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-        try withSockaddr(address: address, port: port) { sa, len in
-            guard bind(fd, sa, len) == 0 else { throw FileError(path: "bind \(address)", errno: errno) }
-        }
-        guard listen(fd, 4096) == 0 else { throw FileError(path: "listen", errno: errno) }
-        return (fd, localPort(fd))
-    }
-
-    /// Connects from this process; 0 or errno.
-    static func connect(address: String, port: UInt16) throws -> Int32 {
-        let family = address.contains(":") ? AF_INET6 : AF_INET
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FileError(path: "socket", errno: errno) }
-        defer { close(fd) }
-        var result: Int32 = 0
-        try withSockaddr(address: address, port: port) { sa, len in
-            result = Glibc.connect(fd, sa, len) == 0 ? 0 : errno
-        }
-        return result
-    }
-
-    static func localPort(_ fd: Int32) -> UInt16 {
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &len) } }
-        return withUnsafeBytes(of: &ss) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
-    }
-
-    static func withSockaddr(address: String, port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> Void) throws {
-        if !address.contains(":") {
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = port.bigEndian
-            inet_pton(AF_INET, address, &sin.sin_addr)
-            try withUnsafePointer(to: &sin) { try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        } else {
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = port.bigEndian
-            inet_pton(AF_INET6, address, &sin6.sin6_addr)
-            try withUnsafePointer(to: &sin6) { try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        }
-    }
-}
-
-/// Where `swift build` put the executables (next to the test bundle).
-func productsDirectory() -> String {
-    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
-    var dir = (exe as NSString).deletingLastPathComponent
-    if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
-    return dir
 }

@@ -142,12 +142,12 @@ public final class TraceCollector: @unchecked Sendable {
 
 /// Minimal blocking sockets for making real connections in tests.
 public enum Net {
-    public static func listener(family: Int32, address: String) throws -> (fd: Int32, port: UInt16) {
+    public static func listener(family: Int32, address: String, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FileError(path: "socket", errno: errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-        try withSockaddr(family: family, address: address, port: 0) { sa, len in
+        try withSockaddr(family: family, address: address, port: port) { sa, len in
             guard bind(fd, sa, len) == 0 else { throw FileError(path: "bind \(address)", errno: errno) }
         }
         guard listen(fd, 4096) == 0 else { throw FileError(path: "listen", errno: errno) }
@@ -165,6 +165,22 @@ public enum Net {
         if result < 0 { close(fd) }
         return result
     }
+
+    /// A listener on `address`, the family taken from its spelling.
+    public static func listener(address: String, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
+        let (fd, _) = try listener(family: family(of: address), address: address, port: port)
+        return (fd, localPort(fd))
+    }
+
+    /// Connects from this process and closes at once; 0 or the errno.
+    public static func connect(address: String, port: UInt16) throws -> Int32 {
+        let fd = try connect(family: family(of: address), address: address, port: port)
+        if fd < 0 { return -fd }
+        close(fd)
+        return 0
+    }
+
+    static func family(of address: String) -> Int32 { address.contains(":") ? AF_INET6 : AF_INET }
 
     /// Closes with an RST rather than leaving TIME_WAIT behind (bursts).
     public static func abort(_ fd: Int32) {
