@@ -69,31 +69,33 @@ public final class PolicyEngine: @unchecked Sendable {
                 addressOwners[e.destination] = who.workload
                 if let id = entries[who.workload]?.workloadID { newOwner = (e.destination, id) }
             }
-            guard var entry = entryLocked(who.workload) else { return .allowed }
+            guard entryLocked(who.workload) != nil else { return .allowed }
             let peerWorkload = e.peer.isLoopback ? nil : addressOwners[e.peer]
-            let v: Verdict
-            switch entry.baseline.mode {
-            case .learn:
-                if let r = entry.baseline.learn(e, peerWorkload: peerWorkload) {
-                    newRule = (r, entry.workloadID)
-                }
-                v = .allowed
-            case .monitor:
-                if entry.baseline.allows(e, peerWorkload: peerWorkload) {
-                    entry.baseline.recordHit(e, peerWorkload: peerWorkload)
-                    v = .allowed
-                } else {
+            let key = RuleKey(event: e, peerWorkload: peerWorkload)
+            // In place (inout through the subscript): copying the entry out and
+            // back would copy its whole rule table on every event.
+            func judge(_ entry: inout Entry) -> Verdict {
+                switch entry.baseline.mode {
+                case .learn:
+                    if entry.baseline.learn(key, at: e.timeNanoseconds).isNew {
+                        newRule = (entry.baseline.rules[key]!, entry.workloadID)
+                    }
+                    return .allowed
+                case .monitor:
+                    if entry.baseline.allows(e, peerWorkload: peerWorkload) {
+                        entry.baseline.recordHit(e, peerWorkload: peerWorkload)
+                        return .allowed
+                    }
                     entry.baseline.lastWouldDeny = e.timeNanoseconds
                     pendingWouldDeny[who.workload] = e.timeNanoseconds
-                    v = .wouldDeny
+                    return .wouldDeny
+                case .enforce:
+                    entry.baseline.recordHit(e, peerWorkload: peerWorkload)
+                    return .allowed
                 }
-            case .enforce:
-                entry.baseline.recordHit(e, peerWorkload: peerWorkload)
-                v = .allowed
             }
-            let key = RuleKey(event: e, peerWorkload: peerWorkload)
-            if let r = entry.baseline.rules[key] { pendingRules[who.workload, default: [:]][key] = r }
-            entries[who.workload] = entry
+            let v = judge(&entries[who.workload]!)
+            if let r = entries[who.workload]!.baseline.rules[key] { pendingRules[who.workload, default: [:]][key] = r }
             return v
         }
         if let (rule, id) = newRule, let k = kernelRule(rule.key, workloadID: id) {

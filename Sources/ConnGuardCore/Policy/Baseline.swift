@@ -164,17 +164,23 @@ public struct Baseline: Sendable, Equatable {
     /// Learns from one event; returns the rule if it is new.
     @discardableResult
     public mutating func learn(_ event: ConnectionEvent, peerWorkload: String?) -> Rule? {
-        let key = RuleKey(event: event, peerWorkload: peerWorkload)
+        let (rule, isNew) = learn(RuleKey(event: event, peerWorkload: peerWorkload), at: event.timeNanoseconds)
+        return isNew ? rule : nil
+    }
+
+    /// Learns that a connection needing `key` happened at `time`.
+    @discardableResult
+    public mutating func learn(_ key: RuleKey, at time: Int64) -> (rule: Rule, isNew: Bool) {
         if var r = rules[key] {
             r.hits += 1
-            r.lastSeen = max(r.lastSeen, event.timeNanoseconds)
+            r.lastSeen = max(r.lastSeen, time)
             rules[key] = r
-            return nil
+            return (r, false)
         }
-        let r = Rule(key: key, firstSeen: event.timeNanoseconds, lastSeen: event.timeNanoseconds, hits: 1)
+        let r = Rule(key: key, firstSeen: time, lastSeen: time, hits: 1)
         rules[key] = r
-        lastChange = max(lastChange, event.timeNanoseconds)
-        return r
+        lastChange = max(lastChange, time)
+        return (r, true)
     }
 
     /// Counts a hit on the rule that allowed this event (monitor/enforce).
