@@ -198,6 +198,7 @@ public final class Agent: @unchecked Sendable {
         let loss = (try? tracer.lossCounts()) ?? LossCounts()
         let w = writer.snapshot
         let s = try? store.stats()
+        let summaries = policy.list()
         return .object([
             ("version", .string(version)),
             ("pid", .int(Int64(getpid()))),
@@ -242,7 +243,7 @@ public final class Agent: @unchecked Sendable {
                 ("on_exit", .string(configuration.failOpen ? "detach (fail open)" : "stay pinned")),
                 ("arming", enforcer?.armingLatency().map { .string($0.description) } ?? .null),
             ])),
-            ("modes", .object(Mode.allCases.map { m in (m.rawValue, .int(Int64(policy.list().filter { $0.mode == m }.count))) })),
+            ("modes", .object(Mode.allCases.map { m in (m.rawValue, .int(Int64(summaries.filter { $0.mode == m }.count))) })),
             ("audit", .object([("recent", .string((try? BaselineStore(store: store).audit(limit: 5, workload: nil).map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""))])),
         ])
     }
