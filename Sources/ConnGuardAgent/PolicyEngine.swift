@@ -107,7 +107,7 @@ public final class PolicyEngine: @unchecked Sendable {
         return verdict
     }
 
-    private func isUnspecified(_ a: IPAddress) -> Bool { a.bytes.allSatisfy { $0 == 0 } }
+    private func isUnspecified(_ a: IPAddress) -> Bool { a.isUnspecified }
 
     /// The entry for a workload, created in the default mode on first sight.
     private func entryLocked(_ workload: String) -> Entry? {

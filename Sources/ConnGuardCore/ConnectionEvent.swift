@@ -146,19 +146,10 @@ extension TraceRecord {
 
 extension ConnectionEvent {
     public init(_ raw: cg_connection_event, clock: BootClock) throws {
-        var r = raw
-        let saddr = withUnsafeBytes(of: &r.saddr) { Array($0) }
-        let daddr = withUnsafeBytes(of: &r.daddr) { Array($0) }
-        let src: IPAddress
-        let dst: IPAddress
-        switch Int32(raw.family) {
-        case AF_INET:
-            src = IPAddress(ipv4: Array(saddr[0..<4]))
-            dst = IPAddress(ipv4: Array(daddr[0..<4]))
-        case AF_INET6:
-            src = IPAddress(ipv6: saddr)
-            dst = IPAddress(ipv6: daddr)
-        default:
+        let family = Int32(raw.family)
+        guard let src = withUnsafeBytes(of: raw.saddr, { IPAddress(family: family, networkBytes: $0.baseAddress!) }),
+              let dst = withUnsafeBytes(of: raw.daddr, { IPAddress(family: family, networkBytes: $0.baseAddress!) })
+        else {
             throw RecordDecodingError.badField("family \(raw.family)")
         }
         let direction: Direction
@@ -187,7 +178,7 @@ extension ConnectionEvent {
         self.init(
             timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: raw.timestamp_ns),
             direction: direction, outcome: outcome, error: raw.error,
-            pid: raw.pid, comm: withUnsafeBytes(of: &r.comm) { cString(from: $0) }, uid: raw.uid,
+            pid: raw.pid, comm: withUnsafeBytes(of: raw.comm) { cString(from: $0) }, uid: raw.uid,
             cgroupID: raw.cgroup_id, netns: raw.netns,
             source: src, sourcePort: raw.sport, destination: dst, destinationPort: raw.dport,
             hook: hook, processKnown: raw.flags & unknownMask == 0)

@@ -31,17 +31,54 @@ public struct IdentityFilter: Sendable, Equatable {
 extension Identity {
     /// The keys `connguard trace -o json` adds to an event: "workload",
     /// "container" (id, runtime, name, image) and "pod" (namespace, name,
-    /// uid, container), the last two null when not known.
-    public var jsonFields: [(String, JSONValue)] {
-        let container: JSONValue = self.container.map { c in
-            .object([("id", .string(c.id)), ("runtime", .string(c.runtime.rawValue)),
-                     ("name", c.name.map(JSONValue.string) ?? .null), ("image", c.image.map(JSONValue.string) ?? .null)])
-        } ?? .null
-        let pod: JSONValue = self.pod.map { p in
-            .object([("namespace", .string(p.namespace)), ("name", .string(p.name)),
-                     ("uid", .string(p.uid)), ("container", .string(p.container))])
-        } ?? .null
-        return [("workload", .string(workload)), ("container", container), ("pod", pod)]
+    /// uid, container), the last two null when not known. Written straight
+    /// into the line, each key preceded by a comma: this runs for every event
+    /// the tracer prints.
+    func putJSONFields(_ w: inout LineCursor) {
+        w.put(#","workload":"#)
+        w.string(workload)
+        w.put(#","container":"#)
+        if let c = container {
+            w.put(#"{"id":"#)
+            w.string(c.id)
+            w.put(#","runtime":"#)
+            w.string(c.runtime.rawValue)
+            w.put(#","name":"#)
+            w.string(c.name)
+            w.put(#","image":"#)
+            w.string(c.image)
+            w.put("}")
+        } else {
+            w.put("null")
+        }
+        w.put(#","pod":"#)
+        if let p = pod {
+            w.put(#"{"namespace":"#)
+            w.string(p.namespace)
+            w.put(#","name":"#)
+            w.string(p.name)
+            w.put(#","uid":"#)
+            w.string(p.uid)
+            w.put(#","container":"#)
+            w.string(p.container)
+            w.put("}")
+        } else {
+            w.put("null")
+        }
+    }
+
+    /// The most bytes putJSONFields can write.
+    var jsonFieldsBound: Int {
+        var n = 128 + LineCursor.stringBound(workload)
+        if let c = container {
+            n += LineCursor.stringBound(c.id) + LineCursor.stringBound(c.runtime.rawValue)
+                + LineCursor.stringBound(c.name) + LineCursor.stringBound(c.image)
+        }
+        if let p = pod {
+            n += LineCursor.stringBound(p.namespace) + LineCursor.stringBound(p.name)
+                + LineCursor.stringBound(p.uid) + LineCursor.stringBound(p.container)
+        }
+        return n
     }
 
     /// The CONTAINER column: its name, else the short id; "-" for a host process.

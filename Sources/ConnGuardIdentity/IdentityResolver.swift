@@ -58,6 +58,29 @@ public final class IdentityResolver: @unchecked Sendable {
         /// nil: final; else the monotonic time after which to compute again.
         var retryAt: Int64?
         var containerID: String?
+        /// How events of this cgroup are counted, worked out once.
+        let category: Category
+
+        init(identity: Identity, retryAt: Int64? = nil, containerID: String? = nil) {
+            self.identity = identity
+            self.retryAt = retryAt
+            self.containerID = containerID
+            category = Category(identity)
+        }
+    }
+
+    private enum Category {
+        case unattributed, host, container, containerWithoutMetadata
+
+        init(_ identity: Identity) {
+            if identity.isUnknown {
+                self = .unattributed
+            } else if let c = identity.container {
+                self = c.name == nil && identity.pod == nil ? .containerWithoutMetadata : .container
+            } else {
+                self = .host
+            }
+        }
     }
 
     private struct ContainerEntry {
@@ -120,19 +143,31 @@ public final class IdentityResolver: @unchecked Sendable {
 
     /// The identity of a connection event, counted in the statistics.
     public func resolve(_ e: ConnectionEvent) -> Identity {
-        let identity = identity(forCgroup: e.cgroupID)
-        lock.withLock {
-            stats.events += 1
-            if identity.isUnknown {
-                stats.unattributed += 1
-            } else if identity.container != nil {
-                stats.containerEvents += 1
-                if identity.container?.name == nil && identity.pod == nil { stats.withoutMetadata += 1 }
-            } else {
-                stats.hostEvents += 1
-            }
+        // Every event comes here: a cgroup already resolved for good takes one
+        // lock and one lookup, without reading the clock.
+        if let hit: Identity = lock.withLock({
+            guard let entry = byCgroup[e.cgroupID], entry.retryAt == nil else { return nil }
+            count(entry.category)
+            return entry.identity
+        }) {
+            return hit
         }
+        let identity = identity(forCgroup: e.cgroupID)
+        lock.withLock { count(Category(identity)) }
         return identity
+    }
+
+    /// Call with the lock held.
+    private func count(_ category: Category) {
+        stats.events += 1
+        switch category {
+        case .unattributed: stats.unattributed += 1
+        case .host: stats.hostEvents += 1
+        case .container: stats.containerEvents += 1
+        case .containerWithoutMetadata:
+            stats.containerEvents += 1
+            stats.withoutMetadata += 1
+        }
     }
 
     /// The identity of whatever runs in a cgroup (not counted).

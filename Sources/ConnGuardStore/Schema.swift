@@ -198,18 +198,10 @@ enum StoreAddress {
             self.low = low
         }
 
+        /// IPv4 as ::ffff:a.b.c.d, the form IPAddress keeps.
         init(_ a: IPAddress) {
-            let b = a.bytes
-            if b.count == 4 {
-                high = 0
-                low = 0xffff_0000_0000 | UInt64(b[0]) << 24 | UInt64(b[1]) << 16 | UInt64(b[2]) << 8 | UInt64(b[3])
-            } else {
-                var h: UInt64 = 0, l: UInt64 = 0
-                for i in 0..<8 { h = h << 8 | UInt64(b[i]) }
-                for i in 8..<16 { l = l << 8 | UInt64(b[i]) }
-                high = h
-                low = l
-            }
+            high = a.high
+            low = a.low
         }
 
         func bind(_ statement: OpaquePointer?, _ index: Int32) {

@@ -18,30 +18,13 @@ public struct StoredConnection: Sendable, Equatable {
         self.verdict = verdict
     }
 
-    /// The keys `connguard trace -o json` adds nothing of: workload,
-    /// container {id, runtime, name, image} or null, pod {namespace, name,
-    /// uid, container} or null, verdict.
-    public var jsonExtras: [(String, JSONValue)] {
-        [
-            ("workload", .string(identity.workload)),
-            ("container", identity.container.map { c in
-                .object([("id", .string(c.id)), ("runtime", .string(c.runtime.rawValue)),
-                         ("name", c.name.map(JSONValue.string) ?? .null),
-                         ("image", c.image.map(JSONValue.string) ?? .null)])
-            } ?? .null),
-            ("pod", identity.pod.map { p in
-                .object([("namespace", .string(p.namespace)), ("name", .string(p.name)),
-                         ("uid", .string(p.uid)), ("container", .string(p.container))])
-            } ?? .null),
-            ("verdict", .string(verdict.rawValue)),
-        ]
-    }
-
     /// One JSON line: the keys of `connguard trace -o json` (time, event,
     /// outcome, error, pid, comm, uid, cgroup_id, family, src, sport, dst,
-    /// dport, netns, hook, process_known), then `jsonExtras`.
+    /// dport, netns, hook, process_known, workload, container {id, runtime,
+    /// name, image} or null, pod {namespace, name, uid, container} or null),
+    /// then verdict.
     public func appendJSONLine(using writer: inout JSONLineWriter, to out: inout [UInt8]) {
-        writer.append(event, extra: jsonExtras, to: &out)
+        writer.append(event, identity: identity, extra: [("verdict", .string(verdict.rawValue))], to: &out)
     }
 
     /// `appendJSONLine` as a String, newline included.

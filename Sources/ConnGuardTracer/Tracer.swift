@@ -217,15 +217,22 @@ public final class Tracer {
     /// returns true (checked at least every pollIntervalMilliseconds). Calls
     /// `onIdle` after each batch, e.g. to flush output. Drains what is left
     /// in the ring buffer before returning.
-    public func run(shouldStop: () -> Bool, onRecord: @escaping (TraceRecord) -> Void, onIdle: () -> Void = {}) throws {
-        handler = onRecord
-        defer { handler = nil }
-        while !shouldStop() {
-            try reader.poll(timeoutMilliseconds: configuration.pollIntervalMilliseconds)
+    ///
+    /// `onRecord` is not escaping: it is kept for the ring buffer's callback
+    /// only while run() runs. So the variables a caller's closure captures
+    /// stay on the caller's stack, statically checked, rather than in boxes
+    /// with a dynamic exclusivity check on every event.
+    public func run(shouldStop: () -> Bool, onRecord: (TraceRecord) -> Void, onIdle: () -> Void = {}) throws {
+        try withoutActuallyEscaping(onRecord) { onRecord in
+            handler = onRecord
+            defer { handler = nil }
+            while !shouldStop() {
+                try reader.poll(timeoutMilliseconds: configuration.pollIntervalMilliseconds)
+                onIdle()
+            }
+            try reader.drain()
             onIdle()
         }
-        try reader.drain()
-        onIdle()
     }
 
     /// Reads the kernel's loss counters.

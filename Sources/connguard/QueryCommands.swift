@@ -72,7 +72,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
         if follow { q.append(("follow", "true")) }
         installStopSignals()
 
-        let out = OutputBuffer()
+        var out = OutputBuffer()
         let table = ConnectionTable(aggregate: aggregate)
         if output == .table { out.bytes += table.header().utf8 }
         do {

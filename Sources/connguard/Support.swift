@@ -50,28 +50,30 @@ extension ParsableCommand {
 
 /// Buffered writes to stdout; a write error (reader went away) is remembered
 /// so that the caller can stop.
-final class OutputBuffer {
+struct OutputBuffer {
     var bytes: [UInt8] = []
     private(set) var broken = false
 
     init() { bytes.reserveCapacity(1 << 17) }
 
-    func flushIfLarge() { if bytes.count >= 1 << 16 { flush() } }
+    mutating func flushIfLarge() { if bytes.count >= 1 << 16 { flush() } }
 
-    func flush() {
+    mutating func flush() {
         guard !bytes.isEmpty, !broken else { bytes.removeAll(keepingCapacity: true); return }
         var offset = 0
+        var failed = false
         bytes.withUnsafeBytes { buf in
             while offset < buf.count {
                 let n = write(1, buf.baseAddress! + offset, buf.count - offset)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    broken = true
+                    failed = true
                     return
                 }
                 offset += n
             }
         }
+        if failed { broken = true }
         bytes.removeAll(keepingCapacity: true)
     }
 }

@@ -113,7 +113,9 @@ struct TraceCommand: ParsableCommand {
             }
         }
 
-        let out = OutputBuffer()
+        var out = OutputBuffer()
+        // A local copy: reading the @Option wrapper per event is a generic call.
+        let format = output
         var json = JSONLineWriter()
         var table = TableWriter(extraColumns: [.init("WORKLOAD", 32), .init("CONTAINER", 20)])
         if output == .table { table.header(to: &out.bytes) }
@@ -145,8 +147,8 @@ struct TraceCommand: ParsableCommand {
                     }
                     guard identityFilter.matches(identity) else { return }
                     shown += 1
-                    switch output {
-                    case .json: json.append(e, extra: identity.jsonFields, to: &out.bytes)
+                    switch format {
+                    case .json: json.append(e, identity: identity, to: &out.bytes)
                     case .table:
                         table.append(e, extra: [TableWriter.printable(identity.workload),
                                                 TableWriter.printable(identity.containerColumn)], to: &out.bytes)

@@ -46,4 +46,40 @@ final class AddressTests: XCTestCase {
             XCTAssertNil(CIDR(bad), bad)
         }
     }
+
+    func testMaskingAtEveryBoundary() throws {
+        // Prefixes that cut inside a byte, on a byte, and across the two
+        // 64-bit halves of an IPv6 address.
+        XCTAssertEqual(CIDR("10.255.255.255/9")?.description, "10.128.0.0/9")
+        XCTAssertEqual(CIDR("255.255.255.255/31")?.description, "255.255.255.254/31")
+        XCTAssertEqual(CIDR("1.2.3.4/0")?.description, "0.0.0.0/0")
+        XCTAssertEqual(CIDR("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/63")?.description, "2001:db8:ffff:fffe::/63")
+        XCTAssertEqual(CIDR("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/65")?.description, "2001:db8:ffff:ffff:8000::/65")
+        XCTAssertEqual(CIDR("2001:db8::ffff/128")?.description, "2001:db8::ffff/128")
+        XCTAssertEqual(CIDR("ffff::1/0")?.description, "::/0")
+        // A masked IPv6 block stays IPv6 even where the masking leaves bits
+        // that look like a mapped IPv4 address (::ffff:0:0 inside ::/80).
+        XCTAssertEqual(CIDR("::ffff:ffff:1.2.3.4/80")?.network.family, .ipv6)
+        let v6 = try XCTUnwrap(CIDR("2001:db8::/65"))
+        XCTAssertTrue(v6.contains(IPAddress("2001:db8::7fff:ffff:ffff:ffff")!))
+        XCTAssertFalse(v6.contains(IPAddress("2001:db8::8000:0:0:0")!))
+    }
+
+    func testOrderIsByFamilyThenBytes() throws {
+        let sorted = ["fe80::1", "10.0.0.2", "::1", "9.255.255.255", "10.0.0.10", "2001:db8::"].compactMap(IPAddress.init).sorted()
+        XCTAssertEqual(sorted.map(\.description), ["9.255.255.255", "10.0.0.2", "10.0.0.10", "::1", "2001:db8::", "fe80::1"])
+    }
+
+    func testBytesOfBothFamilies() throws {
+        let v6 = try XCTUnwrap(IPAddress("2001:db8::102:304"))
+        XCTAssertEqual(v6.bytes, [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
+        XCTAssertEqual(IPAddress(ipv6: v6.bytes), v6)
+        XCTAssertEqual(IPAddress(ipv4: [192, 0, 2, 1]).bytes, [192, 0, 2, 1])
+        XCTAssertEqual(IPAddress(ipv4: [192, 0, 2, 1])[byte: 3], 1)
+        XCTAssertTrue(IPAddress("0.0.0.0")!.isUnspecified)
+        XCTAssertTrue(IPAddress("::")!.isUnspecified)
+        XCTAssertFalse(IPAddress("::1")!.isUnspecified)
+        XCTAssertTrue(IPAddress("127.9.9.9")!.isLoopback)
+        XCTAssertFalse(IPAddress("128.0.0.1")!.isLoopback)
+    }
 }

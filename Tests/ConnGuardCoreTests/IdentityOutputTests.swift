@@ -32,8 +32,8 @@ final class IdentityOutputTests: XCTestCase {
                                 destination: IPAddress(ipv4: [127, 0, 0, 1]), destinationPort: 80)
         var writer = JSONLineWriter()
         var out: [UInt8] = []
-        writer.append(e, extra: podIdentity.jsonFields, to: &out)
-        writer.append(e, extra: Identity.host(cgroupPath: "/a\"b").jsonFields, to: &out)
+        writer.append(e, identity: podIdentity, to: &out)
+        writer.append(e, identity: Identity.host(cgroupPath: "/a\"b"), to: &out)
         let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
         XCTAssertEqual(lines.count, 2)
         let first = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any])
