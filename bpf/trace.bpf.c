@@ -81,20 +81,28 @@ struct {
 
 /* Connects in flight: socket address -> caller. Inserted at CLOSE -> SYN_SENT,
  * deleted when the socket leaves SYN_SENT. A plain hash, not LRU: a full map
- * must be counted (CG_DROP_CONNECT_MAP_FULL), not evict silently. */
+ * must be counted (CG_DROP_CONNECT_MAP_FULL), not evict silently.
+ * Size: each connect touches a random bucket of the map, so its bucket array
+ * (16 bytes per entry) should stay in the CPU's cache; at 64k entries it took
+ * a cache miss per access and cost the storm benchmark several percent.
+ * 16k connects in SYN_SENT at once is far beyond a normal node; past that,
+ * events still come, with the socket's cgroup, flagged "process unknown",
+ * and counted. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 65536);
+    __uint(max_entries, 16384);
     __type(key, __u64);
     __type(value, struct cg_connecting);
 } connecting SEC(".maps");
 
 /* Listening ports -> owner. Inserted at CLOSE -> LISTEN (inside listen()) and
  * by user space at start for listeners that already existed; deleted at
- * LISTEN -> CLOSE when the socket matches. Read at every accept. */
+ * LISTEN -> CLOSE when the socket matches. Read at every accept. 8k
+ * listening (namespace, port) pairs per node; past that, accepts are flagged
+ * "listener unknown" and counted (CG_DROP_LISTENER_MAP_FULL). */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
+    __uint(max_entries, 8192);
     __type(key, struct cg_listener_key);
     __type(value, struct cg_listener);
 } listeners SEC(".maps");

@@ -60,7 +60,9 @@ public final class Agent: @unchecked Sendable {
             capacity: configuration.writeQueueCapacity,
             retention: .init(eventMaxAge: .seconds(configuration.eventRetentionSeconds),
                              maxEvents: configuration.eventRetentionCount,
-                             aggregateMaxAge: .seconds(configuration.aggregateRetentionSeconds))))
+                             aggregateMaxAge: .seconds(configuration.aggregateRetentionSeconds)),
+            rowBudget: configuration.individualEventsPerSecond > 0
+                ? .init(eventsPerSecond: configuration.individualEventsPerSecond) : nil))
 
         var tracerConfig = Tracer.Configuration()
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
@@ -180,7 +182,8 @@ public final class Agent: @unchecked Sendable {
     /// Brings values read from the kernel and the database up to date.
     func refreshMetrics() {
         if let loss = try? tracer.lossCounts() {
-            metrics.update(loss: loss, writeQueueLost: writer.snapshot.lost)
+            let w = writer.snapshot
+            metrics.update(loss: loss, writeQueueLost: w.lost, aggregatedOnly: w.aggregatedOnly)
         }
         metrics.update(programStats: tracer.programs.compactMap { p in
             guard let info = try? p.info() else { return nil }
@@ -211,6 +214,9 @@ public final class Agent: @unchecked Sendable {
                 ("connect", .int(Int64(c.connects))), ("accept", .int(Int64(c.accepts))),
                 ("unattributed", .int(Int64(c.unattributed))), ("outside_cgroup_root", .int(Int64(c.outOfScope))),
                 ("stored", .int(Int64(w.written))),
+                // Stored in their aggregated connection only, without a row
+                // (over --individual-events-per-second).
+                ("aggregated_only", .int(Int64(w.aggregatedOnly))),
             ])),
             ("lost", .object([
                 ("total", .int(Int64(loss.lostEvents + w.lost))),

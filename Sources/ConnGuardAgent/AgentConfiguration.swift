@@ -20,6 +20,11 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// Individual events are kept this long and at most this many.
     public var eventRetentionSeconds: Double = 24 * 3600
     public var eventRetentionCount = 5_000_000
+    /// Individual events kept as rows, per second (repeats of a connection;
+    /// the first event of each connection in a second is kept up to ten
+    /// times this). The rest are counted in their aggregated connection only.
+    /// 0: a row for every event.
+    public var individualEventsPerSecond = 2_000
     /// Aggregated connections are kept this long after they were last seen.
     public var aggregateRetentionSeconds: Double = 90 * 24 * 3600
     /// Ring buffer size in MiB.
@@ -47,11 +52,12 @@ public struct AgentConfiguration: Sendable, Equatable {
     public init() {}
 
     /// Keys as in the YAML file: database, socket, socket_group, metrics_address,
-    /// cgroup_root, event_retention, event_retention_count, aggregate_retention,
-    /// ring_buffer_mib, write_queue_capacity, log_level.
+    /// cgroup_root, event_retention, event_retention_count,
+    /// individual_events_per_second, aggregate_retention, ring_buffer_mib,
+    /// write_queue_capacity, log_level, ...
     public static let fileKeys: Set<String> = [
         "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
-        "event_retention_count", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
+        "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
     ]
 
@@ -97,6 +103,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = string("cgroup_root") { c.cgroupRoot = v }
         if let v = duration("event_retention") { c.eventRetentionSeconds = v }
         if let v = int("event_retention_count", 1000...1_000_000_000) { c.eventRetentionCount = v }
+        if let v = int("individual_events_per_second", 0...10_000_000) { c.individualEventsPerSecond = v }
         if let v = duration("aggregate_retention") { c.aggregateRetentionSeconds = v }
         if let v = int("ring_buffer_mib", 1...1024) {
             if v & (v - 1) != 0 { problems.append("ring_buffer_mib: must be a power of two") } else { c.ringBufferMiB = UInt32(v) }

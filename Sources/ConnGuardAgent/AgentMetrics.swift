@@ -14,6 +14,7 @@ public final class AgentMetrics: Sendable {
     private let incomplete: [String: Counter]
     private let unattributed: Counter
     private let followDropped: Counter
+    private let aggregatedOnly: Counter
     private let storedEvents: Gauge
     private let storedAggregates: Gauge
     private let databaseBytes: Gauge
@@ -54,6 +55,9 @@ public final class AgentMetrics: Sendable {
                                             help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown').")
         followDropped = registry.makeCounter(name: "connguard_follow_events_dropped_total",
                                              help: "Events not sent to a slow `connections --follow` client (they are still stored).")
+        aggregatedOnly = registry.makeCounter(
+            name: "connguard_events_aggregated_only_total",
+            help: "Events stored in their aggregated connection only, without a row of their own (over the individual-events-per-second budget).")
         storedEvents = registry.makeGauge(name: "connguard_stored_events", help: "Individual connection events in the database.")
         storedAggregates = registry.makeGauge(name: "connguard_stored_connections",
                                               help: "Aggregated connections (workload, direction, peer, port, verdict) in the database.")
@@ -82,7 +86,8 @@ public final class AgentMetrics: Sendable {
     public func countFollowDropped(by n: Int64 = 1) { followDropped.increment(by: n) }
 
     /// Brings the counters that mirror absolute values up to date.
-    public func update(loss: LossCounts, writeQueueLost: UInt64) {
+    public func update(loss: LossCounts, writeQueueLost: UInt64, aggregatedOnly: UInt64 = 0) {
+        advance("s/aggregated_only", aggregatedOnly) { self.aggregatedOnly.increment(by: $0) }
         advance("k/ring_buffer_full", loss.ringBufferFull) { lostKernel["ring_buffer_full"]!.increment(by: $0) }
         advance("k/cgroup_ring_buffer_full", loss.cgroupRingBufferFull) { lostKernel["cgroup_ring_buffer_full"]!.increment(by: $0) }
         advance("a/undecodable", loss.undecodable) { lostAgent["undecodable"]!.increment(by: $0) }

@@ -82,6 +82,15 @@ public final class EventPipeline: @unchecked Sendable {
         // Indexed by (direction, verdict), so the per-event work is one add.
         let directions = ConnectionEvent.Direction.allCases, verdicts = Verdict.allCases
         var byVerdict = [Int64](repeating: 0, count: directions.count * verdicts.count)
+        // Handed to the writer a batch at a time (one lock, not one per
+        // event), at the end of every poll round and whenever 1024 wait.
+        var pending: [StoredConnection] = []
+        pending.reserveCapacity(1024)
+        func submitPending() {
+            guard !pending.isEmpty else { return }
+            writer.submit(contentsOf: pending)
+            pending.removeAll(keepingCapacity: true)
+        }
         do {
             try tracer.run(
                 shouldStop: { self.lock.withLock { self.stopFlag } },
@@ -100,10 +109,12 @@ public final class EventPipeline: @unchecked Sendable {
                         let verdict = self.policy?.verdict(for: e, identity: who) ?? .allowed
                         if e.direction == .connect { batch.connects += 1 } else { batch.accepts += 1 }
                         byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += 1
-                        self.writer.submit(StoredConnection(event: e, identity: who, verdict: verdict))
+                        pending.append(StoredConnection(event: e, identity: who, verdict: verdict))
+                        if pending.count >= 1024 { submitPending() }
                     }
                 },
                 onIdle: {
+                    submitPending()
                     guard batch != PipelineCounts() else { return }
                     for (i, n) in byVerdict.enumerated() where n > 0 {
                         self.metrics.countEvent(directions[i / verdicts.count], verdicts[i % verdicts.count], by: n)

@@ -123,11 +123,27 @@ public final class EventStore: Sendable {
     /// on the values passed; returns the ids given, in order (consecutive).
     @discardableResult
     public func append(_ batch: [StoredConnection]) throws -> ClosedRange<Int64>? {
-        guard !batch.isEmpty else { return nil }
+        try append(batch, sampler: nil).ids
+    }
+
+    /// What one append did.
+    public struct AppendResult: Sendable, Equatable {
+        /// The ids of the rows made, in order (consecutive); nil if none.
+        public var ids: ClosedRange<Int64>?
+        /// Events counted in their aggregate only, without a row (the sampler
+        /// said no).
+        public var aggregatedOnly: Int
+    }
+
+    /// Stores a batch in one transaction, keeping a row only for the events
+    /// `sampler` chooses (all of them without one); every event is folded
+    /// into its aggregate.
+    public func append(_ batch: [StoredConnection], sampler: EventSampler?) throws -> AppendResult {
+        guard !batch.isEmpty else { return AppendResult(ids: nil, aggregatedOnly: 0) }
         do {
             return try database.write { db in
                 try interner.withCache { cache in
-                    try EventStore.append(batch, cache: &cache, db)
+                    try EventStore.append(batch, sampler: sampler, cache: &cache, db)
                 }
             }
         } catch {
@@ -136,7 +152,7 @@ public final class EventStore: Sendable {
         }
     }
 
-    private struct AggregateKey: Hashable {
+    struct AggregateKey: Hashable {
         var workload: Int64
         var direction: Int64
         var peerHigh: UInt64
@@ -162,27 +178,28 @@ public final class EventStore: Sendable {
 
     /// The hot path (50,000+ events a second): values are bound straight on
     /// the SQLite statement, without GRDB's boxed arguments.
-    private static func append(_ batch: [StoredConnection], cache: inout InternCache, _ db: Database) throws -> ClosedRange<Int64> {
+    private static func append(_ batch: [StoredConnection], sampler: EventSampler?, cache: inout InternCache,
+                               _ db: Database) throws -> AppendResult {
         // GRDB finalizes a statement when its object goes: keep them for the
         // whole of this function, whose raw pointers they own.
         let statements = (insert: try db.makeStatement(sql: StoreSchema.insertEvent),
                           upsert: try db.makeStatement(sql: StoreSchema.upsertAggregate),
                           touch: try db.makeStatement(sql: StoreSchema.touchIdentity))
         return try withExtendedLifetime(statements) {
-            try append(batch, cache: &cache, db, insert: statements.insert.sqliteStatement,
+            try append(batch, sampler: sampler, cache: &cache, db, insert: statements.insert.sqliteStatement,
                        upsert: statements.upsert.sqliteStatement, touch: statements.touch.sqliteStatement)
         }
     }
 
-    private static func append(_ batch: [StoredConnection], cache: inout InternCache, _ db: Database,
-                               insert stmt: SQLiteStatement, upsert: SQLiteStatement,
-                               touch: SQLiteStatement) throws -> ClosedRange<Int64> {
+    private static func append(_ batch: [StoredConnection], sampler: EventSampler?, cache: inout InternCache,
+                               _ db: Database, insert stmt: SQLiteStatement, upsert: SQLiteStatement,
+                               touch: SQLiteStatement) throws -> AppendResult {
         var aggregates: [AggregateKey: AggregateValue] = [:]
-        var firstID: Int64 = 0
+        var firstID: Int64?, lastID: Int64 = 0
+        var aggregatedOnly = 0
         var previous: (identity: Identity, ids: (identity: Int64, workload: Int64))?
         var lastEventOfIdentity: [Int64: Int64] = [:]
-        for index in batch.indices {
-            let c = batch[index]
+        for c in batch {
             let ids: (identity: Int64, workload: Int64)
             if let p = previous, p.identity == c.identity {
                 ids = p.ids
@@ -196,6 +213,22 @@ public final class EventStore: Sendable {
             let peer = StoreAddress.Raw(accept ? e.source : e.destination)
             let direction = StoreCode.direction(e.direction)
             let verdict = StoreCode.verdict(c.verdict)
+            let key = AggregateKey(workload: ids.workload, direction: direction, peerHigh: peer.high, peerLow: peer.low,
+                                   port: Int64(e.destinationPort), verdict: verdict)
+            let failed: Int64 = e.outcome == .failed ? 1 : 0
+            let t = e.timeNanoseconds
+            if let i = aggregates.index(forKey: key) {
+                aggregates.values[i].first = min(aggregates.values[i].first, t)
+                aggregates.values[i].last = max(aggregates.values[i].last, t)
+                aggregates.values[i].count += 1
+                aggregates.values[i].failed += failed
+            } else {
+                aggregates[key] = AggregateValue(first: t, last: t, count: 1, failed: failed)
+            }
+            if let sampler, !sampler.keep(key, at: t) {
+                aggregatedOnly += 1
+                continue
+            }
             sqlite3_reset(stmt)
             sqlite3_bind_int64(stmt, 1, e.timeNanoseconds)
             sqlite3_bind_int64(stmt, 2, ids.workload)
@@ -226,24 +259,12 @@ public final class EventStore: Sendable {
             sqlite3_bind_int64(stmt, 18, verdict)
             try step(stmt, db, StoreSchema.insertEvent)
             let rowID = db.lastInsertedRowID
-            if index == 0 { firstID = rowID }
+            if firstID == nil { firstID = rowID }
+            lastID = rowID
             lastEventOfIdentity[ids.identity] = rowID
-            let key = AggregateKey(workload: ids.workload, direction: direction, peerHigh: peer.high, peerLow: peer.low,
-                                   port: Int64(e.destinationPort), verdict: verdict)
-            let failed: Int64 = e.outcome == .failed ? 1 : 0
-            let t = e.timeNanoseconds
-            if let i = aggregates.index(forKey: key) {
-                aggregates.values[i].first = min(aggregates.values[i].first, t)
-                aggregates.values[i].last = max(aggregates.values[i].last, t)
-                aggregates.values[i].count += 1
-                aggregates.values[i].failed += failed
-            } else {
-                aggregates[key] = AggregateValue(first: t, last: t, count: 1, failed: failed)
-            }
         }
         sqlite3_reset(stmt)
         sqlite3_clear_bindings(stmt)
-        let lastID = db.lastInsertedRowID
         for (k, v) in aggregates {
             sqlite3_reset(upsert)
             sqlite3_bind_int64(upsert, 1, k.workload)
@@ -263,7 +284,7 @@ public final class EventStore: Sendable {
             sqlite3_bind_int64(touch, 2, identity)
             try step(touch, db, StoreSchema.touchIdentity)
         }
-        return firstID...lastID
+        return AppendResult(ids: firstID.map { $0...lastID }, aggregatedOnly: aggregatedOnly)
     }
 
     // MARK: - Retention

@@ -21,15 +21,19 @@ public final class StoreWriter: @unchecked Sendable {
         /// When set, `prune` runs every `pruneInterval` on a thread of its own.
         public var retention: Retention?
         public var pruneInterval: Duration
+        /// Which events get a row of their own (EventSampler); nil: all.
+        public var rowBudget: EventSampler.Budget?
 
         public init(capacity: Int = 200_000, batchSize: Int = 2_000, flushInterval: Duration = .milliseconds(250),
-                    maxTransaction: Int = 20_000, retention: Retention? = nil, pruneInterval: Duration = .seconds(60)) {
+                    maxTransaction: Int = 20_000, retention: Retention? = nil, pruneInterval: Duration = .seconds(60),
+                    rowBudget: EventSampler.Budget? = nil) {
             self.capacity = max(1, capacity)
             self.batchSize = max(1, batchSize)
             self.flushInterval = flushInterval
             self.maxTransaction = max(1, maxTransaction)
             self.retention = retention
             self.pruneInterval = pruneInterval
+            self.rowBudget = rowBudget
         }
     }
 
@@ -51,8 +55,11 @@ public final class StoreWriter: @unchecked Sendable {
     public struct Counters: Sendable, Equatable {
         /// Accepted into the queue.
         public var accepted: UInt64 = 0
-        /// Committed to the database.
+        /// Committed to the database (as a row, or in its aggregate only).
         public var written: UInt64 = 0
+        /// Of those, counted in their aggregate without a row of their own
+        /// (over the row budget).
+        public var aggregatedOnly: UInt64 = 0
         /// Refused because the queue was full (lost).
         public var dropped: UInt64 = 0
         /// Lost because their write failed.
@@ -85,10 +92,13 @@ public final class StoreWriter: @unchecked Sendable {
     private var running = true
     private var thread: Thread?
     private var pruneThread: Thread?
+    /// The writer thread's only.
+    private let sampler: EventSampler?
 
     public init(store: EventStore, options: Options = Options()) {
         self.store = store
         self.options = options
+        sampler = options.rowBudget.map(EventSampler.init)
         queue.reserveCapacity(min(options.capacity, 65_536))
         let t = Thread { self.run() }
         t.name = "connguard-store-writer"
@@ -190,13 +200,13 @@ public final class StoreWriter: @unchecked Sendable {
             inFlight = batch.count
             condition.unlock()
 
-            var written = 0, failed = 0, transactions = 0
+            var written = 0, failed = 0, transactions = 0, aggregatedOnly = 0
             var lastError: String?
             var start = 0
             while start < batch.count {
                 let end = min(start + options.maxTransaction, batch.count)
                 do {
-                    try store.append(Array(batch[start..<end]))
+                    aggregatedOnly += try store.append(Array(batch[start..<end]), sampler: sampler).aggregatedOnly
                     written += end - start
                     transactions += 1
                 } catch {
@@ -209,6 +219,7 @@ public final class StoreWriter: @unchecked Sendable {
             condition.lock()
             inFlight = 0
             counters.written += UInt64(written)
+            counters.aggregatedOnly += UInt64(aggregatedOnly)
             counters.failed += UInt64(failed)
             counters.transactions += UInt64(transactions)
             if let lastError { counters.lastError = lastError }

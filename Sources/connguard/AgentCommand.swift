@@ -42,6 +42,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Keep individual events this long (e.g. 24h).")
     var eventRetention: Duration?
 
+    @Option(help: ArgumentHelp("Keep at most this many individual events a second as rows (default 2000; 0: all).",
+                               discussion: "Every event is still counted in its aggregated connection; the first event of each new connection in a second is kept up to ten times this rate."))
+    var individualEventsPerSecond: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
@@ -84,6 +88,12 @@ struct AgentCommand: AsyncParsableCommand {
         if let hooks { c.hooks = hooks.rawValue }
         if let cgroupRoot { c.cgroupRoot = cgroupRoot }
         if let eventRetention { c.eventRetentionSeconds = eventRetention.seconds }
+        if let individualEventsPerSecond {
+            guard (0...10_000_000).contains(individualEventsPerSecond) else {
+                throw Failure("--individual-events-per-second must be between 0 and 10000000")
+            }
+            c.individualEventsPerSecond = individualEventsPerSecond
+        }
         if let logLevel { c.logLevel = logLevel }
         if let defaultMode { c.defaultMode = defaultMode }
         if let learningPeriod { c.learningPeriodSeconds = learningPeriod.seconds }

@@ -173,7 +173,7 @@ struct StatusCommand: AsyncParsableCommand {
             let hooks = sub("hooks")
             for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
             let e = sub("events")
-            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored, \(n(e, "unattributed")) unattributed")
+            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only), \(n(e, "unattributed")) unattributed")
             let l = sub("lost")
             print("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed"))); possibly lost to kernel recursion: \(n(l, "possibly_lost_kernel_recursion"))")
             print("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")

@@ -178,6 +178,37 @@ final class AgentTests: XCTestCase {
         XCTAssertTrue(human.stdout.contains("up since"), human.stdout)
     }
 
+    func testOverTheRowBudgetEventsAreCountedInTheirAggregate() throws {
+        // 5 rows a second for repeats: 60 connections in well under a second
+        // leave a handful of rows, and the aggregate counts every one.
+        let agent = try startAgent(extra: ["--individual-events-per-second", "5"])
+        defer { agent.stop(signal: SIGKILL) }
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        try connectFromClients(port: port, count: 60)
+
+        var agg: [[String: Any]] = []
+        try waitFor("120 events in the aggregates") {
+            agg = try connections(["--port", String(port), "--aggregate"])
+            return agg.compactMap { $0["count"] as? Int }.reduce(0, +) == 120
+        }
+        XCTAssertEqual(agg.compactMap { $0["count"] as? Int }.sorted(), [60, 60])
+        let rows = try connections(["--port", String(port)])
+        XCTAssertGreaterThanOrEqual(rows.count, 2, "each direction's first event has a row")
+        XCTAssertLessThan(rows.count, 120, "repeats over the budget have no row")
+
+        let status = try cli(["status", "--socket", socket, "-o", "json"])
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let events = try XCTUnwrap(s["events"] as? [String: Any])
+        XCTAssertEqual(events["stored"] as? Int, 120, "every event stored, as a row or a count")
+        XCTAssertEqual(events["aggregated_only"] as? Int, 120 - rows.count)
+        XCTAssertEqual((s["lost"] as? [String: Any])?["total"] as? Int, 0)
+        let metrics = try httpGet(port: metricsPort, path: "/metrics")
+        XCTAssertEqual(metricValue(metrics, "connguard_events_aggregated_only_total"), Double(120 - rows.count))
+        let human = try cli(["status", "--socket", socket])
+        XCTAssertTrue(human.stdout.contains("\(120 - rows.count) as counts only"), human.stdout)
+    }
+
     func testFollowDeliversNewConnections() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }
