@@ -15,6 +15,8 @@ public final class PolicyEngine: @unchecked Sendable {
     struct Entry {
         var baseline: Baseline
         let workloadID: UInt32
+        /// Rules learnt or hit since the last flush to the database.
+        var pending: [RuleKey: Rule] = [:]
     }
 
     public struct Settings: Sendable {
@@ -37,7 +39,6 @@ public final class PolicyEngine: @unchecked Sendable {
     /// Non-loopback local addresses at which a workload accepted: a connect to
     /// one of them reaches that workload (peer generalisation).
     private var addressOwners: [IPAddress: String] = [:]
-    private var pendingRules: [String: [RuleKey: Rule]] = [:]
     private var pendingWouldDeny: [String: Int64] = [:]
 
     public init(settings: Settings, store: BaselineStore, enforcer: Enforcer?, identity: IdentitySource,
@@ -69,34 +70,32 @@ public final class PolicyEngine: @unchecked Sendable {
                 addressOwners[e.destination] = who.workload
                 if let id = entries[who.workload]?.workloadID { newOwner = (e.destination, id) }
             }
-            guard entryLocked(who.workload) != nil else { return .allowed }
+            // Found once by index, then changed in place: every event comes
+            // here, and a copy of the entry would copy its rule table.
+            guard let i = entryIndexLocked(who.workload) else { return .allowed }
             let peerWorkload = e.peer.isLoopback ? nil : addressOwners[e.peer]
-            let key = RuleKey(event: e, peerWorkload: peerWorkload)
-            // In place (inout through the subscript): copying the entry out and
-            // back would copy its whole rule table on every event.
             func judge(_ entry: inout Entry) -> Verdict {
                 switch entry.baseline.mode {
                 case .learn:
-                    if entry.baseline.learn(key, at: e.timeNanoseconds).isNew {
-                        newRule = (entry.baseline.rules[key]!, entry.workloadID)
-                    }
+                    let (rule, isNew) = entry.baseline.learn(RuleKey(event: e, peerWorkload: peerWorkload), at: e.timeNanoseconds)
+                    if isNew { newRule = (rule, entry.workloadID) }
+                    entry.pending[rule.key] = rule
                     return .allowed
                 case .monitor:
-                    if entry.baseline.allows(e, peerWorkload: peerWorkload) {
-                        entry.baseline.recordHit(e, peerWorkload: peerWorkload)
+                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload) {
+                        entry.pending[hit.key] = hit
                         return .allowed
                     }
+                    if entry.baseline.allows(e, peerWorkload: peerWorkload) { return .allowed }  // an imported block
                     entry.baseline.lastWouldDeny = e.timeNanoseconds
                     pendingWouldDeny[who.workload] = e.timeNanoseconds
                     return .wouldDeny
                 case .enforce:
-                    entry.baseline.recordHit(e, peerWorkload: peerWorkload)
+                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload) { entry.pending[hit.key] = hit }
                     return .allowed
                 }
             }
-            let v = judge(&entries[who.workload]!)
-            if let r = entries[who.workload]!.baseline.rules[key] { pendingRules[who.workload, default: [:]][key] = r }
-            return v
+            return judge(&entries.values[i])
         }
         if let (rule, id) = newRule, let k = kernelRule(rule.key, workloadID: id) {
             do { try enforcer?.add(k) } catch { logger.warning("kernel rule not added: \(error)") }
@@ -108,6 +107,13 @@ public final class PolicyEngine: @unchecked Sendable {
     }
 
     private func isUnspecified(_ a: IPAddress) -> Bool { a.isUnspecified }
+
+    /// Where a workload's entry is, created in the default mode on first sight.
+    private func entryIndexLocked(_ workload: String) -> Dictionary<String, Entry>.Index? {
+        if let i = entries.index(forKey: workload) { return i }
+        guard entryLocked(workload) != nil else { return nil }
+        return entries.index(forKey: workload)
+    }
 
     /// The entry for a workload, created in the default mode on first sight.
     private func entryLocked(_ workload: String) -> Entry? {
@@ -191,9 +197,8 @@ public final class PolicyEngine: @unchecked Sendable {
         var imported = b
         imported.lastChange = now
         lock.withLock {
-            entries[b.workload] = Entry(baseline: imported, workloadID: id)
+            entries[b.workload] = Entry(baseline: imported, workloadID: id)  // nothing pending
             byID[id] = b.workload
-            pendingRules[b.workload] = nil
         }
         try syncRules(b.workload)
         try armWorkload(b.workload)
@@ -249,8 +254,13 @@ public final class PolicyEngine: @unchecked Sendable {
     /// Writes learnt rules and hit counts to the database.
     public func flush() throws {
         let (rules, wouldDeny): ([String: [RuleKey: Rule]], [String: Int64]) = lock.withLock {
-            defer { pendingRules.removeAll(); pendingWouldDeny.removeAll() }
-            return (pendingRules, pendingWouldDeny)
+            var rules: [String: [RuleKey: Rule]] = [:]
+            for i in entries.indices where !entries.values[i].pending.isEmpty {
+                rules[entries.keys[i]] = entries.values[i].pending
+                entries.values[i].pending.removeAll()
+            }
+            defer { pendingWouldDeny.removeAll() }
+            return (rules, pendingWouldDeny)
         }
         for (w, r) in rules where !r.isEmpty { try store.saveRules(workload: w, Array(r.values)) }
         for (w, t) in wouldDeny { try store.recordWouldDeny(workload: w, at: t) }

@@ -86,6 +86,15 @@ public struct RuleKey: Hashable, Sendable, Comparable {
     public static func < (a: RuleKey, b: RuleKey) -> Bool {
         (a.direction.rawValue, a.port, a.peer) < (b.direction.rawValue, b.port, b.peer)
     }
+
+    /// Without `proto`, which is "tcp" in every key today: hashing a string
+    /// is the dearest part of a key, and the policy engine hashes a key for
+    /// every event. (Equal keys still hash equally.)
+    public func hash(into h: inout Hasher) {
+        h.combine(direction)
+        h.combine(port)
+        h.combine(peer)
+    }
 }
 
 /// A rule and its history, so that stale rules can be seen and pruned.
@@ -171,11 +180,11 @@ public struct Baseline: Sendable, Equatable {
     /// Learns that a connection needing `key` happened at `time`.
     @discardableResult
     public mutating func learn(_ key: RuleKey, at time: Int64) -> (rule: Rule, isNew: Bool) {
-        if var r = rules[key] {
-            r.hits += 1
-            r.lastSeen = max(r.lastSeen, time)
-            rules[key] = r
-            return (r, false)
+        // One lookup, then the rule is changed in place (the agent's hot path).
+        if let i = rules.index(forKey: key) {
+            rules.values[i].hits += 1
+            rules.values[i].lastSeen = max(rules.values[i].lastSeen, time)
+            return (rules.values[i], false)
         }
         let r = Rule(key: key, firstSeen: time, lastSeen: time, hits: 1)
         rules[key] = r
@@ -183,16 +192,22 @@ public struct Baseline: Sendable, Equatable {
         return (r, true)
     }
 
-    /// Counts a hit on the rule that allowed this event (monitor/enforce).
-    public mutating func recordHit(_ event: ConnectionEvent, peerWorkload: String?) {
-        for key in [RuleKey(event: event, peerWorkload: peerWorkload), RuleKey(event: event, peerWorkload: nil)] {
-            if var r = rules[key] {
-                r.hits += 1
-                r.lastSeen = max(r.lastSeen, event.timeNanoseconds)
-                rules[key] = r
-                return
-            }
+    /// Counts a hit on the rule that names this connection exactly (by its
+    /// peer workload, else by its peer address), and returns the rule; nil
+    /// when no such rule exists (a wider imported block may still allow the
+    /// connection: `allows`).
+    @discardableResult
+    public mutating func recordHit(_ event: ConnectionEvent, peerWorkload: String?) -> Rule? {
+        var key = RuleKey(event: event, peerWorkload: peerWorkload)
+        var found = rules.index(forKey: key)
+        if found == nil, peerWorkload != nil {
+            key = RuleKey(event: event, peerWorkload: nil)
+            found = rules.index(forKey: key)
         }
+        guard let i = found else { return nil }
+        rules.values[i].hits += 1
+        rules.values[i].lastSeen = max(rules.values[i].lastSeen, event.timeNanoseconds)
+        return rules.values[i]
     }
 
     /// Removes rules not seen since `cutoff`; returns them.
