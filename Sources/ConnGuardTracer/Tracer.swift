@@ -121,8 +121,10 @@ public final class Tracer {
     private var links: [BPFLink]
     private var reader: RingBufferReader!
     private let drops: BPFMap
-    private var undecodable: UInt64 = 0
-    private var handler: ((TraceRecord) -> Void)?
+    // Read for every record, on the polling thread only (run() is not
+    // reentrant): no dynamic exclusivity check per access.
+    @exclusivity(unchecked) private var undecodable: UInt64 = 0
+    @exclusivity(unchecked) private var handler: ((TraceRecord) -> Void)?
     private let logger: Logger
 
     public init(configuration: Configuration = .init(), logger: Logger = Logger(label: "connguard.tracer")) throws {
@@ -154,7 +156,10 @@ public final class Tracer {
         refusedRungs = refused
         drops = try object.map("drops")
 
-        reader = try RingBufferReader(map: try object.map("events")) { [unowned self] bytes in
+        // unowned(unsafe): the reader belongs to this tracer and calls back
+        // only from inside run(), so self is alive; a checked unowned
+        // reference would cost an atomic retain and release per record.
+        reader = try RingBufferReader(map: try object.map("events")) { [unowned(unsafe) self] bytes in
             do {
                 let record = try TraceRecord.decode(bytes, clock: self.clock)
                 self.handler?(record)
