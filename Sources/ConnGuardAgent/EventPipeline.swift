@@ -118,6 +118,7 @@ public final class EventPipeline: @unchecked Sendable {
             tally.counts.outOfScope += 1
             return
         }
+        // The time first: past the start-up window, no hashing per event.
         if e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
         let who = identity.resolve(e)
         if who.isUnknown { tally.counts.unattributed += 1 }
