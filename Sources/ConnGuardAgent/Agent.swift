@@ -66,6 +66,7 @@ public final class Agent: @unchecked Sendable {
 
         var tracerConfig = Tracer.Configuration()
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
+        tracerConfig.snapshotConnections = true
         do {
             if let h = configuration.hooks {
                 guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
@@ -118,6 +119,9 @@ public final class Agent: @unchecked Sendable {
     public func run() async throws {
         let socketPath = configuration.socketPath
         try prepareSocketDirectory()
+        // Connections that were open before the tracer attached, stored and
+        // learnt like the rest, before any live event.
+        let seeded = pipeline.feed(tracer.takeConnectionSnapshot())
         let api = Application(
             router: APIRoutes.build(agent: self),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
@@ -143,6 +147,7 @@ public final class Agent: @unchecked Sendable {
             "hook_rungs_refused": "\(tracer.refusedRungs.map { "\($0.rung): \($0.reason)" }.joined(separator: "; "))",
             "hooks": "\(tracer.hooks.map(\.description).joined(separator: "; "))",
             "listeners_seeded": "\(tracer.seededListeners)",
+            "connections_seeded": "\(seeded)",
         ])
         defer {
             unlink(socketPath)
@@ -210,6 +215,10 @@ public final class Agent: @unchecked Sendable {
             ("cgroup_root", .string(configuration.cgroupRoot)),
             ("hook_rung", .string(tracer.rung.rawValue)),
             ("hooks", .object(tracer.hooks.map { ($0.capability, .string("\($0.rung) \($0.detail)")) })),
+            // Learnt from /proc at start: listeners on the whole node (their
+            // owners, for accepts), established connections in scope.
+            ("listeners_seeded", .int(Int64(tracer.seededListeners))),
+            ("connections_seeded", .int(Int64(c.seeded))),
             ("events", .object([
                 ("connect", .int(Int64(c.connects))), ("accept", .int(Int64(c.accepts))),
                 ("unattributed", .int(Int64(c.unattributed))), ("outside_cgroup_root", .int(Int64(c.outOfScope))),

@@ -22,6 +22,9 @@ public struct PipelineCounts: Sendable, Equatable {
     public var accepts: UInt64 = 0
     public var outOfScope: UInt64 = 0
     public var unattributed: UInt64 = 0
+    /// Connections found established at start (in scope), also counted in
+    /// connects and accepts.
+    public var seeded: UInt64 = 0
 }
 
 /// The agent's event path: the tracer's ring buffer, read on a thread of its
@@ -75,22 +78,92 @@ public final class EventPipeline: @unchecked Sendable {
         }
     }
 
-    private func loop() {
-        // Per-batch tallies, published to metrics once per poll round rather
-        // than per event.
-        var batch = PipelineCounts()
-        // Indexed by (direction, verdict), so the per-event work is one add.
-        let directions = ConnectionEvent.Direction.allCases, verdicts = Verdict.allCases
-        var byVerdict = [Int64](repeating: 0, count: directions.count * verdicts.count)
-        // Handed to the writer a batch at a time (one lock, not one per
-        // event), at the end of every poll round and whenever 1024 wait.
+    /// Feeds the connections that were established before the tracer
+    /// attached through the same path as live events (scope, identity,
+    /// verdict, storage, metrics); then keeps what it takes to drop their
+    /// copies seen live. Call before start(), so that they come before the
+    /// live events. Returns how many were in scope.
+    @discardableResult
+    public func feed(_ snapshot: ConnectionSnapshot) -> UInt64 {
+        precondition(thread == nil, "feed() after start()")
+        var tally = Tally(cells: directions.count * verdicts.count)
+        for e in snapshot.events { handle(e, &tally) }
+        let seeded = tally.counts.connects + tally.counts.accepts
+        tally.counts.seeded = seeded
+        publish(&tally)
+        var rest = snapshot
+        rest.events = []
+        seenAtStart = rest
+        return seeded
+    }
+
+    /// What the pipeline counted since it last published: the per-event work
+    /// is a few adds, and the metrics and `counts` (behind the lock) are
+    /// updated once per batch.
+    private struct Tally {
+        var counts = PipelineCounts()
+        /// Indexed by (direction, verdict), so the per-event work is one add.
+        var byVerdict: [Int64]
+        /// Handed to the writer a batch at a time (one lock, not one per
+        /// event): when 1024 wait, and at every publish.
         var pending: [StoredConnection] = []
-        pending.reserveCapacity(1024)
-        func submitPending() {
-            guard !pending.isEmpty else { return }
-            writer.submit(contentsOf: pending)
-            pending.removeAll(keepingCapacity: true)
+        init(cells: Int) {
+            byVerdict = [Int64](repeating: 0, count: cells)
+            pending.reserveCapacity(1024)
         }
+    }
+    private let directions = ConnectionEvent.Direction.allCases
+    private let verdicts = Verdict.allCases
+
+    /// The connections found at start (their events already fed), to drop a
+    /// live copy of one of them.
+    /// Set by feed() before the event thread starts; read for every event
+    /// on that thread only (so no dynamic exclusivity check).
+    @exclusivity(unchecked) private var seenAtStart = ConnectionSnapshot.empty
+
+    private func handle(_ e: ConnectionEvent, _ tally: inout Tally) {
+        if let scope, !scope.contains(e.cgroupID) {
+            tally.counts.outOfScope += 1
+            return
+        }
+        // The time first: past the start-up window, no hashing per event.
+        if e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
+        let who = identity.resolve(e)
+        if who.isUnknown { tally.counts.unattributed += 1 }
+        let verdict = policy?.verdict(for: e, identity: who) ?? .allowed
+        if e.direction == .connect { tally.counts.connects += 1 } else { tally.counts.accepts += 1 }
+        tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += 1
+        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict))
+        if tally.pending.count >= 1024 { submitPending(&tally) }
+    }
+
+    private func submitPending(_ tally: inout Tally) {
+        guard !tally.pending.isEmpty else { return }
+        writer.submit(contentsOf: tally.pending)
+        tally.pending.removeAll(keepingCapacity: true)
+    }
+
+    private func publish(_ tally: inout Tally) {
+        submitPending(&tally)
+        guard tally.counts != PipelineCounts() else { return }
+        for (i, n) in tally.byVerdict.enumerated() where n > 0 {
+            metrics.countEvent(directions[i / verdicts.count], verdicts[i % verdicts.count], by: n)
+        }
+        metrics.countUnattributed(by: Int64(tally.counts.unattributed))
+        lock.withLock {
+            counts.connects += tally.counts.connects
+            counts.accepts += tally.counts.accepts
+            counts.outOfScope += tally.counts.outOfScope
+            counts.unattributed += tally.counts.unattributed
+            counts.seeded += tally.counts.seeded
+        }
+        tally.counts = PipelineCounts()
+        for i in tally.byVerdict.indices { tally.byVerdict[i] = 0 }
+    }
+
+    private func loop() {
+        // Published once per poll round rather than per event.
+        var tally = Tally(cells: directions.count * verdicts.count)
         do {
             try tracer.run(
                 shouldStop: { self.lock.withLock { self.stopFlag } },
@@ -100,35 +173,10 @@ public final class EventPipeline: @unchecked Sendable {
                         self.scope?.apply(c)
                         self.identity.apply(c)
                     case let .connection(e):
-                        if let scope = self.scope, !scope.contains(e.cgroupID) {
-                            batch.outOfScope += 1
-                            return
-                        }
-                        let who = self.identity.resolve(e)
-                        if who.isUnknown { batch.unattributed += 1 }
-                        let verdict = self.policy?.verdict(for: e, identity: who) ?? .allowed
-                        if e.direction == .connect { batch.connects += 1 } else { batch.accepts += 1 }
-                        byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += 1
-                        pending.append(StoredConnection(event: e, identity: who, verdict: verdict))
-                        if pending.count >= 1024 { submitPending() }
+                        self.handle(e, &tally)
                     }
                 },
-                onIdle: {
-                    submitPending()
-                    guard batch != PipelineCounts() else { return }
-                    for (i, n) in byVerdict.enumerated() where n > 0 {
-                        self.metrics.countEvent(directions[i / verdicts.count], verdicts[i % verdicts.count], by: n)
-                    }
-                    self.metrics.countUnattributed(by: Int64(batch.unattributed))
-                    self.lock.withLock {
-                        self.counts.connects += batch.connects
-                        self.counts.accepts += batch.accepts
-                        self.counts.outOfScope += batch.outOfScope
-                        self.counts.unattributed += batch.unattributed
-                    }
-                    batch = PipelineCounts()
-                    for i in byVerdict.indices { byVerdict[i] = 0 }
-                })
+                onIdle: { self.publish(&tally) })
         } catch {
             logger.error("event pipeline stopped: \(error)")
             failure = error

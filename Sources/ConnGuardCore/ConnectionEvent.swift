@@ -21,7 +21,7 @@ public struct ConnectionEvent: Sendable, Equatable {
     }
 
     /// The kernel hook that saw it (the attach ladder).
-    public enum Hook: String, Sendable, Codable {
+    public enum Hook: String, Sendable, Codable, CaseIterable {
         case tracepoint
         case fentry
         case kprobe
@@ -29,6 +29,9 @@ public struct ConnectionEvent: Sendable, Equatable {
         case cgroupConnect = "cgroup_connect"
         /// cgroup_skb/ingress (enforcement: a dropped SYN).
         case cgroupSKB = "cgroup_skb"
+        /// Not a hook: found already established in /proc when the agent
+        /// started (the connect or accept happened before anything watched).
+        case snapshot
         case unknown
     }
 

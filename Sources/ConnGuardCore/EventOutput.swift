@@ -275,6 +275,7 @@ extension ConnectionEvent.Hook {
         case .kprobe: return "kprobe"
         case .cgroupConnect: return "cgroup_connect"
         case .cgroupSKB: return "cgroup_skb"
+        case .snapshot: return "snapshot"
         case .unknown: return "unknown"
         }
     }

@@ -171,6 +171,7 @@ enum StoreCode {
         case .unknown: return 3
         case .cgroupConnect: return 4
         case .cgroupSKB: return 5
+        case .snapshot: return 6
         }
     }
     static func hook(_ c: Int64) -> ConnectionEvent.Hook {
@@ -180,6 +181,7 @@ enum StoreCode {
         case 2: return .kprobe
         case 4: return .cgroupConnect
         case 5: return .cgroupSKB
+        case 6: return .snapshot
         default: return .unknown
         }
     }

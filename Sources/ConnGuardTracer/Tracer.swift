@@ -101,6 +101,10 @@ public final class Tracer {
         public var pollIntervalMilliseconds: Int32 = 100
         /// Learn listeners that existed before attach, from /proc.
         public var seedListeners = true
+        /// Also find the connections established before attach, from /proc
+        /// (`takeConnectionSnapshot()`): the agent stores them; `trace` shows
+        /// only what it sees happen.
+        public var snapshotConnections = false
         /// Use only this rung (fail if the kernel refuses it); nil: the best
         /// rung the kernel allows, found by loading and attaching.
         public var forcedRung: HookRung?
@@ -116,6 +120,7 @@ public final class Tracer {
     public let clock: BootClock
     /// Listeners learnt from /proc at start.
     public private(set) var seededListeners = 0
+    private var connectionSnapshot = ConnectionSnapshot.empty
 
     private let object: BPFObject
     private var links: [BPFLink]
@@ -169,15 +174,29 @@ public final class Tracer {
         }
 
         // After attach, so that a listener made meanwhile is recorded by the
-        // kernel; seeds never overwrite those (BPF_NOEXIST).
-        if configuration.seedListeners {
-            let seeds = ListenerSeeder.discover(cgroupMount: CgroupMount.find())
-            seededListeners = ListenerSeeder.seed(seeds, into: try object.map("listeners"))
+        // kernel (seeds never overwrite those: BPF_NOEXIST), and a connection
+        // made meanwhile is seen live (ConnectionSnapshot tells the copies
+        // apart). One walk of /proc serves both; listeners are read either
+        // way, since they tell accepts from connects.
+        if configuration.seedListeners || configuration.snapshotConnections {
+            let started = clock.wallNanoseconds(bootNanoseconds: UInt64(BootClock.now(CLOCK_BOOTTIME)))
+            let states: Set<UInt8> = configuration.snapshotConnections
+                ? [ProcNetTCP.State.listen, ProcNetTCP.State.established] : [ProcNetTCP.State.listen]
+            let found = ProcSockets.read(cgroupMount: CgroupMount.find(), states: states)
+            if configuration.seedListeners {
+                seededListeners = ListenerSeeder.seed(ListenerSeeder.seeds(from: found), into: try object.map("listeners"))
+            }
+            if configuration.snapshotConnections {
+                connectionSnapshot = ConnectionSnapshot(
+                    events: ProcNetTCP.establishedConnections(found.sockets, owners: found.owners, time: started),
+                    completedAt: clock.wallNanoseconds(bootNanoseconds: UInt64(BootClock.now(CLOCK_BOOTTIME))))
+            }
         }
         logger.debug("tracer attached", metadata: [
             "rung": "\(rung)", "forced": "\(configuration.forcedRung != nil)",
             "refused": "\(refusedRungs.map { "\($0.rung): \($0.reason)" })",
-            "hooks": "\(hooks.map(\.description))", "seeded_listeners": "\(seededListeners)"])
+            "hooks": "\(hooks.map(\.description))", "seeded_listeners": "\(seededListeners)",
+            "established_at_start": "\(connectionSnapshot.events.count)"])
     }
 
     deinit { close() }
@@ -238,6 +257,13 @@ public final class Tracer {
             try reader.drain()
             onIdle()
         }
+    }
+
+    /// The connections found established at start (`snapshotConnections`),
+    /// handed over once: the tracer keeps none of them.
+    public func takeConnectionSnapshot() -> ConnectionSnapshot {
+        defer { connectionSnapshot = .empty }
+        return connectionSnapshot
     }
 
     /// Reads the kernel's loss counters.

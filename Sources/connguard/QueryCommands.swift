@@ -127,7 +127,9 @@ struct ConnectionTable {
             return line([s("workload"), s("direction") == "accept" ? "in" : "out", s("peer"), s("port"), s("verdict"),
                          s("count"), s("failed"), time("first_seen"), time("last_seen")])
         }
-        let outcome = s("outcome") == "failed" && o["error"] is String ? "failed " + s("error") : s("outcome")
+        var outcome = s("outcome") == "failed" && o["error"] is String ? "failed " + s("error") : s("outcome")
+        // Found open when the agent started: its time is the agent's start, not the connection's.
+        if s("hook") == "snapshot" { outcome += " at start" }
         let process = (o["process_known"] as? Bool) == false ? "?" : "\(s("pid"))/\(s("comm"))"
         func endpoint(_ a: String, _ p: String) -> String { s(a).contains(":") ? "[\(s(a))]:\(s(p))" : "\(s(a)):\(s(p))" }
         return line([time("time"), s("event"), outcome, s("verdict"), s("workload"), process,
@@ -172,6 +174,7 @@ struct StatusCommand: AsyncParsableCommand {
             print("hook rung:  \(s["hook_rung"] ?? "-")")
             let hooks = sub("hooks")
             for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
+            print("at start:   \(n(s, "listeners_seeded")) listeners, \(n(s, "connections_seeded")) established connections learnt from /proc")
             let e = sub("events")
             print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only), \(n(e, "unattributed")) unattributed")
             let l = sub("lost")

@@ -251,6 +251,132 @@ final class AgentTests: XCTestCase {
         XCTAssertEqual(try connections(["--port", String(port)]).count, 6, "committed data kept across kill -9")
     }
 
+    /// Connections open before the agent started: found in /proc at start,
+    /// stored with hook "snapshot" and full attribution, counted in status;
+    /// a client outside --cgroup-root is left out; live events follow.
+    func testConnectionsOpenBeforeTheAgentStartedAreSnapshotted() throws {
+        // A dual-stack server in the root test cgroup that keeps what it accepts.
+        let server = try Child("/bin/sh", ["-c", "echo $$ > \(root.path)/cgroup.procs && exec python3 -c \"$0\"", """
+            import socket
+            s = socket.socket(socket.AF_INET6)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0)); s.listen(64)
+            print(s.getsockname()[1], flush=True)
+            held = []
+            while True:
+                c, _ = s.accept(); held.append(c); print("accepted", flush=True)
+            """])
+        defer { server.stop(signal: SIGKILL) }
+        let port = try XCTUnwrap(server.readLine().flatMap { UInt16($0) })
+        // A client in the clients cgroup: one IPv4 connection (IPv4-mapped on
+        // the server's side) and one IPv6; then it forks, so that two
+        // processes hold both sockets.
+        let client = try Child("/bin/sh", ["-c", "echo $$ > \(clients.path)/cgroup.procs && exec python3 -c \"$0\"", """
+            import os, socket, time
+            a = socket.create_connection(("127.0.0.1", \(port)))
+            b = socket.create_connection(("::1", \(port)))
+            child = os.fork()
+            if child == 0:
+                # Keep only the two sockets: an inherited descriptor (the test's
+                # pipes, Foundation's watch on the parent) would outlive the parent.
+                low, high = sorted((a.fileno(), b.fileno()))
+                os.closerange(3, low); os.closerange(low + 1, high); os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2): os.dup2(null, fd)
+                time.sleep(3600)
+                os._exit(0)
+            print(a.getsockname()[1], b.getsockname()[1], child, flush=True)
+            time.sleep(3600)
+            """])
+        defer { client.stop(signal: SIGKILL) }
+        let line = try XCTUnwrap(client.readLine(), "the client did not connect")
+        let fields = line.split(separator: " ").compactMap { Int($0) }
+        guard fields.count == 3 else { return XCTFail("client said: \(line)") }
+        let (port4, port6, forked) = (fields[0], fields[1], Int32(fields[2]))
+        defer { kill(forked, SIGKILL) }
+        // And one from this process, outside the agent's cgroup root.
+        let outsider = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+        XCTAssertGreaterThanOrEqual(outsider, 0)
+        defer { close(outsider) }
+        let outsiderPort = Int(Net.localPort(outsider))
+        for _ in 0..<3 { XCTAssertEqual(server.readLine(), "accepted") }
+
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        var rows: [[String: Any]] = []
+        try waitFor("the 5 connections in scope stored") {
+            rows = try connections(["--port", String(port)])
+            return rows.count >= 5
+        }
+        XCTAssertEqual(rows.count, 5, "2 connects and 3 accepts, not the outsider's connect: \(rows)")
+        for r in rows {
+            XCTAssertEqual(r["hook"] as? String, "snapshot")
+            XCTAssertEqual(r["outcome"] as? String, "established")
+            XCTAssertEqual(r["process_known"] as? Bool, true)
+            XCTAssertEqual(r["comm"] as? String, "python3")
+            XCTAssertEqual(r["uid"] as? Int, Int(geteuid()))
+            XCTAssertEqual(r["dport"] as? Int, Int(port))
+            XCTAssertEqual(r["verdict"] as? String, "allowed")
+        }
+        func row(_ event: String, sport: Int) -> [String: Any]? {
+            rows.first { $0["event"] as? String == event && $0["sport"] as? Int == sport }
+        }
+        // The connect side: the client's workload, the lowest pid of the two holders.
+        for (sport, family, address) in [(port4, "ipv4", "127.0.0.1"), (port6, "ipv6", "::1")] {
+            let c = try XCTUnwrap(row("connect", sport: sport), "connect from port \(sport): \(rows)")
+            XCTAssertEqual(c["pid"] as? Int, Int(min(client.pid, forked)))
+            XCTAssertEqual(c["workload"] as? String, clients.relativePath)
+            XCTAssertEqual(c["cgroup_id"] as? Int, Int(clients.id))
+            XCTAssertEqual(c["family"] as? String, family)
+            XCTAssertEqual(c["src"] as? String, address)
+            XCTAssertEqual(c["dst"] as? String, address)
+        }
+        // The accept side: the server, the client as source; the IPv4
+        // connection the IPv6 socket took is reported as IPv4.
+        for (sport, family, address) in [(port4, "ipv4", "127.0.0.1"), (port6, "ipv6", "::1"), (outsiderPort, "ipv4", "127.0.0.1")] {
+            let a = try XCTUnwrap(row("accept", sport: sport), "accept from port \(sport): \(rows)")
+            XCTAssertEqual(a["pid"] as? Int, Int(server.pid))
+            XCTAssertEqual(a["workload"] as? String, root.relativePath)
+            XCTAssertEqual(a["cgroup_id"] as? Int, Int(root.id))
+            XCTAssertEqual(a["family"] as? String, family)
+            XCTAssertEqual(a["src"] as? String, address)
+            XCTAssertEqual(a["dst"] as? String, address)
+        }
+        XCTAssertNil(row("connect", sport: outsiderPort), "outside --cgroup-root")
+        let table = try cli(["connections", "--socket", socket, "--port", String(port)])
+        XCTAssertEqual(table.stdout.components(separatedBy: "established at start").count - 1, 5, table.stdout)
+
+        // Counted in status.
+        let status = try cli(["status", "--socket", socket, "-o", "json"])
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(s["connections_seeded"] as? Int, 5)
+        XCTAssertGreaterThanOrEqual(s["listeners_seeded"] as? Int ?? 0, 1)
+        XCTAssertGreaterThanOrEqual((s["events"] as? [String: Any])?["outside_cgroup_root"] as? Int ?? 0, 1)
+        let human = try cli(["status", "--socket", socket])
+        XCTAssertTrue(human.stdout.contains("5 established connections"), human.stdout)
+
+        // Learnt like live events (learn mode): inbound to the port for the
+        // server, outbound to it for the client, from both addresses.
+        func rules(_ workload: String, _ direction: String) throws -> [[String: Any]] {
+            let r = try cli(["baseline", "show", workload, "--socket", socket, "-o", "json"])
+            let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            return (o?["rules"] as? [[String: Any]] ?? []).filter { $0["direction"] as? String == direction && $0["port"] as? Int == Int(port) }
+        }
+        XCTAssertEqual(try rules(root.relativePath, "in").count, 2)
+        XCTAssertEqual(try rules(clients.relativePath, "out").count, 2)
+
+        // Live events follow, from the tracer's hook.
+        try connectFromClients(port: port)
+        try waitFor("the live connection stored") {
+            rows = try connections(["--port", String(port)])
+            return rows.count >= 7
+        }
+        XCTAssertEqual(rows.count, 7)
+        let live = rows.filter { $0["hook"] as? String != "snapshot" }
+        XCTAssertEqual(live.compactMap { $0["event"] as? String }.sorted(), ["accept", "connect"])
+        XCTAssertTrue(live.allSatisfy { $0["hook"] as? String == s["hook_rung"] as? String }, "\(live)")
+    }
+
     func testBadInputIsRefusedWithOneLine() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }

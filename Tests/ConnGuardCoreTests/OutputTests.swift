@@ -36,6 +36,19 @@ final class OutputTests: XCTestCase {
         XCTAssertNotNil(f.date(from: obj["time"] as! String))
     }
 
+    func testEveryHookHasItsJSONName() throws {
+        for hook in ConnectionEvent.Hook.allCases {
+            var e = event()
+            e.hook = hook
+            var out: [UInt8] = []
+            var w = JSONLineWriter()
+            w.append(e, to: &out)
+            let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out)) as? [String: Any])
+            XCTAssertEqual(obj["hook"] as? String, hook.rawValue)
+        }
+        XCTAssertEqual(ConnectionEvent.Hook.snapshot.rawValue, "snapshot")
+    }
+
     func testJSONEscapesEveryControlCharacter() throws {
         let nasty = (0..<32).map { String(UnicodeScalar(UInt8($0))) }.joined() + "\"\\\u{7f}é"
         var out: [UInt8] = []

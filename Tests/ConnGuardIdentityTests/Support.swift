@@ -240,7 +240,7 @@ enum Ports {
     static func listening(_ port: UInt16) -> Bool {
         for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
             guard let text = try? readFile(file) else { continue }
-            if ProcNetTCP.listeners(text).contains(where: { $0.port == port }) { return true }
+            if ProcNetTCP.listeners(text).contains(where: { $0.localPort == port }) { return true }
         }
         return false
     }

@@ -35,6 +35,30 @@ final class EventStoreTests: StoreTestCase {
         try store.close()
     }
 
+    /// The hook codes in existing databases keep their meaning: new hooks
+    /// get new codes, never an old one.
+    func testHookCodesAreFixed() throws {
+        let fixed: [(ConnectionEvent.Hook, Int64)] = [
+            (.tracepoint, 0), (.fentry, 1), (.kprobe, 2), (.unknown, 3), (.cgroupConnect, 4), (.cgroupSKB, 5), (.snapshot, 6),
+        ]
+        XCTAssertEqual(Set(fixed.map(\.0.rawValue)), Set(ConnectionEvent.Hook.allCases.map(\.rawValue)), "every hook has a code here")
+        for (hook, code) in fixed {
+            XCTAssertEqual(StoreCode.hook(hook), code, "\(hook)")
+            XCTAssertEqual(StoreCode.hook(code), hook, "\(code)")
+        }
+        XCTAssertEqual(StoreCode.hook(99), .unknown, "a code from a later version")
+        let store = try EventStore(path: dbPath)
+        let batch = fixed.enumerated().map { i, h in
+            var c = connection(base + Int64(i) * second)
+            c.event.hook = h.0
+            return c
+        }
+        _ = try store.append(batch)
+        XCTAssertEqual(try store.query(ConnectionQuery()).map(\.event.hook).sorted { $0.rawValue < $1.rawValue },
+                       fixed.map(\.0).sorted { $0.rawValue < $1.rawValue })
+        try store.close()
+    }
+
     func testEveryFilterNarrowsAsSpecified() throws {
         let store = try EventStore(path: dbPath)
         let data = dataset(count: 1200)
