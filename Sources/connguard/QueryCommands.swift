@@ -124,7 +124,7 @@ struct ConnectionTable {
             return t.count >= 19 ? String(t.prefix(19)).replacingOccurrences(of: "T", with: " ") : t
         }
         if aggregate {
-            return line([s("workload"), s("direction") == "accept" ? "in" : "out", s("peer"), s("port"), s("verdict"),
+            return line([s("workload"), s("event") == "accept" ? "in" : "out", s("peer"), s("port"), s("verdict"),
                          s("count"), s("failed"), time("first_seen"), time("last_seen")])
         }
         var outcome = s("outcome") == "failed" && o["error"] is String ? "failed " + s("error") : s("outcome")

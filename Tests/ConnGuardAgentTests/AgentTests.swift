@@ -151,6 +151,10 @@ final class AgentTests: XCTestCase {
         let agg = try connections(["--port", String(port), "--aggregate"])
         XCTAssertEqual(agg.count, 2, "one outbound and one inbound aggregate: \(agg)")
         XCTAssertEqual(agg.compactMap { $0["count"] as? Int }.sorted(), [3, 3])
+        // The same as a table: one row each way.
+        let aggTable = try cli(["connections", "--socket", socket, "--port", String(port), "--aggregate"])
+        let aggRows = aggTable.stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        XCTAssertEqual(aggRows.map { String($0[1]) }.sorted(), ["in", "out"], aggTable.stdout)
 
         // Table output for a person.
         let table = try cli(["connections", "--socket", socket, "--port", String(port)])
