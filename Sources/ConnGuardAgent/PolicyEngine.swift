@@ -66,7 +66,7 @@ public final class PolicyEngine: @unchecked Sendable {
         var newOwner: (IPAddress, UInt32)?
         let verdict: Verdict = lock.withLock {
             if e.direction == .accept, !e.destination.isLoopback, addressOwners[e.destination] != who.workload,
-               !isUnspecified(e.destination) {
+               !e.destination.isUnspecified {
                 addressOwners[e.destination] = who.workload
                 if let id = entries[who.workload]?.workloadID { newOwner = (e.destination, id) }
             }
@@ -105,8 +105,6 @@ public final class PolicyEngine: @unchecked Sendable {
         }
         return verdict
     }
-
-    private func isUnspecified(_ a: IPAddress) -> Bool { a.isUnspecified }
 
     /// Where a workload's entry is, created in the default mode on first sight.
     private func entryIndexLocked(_ workload: String) -> Dictionary<String, Entry>.Index? {

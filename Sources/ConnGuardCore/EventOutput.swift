@@ -8,15 +8,6 @@ public enum OutputFormat: String, Sendable, CaseIterable {
     case json
 }
 
-/// Appends a string literal's bytes; StaticString avoids String's generic
-/// UTF8View path (runtime metadata lookups, retain/release) per call.
-/// Appends a string literal's bytes; StaticString avoids String's generic
-/// UTF8View path (runtime metadata lookups, retain/release) per call.
-@inline(__always)
-func lit(_ s: StaticString, _ out: inout [UInt8]) {
-    s.withUTF8Buffer { out.append(contentsOf: $0) }
-}
-
 /// Writes events as JSON lines into a byte buffer.
 ///
 /// Hand-written rather than JSONEncoder: the tracer formats tens of thousands
@@ -99,6 +90,17 @@ struct LineCursor {
     private(set) var p: UnsafeMutablePointer<UInt8>
 
     init(_ start: UnsafeMutablePointer<UInt8>) { p = start }
+
+    /// Appends to `out` what `body` writes, at most `bound` bytes: the
+    /// cursor's formatting for callers that build an array a piece at a time.
+    static func append(to out: inout [UInt8], bound: Int, _ body: (inout LineCursor) -> Void) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: bound) { buffer in
+            let start = buffer.baseAddress!
+            var w = LineCursor(start)
+            body(&w)
+            out.append(contentsOf: UnsafeBufferPointer(start: start, count: w.p - start))
+        }
+    }
 
     /// Room `string` may need: quotes, and six bytes for each escaped byte.
     static func stringBound(_ s: String) -> Int { 2 + 6 * s.utf8.count }
@@ -302,8 +304,10 @@ public indirect enum JSONValue: Sendable, Equatable {
         case .null: out.append(contentsOf: "null".utf8)
         case let .bool(b): out.append(contentsOf: (b ? "true" : "false").utf8)
         case let .int(i):
-            if i < 0 { out.append(UInt8(ascii: "-")) }
-            appendDecimal(i.magnitude, to: &out)
+            LineCursor.append(to: &out, bound: 21) { w in
+                if i < 0 { w.put(UInt8(ascii: "-")) }
+                w.decimal(i.magnitude)
+            }
         case let .string(s): JSONValue.appendString(s, to: &out)
         case let .array(items):
             out.append(UInt8(ascii: "["))
@@ -327,58 +331,7 @@ public indirect enum JSONValue: Sendable, Equatable {
     /// A JSON string literal: quotes, backslash and control characters escaped
     /// (RFC 8259 section 7); other UTF-8 passes through.
     public static func appendString(_ s: String, to out: inout [UInt8]) {
-        var s = s
-        s.withUTF8 { (utf8: UnsafeBufferPointer<UInt8>) in
-            // Copied whole when nothing needs an escape (almost always).
-            if utf8.contains(where: LineCursor.needsEscape) {
-                appendEscaped(utf8, to: &out)
-            } else {
-                out.append(0x22)
-                out.append(contentsOf: utf8)
-                out.append(0x22)
-            }
-        }
-    }
-
-    private static func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for b in utf8 {
-            switch b {
-            case UInt8(ascii: "\""): out.append(contentsOf: #"\""#.utf8)
-            case UInt8(ascii: "\\"): out.append(contentsOf: #"\\"#.utf8)
-            case 0x0a: out.append(contentsOf: #"\n"#.utf8)
-            case 0x0d: out.append(contentsOf: #"\r"#.utf8)
-            case 0x09: out.append(contentsOf: #"\t"#.utf8)
-            case 0..<0x20, 0x7f:
-                let hex = Array("0123456789abcdef".utf8)
-                out.append(contentsOf: #"\u00"#.utf8)
-                out.append(hex[Int(b >> 4)])
-                out.append(hex[Int(b & 0xf)])
-            default: out.append(b)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
-    }
-}
-
-@inline(__always)
-func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
-    if value < 10 {
-        out.append(UInt8(ascii: "0") + UInt8(value))
-        return
-    }
-    var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                 UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    var n = value
-    var count = 0
-    withUnsafeMutableBytes(of: &digits) { d in
-        while n > 0 {
-            d[19 - count] = UInt8(ascii: "0") + UInt8(n % 10)
-            n /= 10
-            count += 1
-        }
-        out.append(contentsOf: d[(20 - count)...])
+        LineCursor.append(to: &out, bound: LineCursor.stringBound(s)) { $0.string(s) }
     }
 }
 

@@ -81,12 +81,21 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// Byte `i` of the address: 0..<4 for IPv4, 0..<16 for IPv6.
     public subscript(byte i: Int) -> UInt8 {
-        let j = family == .ipv4 ? i + 12 : i
-        return UInt8(truncatingIfNeeded: j < 8 ? high >> (56 - 8 * j) : low >> (56 - 8 * (j - 8)))
+        mappedByte(family == .ipv4 ? i + 12 : i)
+    }
+
+    /// Byte `j` (0..<16) of the 16-byte form.
+    private func mappedByte(_ j: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: j < 8 ? high >> (56 - 8 * j) : low >> (56 - 8 * (j - 8)))
     }
 
     /// 4 bytes for IPv4, 16 for IPv6, network order.
     public var bytes: [UInt8] { (0..<(family == .ipv4 ? 4 : 16)).map { self[byte: $0] } }
+
+    /// The 16-byte form (`high`, `low`) as bytes: IPv4 as ::ffff:a.b.c.d.
+    public var mappedBytes: [UInt8] {
+        (0..<16).map(mappedByte)
+    }
 
     public var description: String {
         var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))

@@ -89,12 +89,7 @@ typealias KernelAddress = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt
                            UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
 
 enum AddressKey {
-    static func bytes(_ a: IPAddress) -> [UInt8] {
-        switch a.family {
-        case .ipv4: return [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + a.bytes
-        case .ipv6: return a.bytes
-        }
-    }
+    static func bytes(_ a: IPAddress) -> [UInt8] { a.mappedBytes }
 
     static func tuple(_ a: IPAddress) -> KernelAddress {
         var t: KernelAddress = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)

@@ -217,9 +217,7 @@ enum StoreAddress {
         }
     }
 
-    static func bytes(_ a: IPAddress) -> [UInt8] {
-        a.family == .ipv4 ? [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + a.bytes : a.bytes
-    }
+    static func bytes(_ a: IPAddress) -> [UInt8] { a.mappedBytes }
 
     static func data(_ a: IPAddress) -> Data { Data(bytes(a)) }
 
