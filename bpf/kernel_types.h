@@ -72,8 +72,26 @@ struct nsproxy {
     struct net *net_ns;
 };
 
+struct fdtable {
+    unsigned int max_fds;
+    struct file **fd;
+};
+
+struct files_struct {
+    struct fdtable *fdt;
+};
+
+struct file {
+    void *private_data;
+};
+
+struct socket {
+    struct sock *sk;
+};
+
 struct task_struct {
     struct nsproxy *nsproxy;
+    struct files_struct *files;
 };
 
 #pragma clang attribute pop

@@ -18,6 +18,13 @@
  *            the current task is whoever sent the packet. The child inherits
  *            the listener's cgroup (sk_cgrp_data), and the listener's owner is
  *            remembered in `listeners` when listen() moves it CLOSE -> LISTEN.
+ *            The process that accepts may be another one (a pre-forked
+ *            worker), so, where the kernel has syscall tracepoints, the event
+ *            waits in `accepting` until accept() or accept4() returns the
+ *            socket, and goes out from there with the caller's pid and comm.
+ *            One that no accept() takes within a second (io_uring, a server
+ *            that never accepts) is sent by user space, naming the listener's
+ *            owner.
  *
  * Also cgroup_mkdir / cgroup_rmdir, so the agent learns of a container's cgroup
  * before the container's first connection.
@@ -61,6 +68,12 @@ const volatile __u64 wakeup_data_size = 0;
  * `hook`. With any other than CG_HOOK_TP_BTF, the tracepoint leaves the
  * caller record and the accept event to that rung's programs. */
 const volatile __u32 attribution_hook = CG_HOOK_TP_BTF;
+
+/* On the tracepoint rung: hold accepts in `accepting` for the syscall
+ * tracepoints on accept()/accept4() to name the accepting process (1), or
+ * send them at once naming the listener's owner (0). User space sets 1 only
+ * when it attaches those tracepoints. */
+const volatile __u32 accept_via_syscall = 0;
 
 /* Events to user space. Writer: every program here. Reader: the agent's
  * ring-buffer thread. Size set by user space before load. */
@@ -106,6 +119,20 @@ struct {
     __type(key, struct cg_listener_key);
     __type(value, struct cg_listener);
 } listeners SEC(".maps");
+
+/* Accepted sockets not yet returned by accept(): socket address -> the event,
+ * filled in but for the process. Inserted at SYN_RECV -> ESTABLISHED,
+ * claimed (deleted) by the accept()/accept4() exit that returns the socket, or
+ * by user space once it is a second old: whoever deletes it sends it, so it is
+ * sent exactly once. A plain hash, not LRU; when full, accepts are sent at
+ * once naming the listener's owner, and counted (CG_DROP_ACCEPT_MAP_FULL).
+ * 16k is far more than the sum of the node's accept backlogs in practice. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct cg_connection_event);
+} accepting SEC(".maps");
 
 static __always_inline void count_drop(__u32 reason)
 {
@@ -272,23 +299,18 @@ static __always_inline void on_unlisten(const struct sock *sk, __u16 family)
         bpf_map_delete_elem(&listeners, &key);
 }
 
-/* An accepted connection. From the tracepoint (in softirq, in_process = 0)
- * the process is the listener's remembered owner; from fexit/kretprobe on
- * inet_csk_accept (in_process = 1) it is the current task, which accepted.
- * Only the tracepoint has sk as a typed pointer, so in_process also means
- * "read through the helper". */
-static __always_inline void on_accept(const struct sock *sk, __u16 family, int in_process)
+/* Fills e with an accepted connection. From the tracepoint (in softirq,
+ * in_process = 0) the process is the listener's remembered owner; from
+ * fexit/kretprobe on inet_csk_accept (in_process = 1) it is the current task,
+ * which accepted. Only the tracepoint has sk as a typed pointer, so in_process
+ * also means "read through the helper". */
+static __always_inline void fill_accept(struct cg_connection_event *e, const struct sock *sk, __u16 family,
+                                        int in_process)
 {
     struct cg_listener_key key = {};
     struct cg_listener *owner;
-    struct cg_connection_event *e;
     __u16 lport, rport;
 
-    e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        count_drop(CG_DROP_RINGBUF_FULL);
-        return;
-    }
     e->kind = CG_RECORD_CONNECTION;
     e->timestamp_ns = bpf_ktime_get_boot_ns();
     e->direction = CG_DIRECTION_ACCEPT;
@@ -309,7 +331,6 @@ static __always_inline void on_accept(const struct sock *sk, __u16 family, int i
         e->uid = (__u32)bpf_get_current_uid_gid();
         bpf_get_current_comm(e->comm, sizeof(e->comm));
         e->flags = 0;
-        bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
         return;
     }
     key.netns = e->netns;
@@ -327,7 +348,70 @@ static __always_inline void on_accept(const struct sock *sk, __u16 family, int i
         __builtin_memset(e->comm, 0, sizeof(e->comm));
         e->flags = CG_FLAG_LISTENER_UNKNOWN;
     }
+}
+
+/* Takes the held accept of `key` out of `accepting` into a ring-buffer
+ * record, for the caller to finish and submit; NULL if the ring buffer is full
+ * (counted) or someone else claimed it first (it is theirs to send). */
+static __always_inline struct cg_connection_event *claim_held(__u64 key, const struct cg_connection_event *held)
+{
+    struct cg_connection_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+    if (!e) {
+        count_drop(CG_DROP_RINGBUF_FULL);
+        bpf_map_delete_elem(&accepting, &key);
+        return 0;
+    }
+    __builtin_memcpy(e, held, sizeof(*e));
+    /* The delete decides: whoever deletes the entry sends the event. */
+    if (bpf_map_delete_elem(&accepting, &key)) {
+        bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
+    return e;
+}
+
+static __always_inline void on_accept(const struct sock *sk, __u16 family, int in_process)
+{
+    struct cg_connection_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+    if (!e) {
+        count_drop(CG_DROP_RINGBUF_FULL);
+        return;
+    }
+    fill_accept(e, sk, family, in_process);
     bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
+}
+
+/* The tracepoint rung with syscall tracepoints: hold the accept until
+ * accept() returns the socket (see `accepting`). */
+static __always_inline void hold_accept(const struct sock *sk, __u16 family)
+{
+    struct cg_connection_event e;
+    struct cg_connection_event *stale, *out;
+    __u64 key = (__u64)sk;
+    long err;
+
+    fill_accept(&e, sk, family, 0);
+    err = bpf_map_update_elem(&accepting, &key, &e, BPF_NOEXIST);
+    if (err == -17 /* EEXIST */) {
+        /* A socket at this address died unaccepted (reset, or its listener
+         * closed) and user space has not swept it yet: send it first. */
+        stale = bpf_map_lookup_elem(&accepting, &key);
+        if (stale && (out = claim_held(key, stale)))
+            bpf_ringbuf_submit(out, wakeup_flags(sizeof(*out) + 8 /* record header */));
+        err = bpf_map_update_elem(&accepting, &key, &e, BPF_NOEXIST);
+    }
+    if (err) {
+        count_drop(CG_DROP_ACCEPT_MAP_FULL);
+        out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+        if (!out) {
+            count_drop(CG_DROP_RINGBUF_FULL);
+            return;
+        }
+        __builtin_memcpy(out, &e, sizeof(*out));
+        bpf_ringbuf_submit(out, wakeup_flags(sizeof(*out) + 8 /* record header */));
+    }
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -355,8 +439,12 @@ int BPF_PROG(cg_tp_sock_state, const struct sock *sk, int oldstate, int newstate
     } else if (oldstate == TCP_SYN_SENT)
         on_connect_done(sk, family, newstate, 1);
     else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-        if (attribution_hook == CG_HOOK_TP_BTF)
-            on_accept(sk, family, 0);
+        if (attribution_hook == CG_HOOK_TP_BTF) {
+            if (accept_via_syscall)
+                hold_accept(sk, family);
+            else
+                on_accept(sk, family, 0);
+        }
     }
     else if (newstate == TCP_LISTEN)
         on_listen(sk, family);
@@ -406,6 +494,66 @@ int BPF_PROG(cg_fexit_inet_csk_accept, struct sock *listener)
     if (family)
         on_accept(sk, family, 1);
     return 0;
+}
+
+/* ---- tracepoint rung: who accepted ---------------------------------------- */
+
+/* The exit of accept() and accept4(): `ret` is the new descriptor. Classic
+ * tracepoints (they need tracefs); the fields before `ret` are the common
+ * header and the syscall number. */
+struct syscall_exit {
+    __u64 common;
+    __s64 nr;
+    __s64 ret;
+};
+
+static __always_inline int on_accept_return(const struct syscall_exit *ctx)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct cg_connection_event *held, *e;
+    struct fdtable *fdt;
+    struct file **fds;
+    struct file *file = 0;
+    struct socket *sock;
+    __s64 fd = ctx->ret;
+    __u64 key;
+
+    if (fd < 0)
+        return 0;
+    fdt = BPF_CORE_READ(task, files, fdt);
+    if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+        return 0;
+    fds = BPF_CORE_READ(fdt, fd);
+    if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+        return 0;
+    /* accept() returned this descriptor for a socket; if another thread
+     * replaced it meanwhile, the lookup below simply misses. */
+    sock = BPF_CORE_READ(file, private_data);
+    key = (__u64)BPF_CORE_READ(sock, sk);
+    held = bpf_map_lookup_elem(&accepting, &key);
+    if (!held)
+        return 0; /* established before we attached, or already swept */
+    e = claim_held(key, held);
+    if (!e)
+        return 0;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->uid = (__u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    e->flags = 0;
+    bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
+    return 0;
+}
+
+SEC("?tracepoint/syscalls/sys_exit_accept4")
+int cg_tp_accept4_exit(const struct syscall_exit *ctx)
+{
+    return on_accept_return(ctx);
+}
+
+SEC("?tracepoint/syscalls/sys_exit_accept")
+int cg_tp_accept_exit(const struct syscall_exit *ctx)
+{
+    return on_accept_return(ctx);
 }
 
 /* ---- kprobe rung -------------------------------------------------------- */

@@ -67,6 +67,7 @@ public final class Agent: @unchecked Sendable {
         var tracerConfig = Tracer.Configuration()
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
         tracerConfig.snapshotConnections = true
+        tracerConfig.acceptAttribution = AcceptAttribution(rawValue: configuration.acceptAttribution) ?? .caller
         do {
             if let h = configuration.hooks {
                 guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
@@ -240,6 +241,7 @@ public final class Agent: @unchecked Sendable {
             ("incomplete", .object([
                 ("connects_without_process", .int(Int64(loss.connectMapFull))),
                 ("listeners_without_owner", .int(Int64(loss.listenerMapFull))),
+                ("accepts_naming_listener", .int(Int64(loss.acceptMapFull))),
             ])),
             ("workloads", .int(Int64(s?.workloads ?? 0))),
             ("cgroups_tracked", .int(Int64(identity.trackedCgroups))),

@@ -31,6 +31,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var ringBufferMiB: UInt32 = 16
     /// Force one hook rung ("fentry", "kprobe", "tracepoint"); nil: the best the kernel allows.
     public var hooks: String?
+    /// Which process accept events name: "caller" (of accept()) or "listener"
+    /// (its owner; spares the tracepoint rung the syscall tracepoints).
+    public var acceptAttribution = "caller"
     /// Events waiting for the database at most; beyond it they are counted as lost.
     public var writeQueueCapacity = 1_000_000
     public var logLevel = "info"
@@ -59,6 +62,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
+        "accept_attribution",
     ]
 
     /// Reads a YAML config file over the defaults. Unknown keys and bad values
@@ -115,6 +119,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = duration("quiet_period") { c.quietPeriodSeconds = v }
         if let v = string("unknown") { c.unknownCgroups = v }
         if let v = string("pin_root") { c.pinRoot = v }
+        if let v = string("accept_attribution") { c.acceptAttribution = v }
         for key in ["auto_enforce", "fail_open"] where dict[key] != nil {
             guard let b = dict[key] as? Bool else { problems.append("\(key): expected true or false"); continue }
             if key == "auto_enforce" { c.autoEnforce = b } else { c.failOpen = b }
@@ -140,6 +145,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         if Mode(rawValue: defaultMode) == nil { problems.append("default_mode: '\(defaultMode)' is not one of learn, monitor, enforce") }
         if !["allow", "deny"].contains(unknownCgroups) { problems.append("unknown: '\(unknownCgroups)' must be allow or deny") }
         if !pinRoot.hasPrefix("/") { problems.append("pin_root: must be an absolute path") }
+        if !["caller", "listener"].contains(acceptAttribution) {
+            problems.append("accept_attribution: '\(acceptAttribution)' must be caller or listener")
+        }
         return problems
     }
 }

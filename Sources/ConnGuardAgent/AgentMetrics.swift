@@ -47,9 +47,9 @@ public final class AgentMetrics: Sendable {
         lostAgent = Dictionary(uniqueKeysWithValues: ["write_queue_full", "undecodable"].map {
             ($0, registry.makeCounter(name: "connguard_events_lost_total", labels: [("stage", "agent"), ("reason", $0)], help: lostHelp))
         })
-        incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full"].map {
+        incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full", "accept_map_full"].map {
             ($0, registry.makeCounter(name: "connguard_events_incomplete_total", labels: [("reason", $0)],
-                                      help: "Events delivered without their process, because a kernel map was full."))
+                                      help: "Events delivered without their process (accept_map_full: naming the listener's owner instead of the process that accepted), because a kernel map was full."))
         })
         unattributed = registry.makeCounter(name: "connguard_events_unattributed_total",
                                             help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown').")
@@ -94,6 +94,7 @@ public final class AgentMetrics: Sendable {
         advance("a/write_queue_full", writeQueueLost) { lostAgent["write_queue_full"]!.increment(by: $0) }
         advance("i/connect_map_full", loss.connectMapFull) { incomplete["connect_map_full"]!.increment(by: $0) }
         advance("i/listener_map_full", loss.listenerMapFull) { incomplete["listener_map_full"]!.increment(by: $0) }
+        advance("i/accept_map_full", loss.acceptMapFull) { incomplete["accept_map_full"]!.increment(by: $0) }
     }
 
     public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64, misses: UInt64)]) {

@@ -15,6 +15,9 @@ public struct LossCounts: Sendable, Equatable {
     public var connectMapFull: UInt64 = 0
     /// Listeners whose owner could not be remembered (their accepts lack pid).
     public var listenerMapFull: UInt64 = 0
+    /// Accepts that could not wait for accept() (the `accepting` map was
+    /// full): sent at once, naming the listener's owner.
+    public var acceptMapFull: UInt64 = 0
     /// Records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64 = 0
     /// Times the kernel skipped one of our programs because it was already
@@ -48,7 +51,8 @@ public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
     case fentry
     /// kprobe/tcp_connect + kretprobe/inet_csk_accept.
     case kprobe
-    /// tp_btf/inet_sock_set_state alone (the listener's owner names the acceptor).
+    /// tp_btf/inet_sock_set_state, with the syscall tracepoints on accept()
+    /// and accept4() naming the acceptor where tracefs allows them.
     case tracepoint
 
     public var description: String { rawValue }
@@ -85,6 +89,24 @@ public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
     /// Every rung-specific program in the object (off unless its rung is chosen).
     static let optionalPrograms = ["cg_fentry_tcp_connect", "cg_fexit_inet_csk_accept",
                                    "cg_kprobe_tcp_connect", "cg_kretprobe_inet_csk_accept"]
+        + acceptCallPrograms
+
+    /// On the tracepoint rung, the programs on accept()'s and accept4()'s
+    /// exit that name the accepting process.
+    static let acceptCallPrograms = ["cg_tp_accept4_exit", "cg_tp_accept_exit"]
+}
+
+/// Which process an accept event names.
+public enum AcceptAttribution: String, CaseIterable, Sendable {
+    /// The process whose accept() returned the connection. The fentry and
+    /// kprobe rungs always do this; the tracepoint rung does it with the
+    /// syscall tracepoints on accept() and accept4(), and falls back to the
+    /// listener's owner where the kernel lacks them.
+    case caller
+    /// The process that called listen() on the listening socket (cheaper on
+    /// the tracepoint rung: no syscall tracepoints; wrong for servers whose
+    /// workers accept on a socket their parent listened on).
+    case listener
 }
 
 /// Loads the embedded trace programs into the running kernel, attaches them,
@@ -111,6 +133,11 @@ public final class Tracer {
         /// Use only this rung (fail if the kernel refuses it); nil: the best
         /// rung the kernel allows, found by loading and attaching.
         public var forcedRung: HookRung?
+        /// Which process accept events name (matters on the tracepoint rung).
+        public var acceptAttribution = AcceptAttribution.caller
+        /// How long an accept waits for accept() to return it before it is
+        /// sent naming the listener's owner (tracepoint rung, `caller`).
+        public var acceptWaitNanoseconds: UInt64 = 1_000_000_000
         public init() {}
     }
 
@@ -120,6 +147,9 @@ public final class Tracer {
     public let rung: HookRung
     /// Rungs tried before this one, and why the kernel refused each.
     public let refusedRungs: [(rung: HookRung, reason: String)]
+    /// Why accept events name the listener's owner although the caller of
+    /// accept() was asked for (the kernel lacks the syscall tracepoints).
+    public let acceptAttributionFallback: String?
     public let clock: BootClock
     /// Listeners learnt from /proc at start.
     public private(set) var seededListeners = 0
@@ -129,6 +159,9 @@ public final class Tracer {
     private var links: [BPFLink]
     private var reader: RingBufferReader!
     private let drops: BPFMap
+    /// Accepts held for accept() (tracepoint rung, `caller`); nil otherwise.
+    private let heldAccepts: BPFMap?
+    private var lastSweep: UInt64 = 0
     // Read for every record, on the polling thread only (run() is not
     // reentrant): no dynamic exclusivity check per access.
     @exclusivity(unchecked) private var undecodable: UInt64 = 0
@@ -143,9 +176,26 @@ public final class Tracer {
 
         var refused: [(rung: HookRung, reason: String)] = []
         var attached: (object: BPFObject, links: [BPFLink], hooks: [HookChoice], rung: HookRung)?
+        var acceptFallback: String?
         for rung in configuration.forcedRung.map({ [$0] }) ?? HookRung.allCases {
             do {
-                let (o, l, h) = try Tracer.open(rung: rung, configuration: configuration)
+                if rung == .tracepoint && configuration.acceptAttribution == .caller {
+                    // Syscall tracepoints name the acceptor; without them the
+                    // listener's owner is the best the rung knows.
+                    acceptFallback = SyscallTracepoints.prepare()
+                    if acceptFallback == nil {
+                        do {
+                            let (o, l, h) = try Tracer.open(rung: rung, acceptViaSyscall: true, configuration: configuration)
+                            attached = (o, l, h, rung)
+                            break
+                        } catch let e as TracerError {
+                            acceptFallback = "syscall tracepoints refused: \(e.shortReason)"
+                        }
+                    }
+                    logger.notice("accept events will name the listener's owner, not the process that accepted",
+                                  metadata: ["reason": "\(acceptFallback ?? "")"])
+                }
+                let (o, l, h) = try Tracer.open(rung: rung, acceptViaSyscall: false, configuration: configuration)
                 attached = (o, l, h, rung)
                 break
             } catch let e as TracerError {
@@ -159,21 +209,24 @@ public final class Tracer {
         guard let attached else { throw TracerError.noRung }
         object = attached.object
         links = attached.links
-        hooks = attached.hooks
+        let namesListener = attached.rung == .tracepoint
+            ? (configuration.acceptAttribution == .listener ? "asked for" : acceptFallback) : nil
+        hooks = attached.hooks.map { h in
+            guard h.capability == "accept", let why = namesListener else { return h }
+            return HookChoice(capability: h.capability, rung: h.rung, detail: "\(h.detail); names the listener's owner: \(why)")
+        }
         rung = attached.rung
         refusedRungs = refused
         drops = try object.map("drops")
+        let viaSyscall = rung == .tracepoint && configuration.acceptAttribution == .caller && acceptFallback == nil
+        acceptAttributionFallback = rung == .tracepoint ? acceptFallback : nil
+        heldAccepts = viaSyscall ? try object.map("accepting") : nil
 
         // unowned(unsafe): the reader belongs to this tracer and calls back
         // only from inside run(), so self is alive; a checked unowned
         // reference would cost an atomic retain and release per record.
         reader = try RingBufferReader(map: try object.map("events")) { [unowned(unsafe) self] bytes in
-            do {
-                let record = try TraceRecord.decode(bytes, clock: self.clock)
-                self.handler?(record)
-            } catch {
-                self.undecodable += 1
-            }
+            self.deliver(bytes)
         }
 
         // After attach, so that a listener made meanwhile is recorded by the
@@ -206,7 +259,7 @@ public final class Tracer {
 
     /// Opens a fresh object with only `rung`'s programs on, loads and
     /// attaches them. On any failure everything is released.
-    static func open(rung: HookRung, configuration: Configuration) throws -> (BPFObject, [BPFLink], [HookChoice]) {
+    static func open(rung: HookRung, acceptViaSyscall: Bool, configuration: Configuration) throws -> (BPFObject, [BPFLink], [HookChoice]) {
         var size: UInt = 0
         let start = cg_bpf_trace_object(&size)
         let bytes = Array(UnsafeRawBufferPointer(start: start, count: Int(size)))
@@ -214,7 +267,14 @@ public final class Tracer {
         try object.map("events").setMaxEntries(configuration.ringBufferBytes)
         try object.setReadOnlyGlobal("wakeup_data_size", min(configuration.wakeupBytes, UInt64(configuration.ringBufferBytes) / 4))
         try object.setReadOnlyGlobal("attribution_hook", rung.hookValue)
-        let wanted = Set(rung.plan.map(\.program))
+        try object.setReadOnlyGlobal("accept_via_syscall", UInt32(acceptViaSyscall ? 1 : 0))
+        var plan = rung.plan
+        if acceptViaSyscall {
+            plan = plan.map { step in
+                (step.program, step.capabilities.filter { $0 != "accept" })
+            } + HookRung.acceptCallPrograms.map { ($0, ["accept"]) }
+        }
+        let wanted = Set(plan.map(\.program))
         for p in object.programs { p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name) }
         do {
             try object.load()
@@ -223,7 +283,7 @@ public final class Tracer {
         }
         var links: [BPFLink] = []
         var chosen: [HookChoice] = []
-        for step in rung.plan {
+        for step in plan {
             let program = try object.program(step.program)
             do {
                 links.append(try program.attach())
@@ -237,7 +297,16 @@ public final class Tracer {
                                          detail: "\(program.name) (\(section))"))
             }
         }
-        return (object, links, chosen)
+        // One line per capability: accept() and accept4() together.
+        var merged: [HookChoice] = []
+        for c in chosen {
+            if let i = merged.firstIndex(where: { $0.capability == c.capability }) {
+                merged[i] = HookChoice(capability: c.capability, rung: c.rung, detail: merged[i].detail + ", " + c.detail)
+            } else {
+                merged.append(c)
+            }
+        }
+        return (object, links, merged)
     }
 
     /// Delivers records to `onRecord` on the calling thread until `shouldStop`
@@ -255,10 +324,40 @@ public final class Tracer {
             defer { handler = nil }
             while !shouldStop() {
                 try reader.poll(timeoutMilliseconds: configuration.pollIntervalMilliseconds)
+                try sweepHeldAccepts(final: false)
                 onIdle()
             }
             try reader.drain()
+            try sweepHeldAccepts(final: true)
             onIdle()
+        }
+    }
+
+    /// Sends the accepts that no accept() took within acceptWaitNanoseconds
+    /// (io_uring's accept, a server that never accepts, a socket reset in the
+    /// backlog), naming the listener's owner; with `final`, all of them, so
+    /// that stopping loses none. At most twice a second otherwise: the walk
+    /// costs a lookup per held accept, and under a storm there are hundreds.
+    private func sweepHeldAccepts(final: Bool) throws {
+        guard let heldAccepts else { return }
+        let now = UInt64(BootClock.now(CLOCK_BOOTTIME))
+        if !final && now &- lastSweep < 500_000_000 { return }
+        lastSweep = now
+        for key in try heldAccepts.keys(as: UInt64.self) {
+            guard let held = try heldAccepts.lookup(key: key, as: cg_connection_event.self),
+                  final || now &- held.timestamp_ns >= configuration.acceptWaitNanoseconds,
+                  // The delete decides, as in the kernel: whoever deletes it sends it.
+                  try heldAccepts.delete(key: key) else { continue }
+            withUnsafeBytes(of: held) { deliver(UnsafeRawBufferPointer($0)) }
+        }
+    }
+
+    private func deliver(_ bytes: UnsafeRawBufferPointer) {
+        do {
+            let record = try TraceRecord.decode(bytes, clock: clock)
+            handler?(record)
+        } catch {
+            undecodable += 1
         }
     }
 
@@ -276,6 +375,7 @@ public final class Tracer {
         c.connectMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_CONNECT_MAP_FULL.rawValue))
         c.listenerMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_LISTENER_MAP_FULL.rawValue))
         c.cgroupRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_CGROUP_RINGBUF_FULL.rawValue))
+        c.acceptMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_ACCEPT_MAP_FULL.rawValue))
         c.undecodable = undecodable
         for p in object.programs {
             if let info = try? p.info() { c.recursionMisses += info.recursion_misses }

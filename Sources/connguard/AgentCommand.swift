@@ -33,6 +33,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows).")
     var hooks: HookRung?
 
+    @Option(help: "Which process accept events name: caller (of accept(); on the tracepoint rung this needs the syscall tracepoints) or listener (the owner of the listening socket). Default caller.")
+    var acceptAttribution: AcceptAttribution?
+
     @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9090). Off by default.")
     var metricsAddress: String?
 
@@ -86,6 +89,7 @@ struct AgentCommand: AsyncParsableCommand {
         if let socketGroup { c.socketGroup = socketGroup }
         if let metricsAddress { c.metricsAddress = metricsAddress }
         if let hooks { c.hooks = hooks.rawValue }
+        if let acceptAttribution { c.acceptAttribution = acceptAttribution.rawValue }
         if let cgroupRoot { c.cgroupRoot = cgroupRoot }
         if let eventRetention { c.eventRetentionSeconds = eventRetention.seconds }
         if let individualEventsPerSecond {

@@ -45,6 +45,9 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows). Fails if the kernel refuses them.")
     var hooks: HookRung?
 
+    @Option(help: "Which process accept events name: caller (of accept(); on the tracepoint rung this needs the syscall tracepoints) or listener (the owner of the listening socket).")
+    var acceptAttribution: AcceptAttribution = .caller
+
     @Flag(name: .shortAndLong, help: "Print the hooks chosen and libbpf's messages on failure.")
     var verbose = false
 
@@ -94,6 +97,7 @@ struct TraceCommand: ParsableCommand {
         var config = Tracer.Configuration()
         config.ringBufferBytes = ringBufferMiB << 20
         config.forcedRung = hooks
+        config.acceptAttribution = acceptAttribution
         installStopSignals()
         let tracer: Tracer
         do {
@@ -162,8 +166,8 @@ struct TraceCommand: ParsableCommand {
         let loss = try tracer.lossCounts()
         tracer.close()
         var summary = "\(seen) events seen, \(shown) shown, \(loss.lostEvents) lost"
-        if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 {
-            summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; cgroup records lost: \(loss.cgroupRingBufferFull))"
+        if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 || loss.acceptMapFull > 0 {
+            summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; accepts naming the listener's owner for want of room: \(loss.acceptMapFull); cgroup records lost: \(loss.cgroupRingBufferFull))"
         }
         if loss.recursionMisses > 0 {
             summary += "; \(loss.recursionMisses) program runs skipped by the kernel (recursion), each possibly a lost event"
@@ -186,3 +190,4 @@ enum FileHandleStderr {
 }
 
 extension HookRung: ExpressibleByArgument {}
+extension AcceptAttribution: ExpressibleByArgument {}

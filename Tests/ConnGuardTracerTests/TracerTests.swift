@@ -157,6 +157,70 @@ final class TracerTests: XCTestCase {
         XCTAssertNotEqual(connect.cgroupID, cgroup.id)
     }
 
+    /// A server whose parent listens and whose forked worker accepts (nginx,
+    /// gunicorn): the accept event names the worker, the process whose
+    /// accept() returned the connection; asked for the listener, it names the
+    /// parent. On the tracepoint rung the worker comes from the syscall
+    /// tracepoints on accept() and accept4().
+    func testAcceptNamesTheWorkerThatAcceptedNotTheListener() throws {
+        for attribution in AcceptAttribution.allCases {
+            var config = Tracer.Configuration()
+            config.acceptAttribution = attribution
+            let collector = try TraceCollector(configuration: config)
+            defer { collector.finish() }
+            if collector.tracer.rung == .tracepoint && attribution == .caller {
+                XCTAssertNil(collector.tracer.acceptAttributionFallback, "this kernel has syscall tracepoints")
+                let accept = try XCTUnwrap(collector.tracer.hooks.first { $0.capability == "accept" })
+                XCTAssertTrue(accept.detail.contains("sys_exit_accept4"), accept.detail)
+            }
+            let server = try Child("/usr/bin/python3", ["-c", """
+                import os, socket, sys
+                s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+                worker = os.fork()
+                if worker == 0:
+                    c, _ = s.accept(); c.close(); os._exit(0)
+                print(s.getsockname()[1], worker, flush=True)
+                os.waitpid(worker, 0)
+                """])
+            defer { server.stop(signal: SIGKILL) }
+            let line = try XCTUnwrap(server.readLine(), "server did not start").split(separator: " ")
+            let port = try XCTUnwrap(UInt16(line[0]))
+            let worker = try XCTUnwrap(UInt32(line[1]))
+            let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+            XCTAssertGreaterThanOrEqual(cfd, 0)
+            close(cfd)
+            let accepts = collector.wait { $0.contains { $0.direction == .accept && $0.destinationPort == port } }
+                .filter { $0.direction == .accept && $0.destinationPort == port }
+            XCTAssertEqual(accepts.count, 1, "\(attribution): \(accepts)")
+            let expected = attribution == .caller || collector.tracer.rung != .tracepoint ? worker : UInt32(server.pid)
+            XCTAssertEqual(accepts.first?.pid, expected, "\(attribution): worker \(worker), listener \(server.pid)")
+            XCTAssertEqual(accepts.first?.processKnown, true)
+        }
+    }
+
+    /// A connection that no accept() takes (a server that never accepts, or
+    /// one that uses io_uring) is still reported once it has waited, naming
+    /// the listener's owner; accepting it later does not report it again.
+    func testAcceptThatNoAcceptCallTakesIsReportedOnce() throws {
+        var config = Tracer.Configuration()
+        config.acceptWaitNanoseconds = 200_000_000
+        let collector = try TraceCollector(configuration: config)
+        defer { collector.finish() }
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+        XCTAssertGreaterThanOrEqual(cfd, 0)
+        defer { close(cfd) }
+        let accepts = collector.wait { $0.contains { $0.direction == .accept && $0.destinationPort == port } }
+            .filter { $0.direction == .accept && $0.destinationPort == port }
+        XCTAssertEqual(accepts.count, 1)
+        XCTAssertEqual(accepts.first?.pid, UInt32(getpid()), "the listener's owner")
+        XCTAssertEqual(accepts.first?.sourcePort, Net.localPort(cfd))
+        close(accept(lfd, nil, nil))
+        let later = collector.wait(timeout: 1) { _ in false }.filter { $0.direction == .accept && $0.destinationPort == port }
+        XCTAssertEqual(later.count, 1, "accepting it afterwards must not report it again: \(later)")
+    }
+
     /// A server that was listening before the tracer started is learnt from
     /// /proc, so its accepts still carry its pid.
     func testListenerFromBeforeTheTracerIsKnown() throws {
@@ -233,9 +297,11 @@ final class TracerTests: XCTestCase {
     func testCloseDetachesEverything() throws {
         var collector: TraceCollector? = try TraceCollector()
         let ids = try collector!.tracer.programs.map { try $0.info().id }
-        XCTAssertEqual(ids.count, 3)
+        // The socket state tracepoint, cgroup mkdir and rmdir, and the exits
+        // of accept() and accept4().
+        XCTAssertEqual(ids.count, 5)
         XCTAssertTrue(ids.allSatisfy { BPFSystem.programExists(id: $0) })
-        XCTAssertEqual(BPFSystem.linksOfPrograms(ids).count, 3)
+        XCTAssertEqual(BPFSystem.linksOfPrograms(ids).count, 5)
         collector!.finish()
         XCTAssertEqual(BPFSystem.linksOfPrograms(ids), [], "links left attached")
         collector = nil

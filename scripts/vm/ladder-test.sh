@@ -106,10 +106,9 @@ for rung in fentry kprobe tracepoint; do
     expect "refused events" 1 "$out" "\"dport\":$pr,"
     expect "refused connect" 1 "$out" "\"dport\":$pr," '"event":"connect"' '"outcome":"failed"' '"error":"ECONNREFUSED"' "\"pid\":$cr," "$h"
     [ $rh -eq 0 ] || problems="$problems; handoff connect failed: $(cat "$TMP/ch")"
-    # Who accepted: the child on the fentry and kprobe rungs; on the
-    # tracepoint rung only the listener's owner is known.
+    # Who accepted: the child, on every rung (the tracepoint rung learns it
+    # from the syscall tracepoints on accept() and accept4()).
     acceptor=$sh_child
-    [ "$rung" = tracepoint ] && acceptor=$sh_owner
     expect "handoff events" 2 "$out" "\"dport\":$ph,"
     expect "handoff accept" 1 "$out" "\"dport\":$ph," '"event":"accept"' "\"pid\":$acceptor," "$h"
     expect "lost" 1 "$err" " 0 lost"

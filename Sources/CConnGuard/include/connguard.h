@@ -113,7 +113,8 @@ enum cg_drop_reason {
     CG_DROP_CONNECT_MAP_FULL = 1,    /* could not remember a connect's caller: event sent with CG_FLAG_PROCESS_UNKNOWN */
     CG_DROP_LISTENER_MAP_FULL = 2,   /* could not remember a listener's owner: its accepts carry CG_FLAG_LISTENER_UNKNOWN */
     CG_DROP_CGROUP_RINGBUF_FULL = 3, /* a cgroup mkdir/rmdir record was lost */
-    CG_DROP_REASON_COUNT = 4,
+    CG_DROP_ACCEPT_MAP_FULL = 4,     /* could not hold an accept for accept(): sent at once, naming the listener's owner */
+    CG_DROP_REASON_COUNT = 5,
 };
 
 /* Key of the `listeners` map: a listening port in one network namespace. */
