@@ -75,6 +75,44 @@ const volatile __u32 attribution_hook = CG_HOOK_TP_BTF;
  * when it attaches those tracepoints. */
 const volatile __u32 accept_via_syscall = 0;
 
+/* Repeat counting, for the agent (0: off, every event goes to the ring
+ * buffer, as `connguard trace` wants). With it on, the first event of each
+ * connection (cg_repeat_key) in a counting period, and up to
+ * repeats_sent_per_cpu others a second on each CPU, go to the ring buffer;
+ * the others are only counted, in the map `repeats` points to. User space
+ * swaps that map for its twin once a second (the update waits for running
+ * programs) and folds the old one's counts into the aggregates. Under a
+ * storm of one connection repeated, the reader then handles a few thousand
+ * events a second instead of 100,000. */
+const volatile __u32 count_repeats = 0;
+const volatile __u64 repeats_sent_per_cpu = 0;
+
+/* Per CPU, so that a connection repeated on every CPU at once does not bounce
+ * one cache line between them. 4096 connections per period; past that,
+ * events go to the ring buffer as usual. */
+struct repeat_map {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct cg_repeat_key);
+    __type(value, struct cg_repeat_count);
+} repeats_a SEC(".maps"), repeats_b SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __array(values, struct repeat_map);
+} repeats SEC(".maps") = {
+    .values = {&repeats_a},
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct cg_repeat_budget);
+} repeat_budget SEC(".maps");
+
 /* Events to user space. Writer: every program here. Reader: the agent's
  * ring-buffer thread. Size set by user space before load. */
 struct {
@@ -158,6 +196,70 @@ static __always_inline long wakeup_flags(__u64 record_size)
                : BPF_RB_NO_WAKEUP;
 }
 
+/* With count_repeats: whether `e` was counted as a repeat, so that it must
+ * not be sent. The first event of a connection in a period makes its entry
+ * (and is sent); later ones are sent while this CPU's budget for the second
+ * lasts, then counted. A full map only means more events are sent. */
+static __always_inline int counted_as_repeat(const struct cg_connection_event *e)
+{
+    struct cg_repeat_key key = {};
+    struct cg_repeat_count *n, first = {};
+    struct cg_repeat_budget *budget;
+    __u32 zero = 0;
+    void *counts;
+
+    if (!count_repeats)
+        return 0;
+    counts = bpf_map_lookup_elem(&repeats, &zero);
+    if (!counts)
+        return 0;
+    key.cgroup_id = e->cgroup_id;
+    __builtin_memcpy(key.peer, e->direction == CG_DIRECTION_CONNECT ? e->daddr : e->saddr, 16);
+    key.port = e->dport;
+    key.family = e->family;
+    key.direction = e->direction;
+    key.outcome = e->outcome;
+    n = bpf_map_lookup_elem(counts, &key);
+    if (!n) {
+        bpf_map_update_elem(counts, &key, &first, BPF_NOEXIST);
+        return 0;
+    }
+    budget = bpf_map_lookup_elem(&repeat_budget, &zero);
+    if (budget) {
+        if (e->timestamp_ns - budget->second_start >= 1000000000ULL) {
+            budget->second_start = e->timestamp_ns;
+            budget->sent = 0;
+        }
+        if (budget->sent < repeats_sent_per_cpu) {
+            budget->sent += 1;
+            return 0;
+        }
+    }
+    n->count += 1; /* this CPU's slot: no atomics needed */
+    n->last_ns = e->timestamp_ns;
+    return 1;
+}
+
+/* Sends a finished event (built on the stack). */
+static __always_inline void send_now(const struct cg_connection_event *e)
+{
+    struct cg_connection_event *out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+
+    if (!out) {
+        count_drop(CG_DROP_RINGBUF_FULL);
+        return;
+    }
+    __builtin_memcpy(out, e, sizeof(*out));
+    bpf_ringbuf_submit(out, wakeup_flags(sizeof(*out) + 8 /* record header */));
+}
+
+/* Sends a finished event unless it is a counted repeat. */
+static __always_inline void send_event(const struct cg_connection_event *e)
+{
+    if (!counted_as_repeat(e))
+        send_now(e);
+}
+
 /* Reads of the socket. `direct` is a compile-time constant at every call.
  * Where the socket is a typed (BTF) pointer, in tp_btf and fentry programs,
  * the verifier lets the program load its fields directly: one instruction
@@ -224,48 +326,41 @@ static __always_inline void on_connect_done(const struct sock *sk, __u16 family,
 {
     __u64 key = (__u64)sk;
     struct cg_connecting *who = bpf_map_lookup_elem(&connecting, &key);
-    struct cg_connection_event *e;
+    struct cg_connection_event e;
 
-    e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        count_drop(CG_DROP_RINGBUF_FULL);
-        if (who)
-            bpf_map_delete_elem(&connecting, &key);
-        return;
-    }
-    e->kind = CG_RECORD_CONNECTION;
-    e->timestamp_ns = bpf_ktime_get_boot_ns();
-    e->direction = CG_DIRECTION_CONNECT;
-    e->hook = attribution_hook;
-    e->family = family;
-    e->netns = sock_netns(sk, direct);
-    e->pad[0] = e->pad[1] = 0;
+    e.kind = CG_RECORD_CONNECTION;
+    e.timestamp_ns = bpf_ktime_get_boot_ns();
+    e.direction = CG_DIRECTION_CONNECT;
+    e.hook = attribution_hook;
+    e.family = family;
+    e.netns = sock_netns(sk, direct);
+    e.pad[0] = e.pad[1] = 0;
     if (newstate == TCP_ESTABLISHED) {
-        e->outcome = CG_OUTCOME_ESTABLISHED;
-        e->error = 0;
+        e.outcome = CG_OUTCOME_ESTABLISHED;
+        e.error = 0;
     } else {
-        e->outcome = CG_OUTCOME_FAILED;
+        e.outcome = CG_OUTCOME_FAILED;
         /* tcp_reset() / tcp_write_err() set sk_err before tcp_done() closes. */
-        e->error = SK_READ(direct, sk, sk_err);
+        e.error = SK_READ(direct, sk, sk_err);
     }
-    read_endpoints(sk, family, e->saddr, &e->sport, e->daddr, &e->dport, direct);
+    read_endpoints(sk, family, e.saddr, &e.sport, e.daddr, &e.dport, direct);
     if (who) {
-        e->pid = who->pid;
-        e->uid = who->uid;
-        e->cgroup_id = who->cgroup_id;
-        __builtin_memcpy(e->comm, who->comm, sizeof(e->comm));
-        e->flags = 0;
+        e.pid = who->pid;
+        e.uid = who->uid;
+        e.cgroup_id = who->cgroup_id;
+        __builtin_memcpy(e.comm, who->comm, sizeof(e.comm));
+        e.flags = 0;
         bpf_map_delete_elem(&connecting, &key);
     } else {
         /* Began before we attached, or `connecting` was full: the socket's
          * cgroup is still right; the process is not known. */
-        e->pid = 0;
-        e->uid = 0;
-        e->cgroup_id = sock_cgroup_id(sk, direct);
-        __builtin_memset(e->comm, 0, sizeof(e->comm));
-        e->flags = CG_FLAG_PROCESS_UNKNOWN;
+        e.pid = 0;
+        e.uid = 0;
+        e.cgroup_id = sock_cgroup_id(sk, direct);
+        __builtin_memset(e.comm, 0, sizeof(e.comm));
+        e.flags = CG_FLAG_PROCESS_UNKNOWN;
     }
-    bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
+    send_event(&e);
 }
 
 static __always_inline void on_listen(const struct sock *sk, __u16 family)
@@ -373,14 +468,10 @@ static __always_inline struct cg_connection_event *claim_held(__u64 key, const s
 
 static __always_inline void on_accept(const struct sock *sk, __u16 family, int in_process)
 {
-    struct cg_connection_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    struct cg_connection_event e;
 
-    if (!e) {
-        count_drop(CG_DROP_RINGBUF_FULL);
-        return;
-    }
-    fill_accept(e, sk, family, in_process);
-    bpf_ringbuf_submit(e, wakeup_flags(sizeof(*e) + 8 /* record header */));
+    fill_accept(&e, sk, family, in_process);
+    send_event(&e);
 }
 
 /* The tracepoint rung with syscall tracepoints: hold the accept until
@@ -393,6 +484,9 @@ static __always_inline void hold_accept(const struct sock *sk, __u16 family)
     long err;
 
     fill_accept(&e, sk, family, 0);
+    /* A repeat is only counted: it needs no process. */
+    if (counted_as_repeat(&e))
+        return;
     err = bpf_map_update_elem(&accepting, &key, &e, BPF_NOEXIST);
     if (err == -17 /* EEXIST */) {
         /* A socket at this address died unaccepted (reset, or its listener
@@ -404,13 +498,7 @@ static __always_inline void hold_accept(const struct sock *sk, __u16 family)
     }
     if (err) {
         count_drop(CG_DROP_ACCEPT_MAP_FULL);
-        out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
-        if (!out) {
-            count_drop(CG_DROP_RINGBUF_FULL);
-            return;
-        }
-        __builtin_memcpy(out, &e, sizeof(*out));
-        bpf_ringbuf_submit(out, wakeup_flags(sizeof(*out) + 8 /* record header */));
+        send_now(&e);
     }
 }
 

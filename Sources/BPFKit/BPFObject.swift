@@ -184,6 +184,22 @@ public struct BPFMap {
         }
     }
 
+    /// Every CPU's value at `key` of a per-CPU map (nil if the key is not
+    /// there). V's size must be a multiple of 8, as the kernel lays them out.
+    public func perCPUValues<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, as: V.Type = V.self) throws -> [V]? {
+        precondition(MemoryLayout<V>.stride % 8 == 0, "per-CPU values are 8-byte aligned")
+        let cpus = Int(libbpf_num_possible_cpus())
+        guard cpus > 0 else { throw BPFError("count CPUs", errno: -Int32(cpus)) }
+        return try withUnsafeBytes(of: key) { k in
+            try withUnsafeTemporaryAllocation(of: V.self, capacity: cpus) { values in
+                let r = bpf_map_lookup_elem(fd, k.baseAddress, values.baseAddress)
+                if r == -ENOENT { return nil }
+                try check(r, "read map \(name)")
+                return Array(values)
+            }
+        }
+    }
+
     /// Sums a per-CPU array of UInt64 counters at `index`.
     public func perCPUSum(index: UInt32) throws -> UInt64 {
         let cpus = Int(libbpf_num_possible_cpus())

@@ -68,6 +68,10 @@ public final class Agent: @unchecked Sendable {
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
         tracerConfig.snapshotConnections = true
         tracerConfig.acceptAttribution = AcceptAttribution(rawValue: configuration.acceptAttribution) ?? .caller
+        // The row budget also bounds what crosses the ring buffer: the kernel
+        // counts the other repeats of a connection (0: every event, one by one).
+        tracerConfig.countRepeats = configuration.individualEventsPerSecond > 0
+        tracerConfig.repeatsSentPerSecond = configuration.individualEventsPerSecond
         do {
             if let h = configuration.hooks {
                 guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
@@ -227,6 +231,9 @@ public final class Agent: @unchecked Sendable {
                 // Stored in their aggregated connection only, without a row
                 // (over --individual-events-per-second).
                 ("aggregated_only", .int(Int64(w.aggregatedOnly))),
+                // Of those, counted in the kernel (repeats that never
+                // crossed the ring buffer).
+                ("counted_in_kernel", .int(Int64(c.countedInKernel))),
             ])),
             ("lost", .object([
                 ("total", .int(Int64(loss.lostEvents + w.lost))),

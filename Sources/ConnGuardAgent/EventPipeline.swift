@@ -25,6 +25,8 @@ public struct PipelineCounts: Sendable, Equatable {
     /// Connections found established at start (in scope), also counted in
     /// connects and accepts.
     public var seeded: UInt64 = 0
+    /// Repeats the kernel counted instead of sending (in scope or not).
+    public var countedInKernel: UInt64 = 0
 }
 
 /// The agent's event path: the tracer's ring buffer, read on a thread of its
@@ -121,21 +123,33 @@ public final class EventPipeline: @unchecked Sendable {
     /// on that thread only (so no dynamic exclusivity check).
     @exclusivity(unchecked) private var seenAtStart = ConnectionSnapshot.empty
 
-    private func handle(_ e: ConnectionEvent, _ tally: inout Tally) {
+    /// One event, or (`repeats`) the kernel-counted repeats of a connection
+    /// that `e` stands for: the same path, counted that many times.
+    private func handle(_ e: ConnectionEvent, _ tally: inout Tally, repeats: UInt64? = nil) {
+        let n = repeats ?? 1
+        if repeats != nil { tally.counts.countedInKernel += n }
         if let scope, !scope.contains(e.cgroupID) {
-            tally.counts.outOfScope += 1
+            tally.counts.outOfScope += n
             return
         }
         // The time first: past the start-up window, no hashing per event.
-        if e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
+        if repeats == nil, e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
         let who = identity.resolve(e)
-        if who.isUnknown { tally.counts.unattributed += 1 }
-        let verdict = policy?.verdict(for: e, identity: who) ?? .allowed
-        if e.direction == .connect { tally.counts.connects += 1 } else { tally.counts.accepts += 1 }
-        tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += 1
-        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict))
+        if who.isUnknown { tally.counts.unattributed += n }
+        let verdict = policy?.verdict(for: e, identity: who, count: Int64(n)) ?? .allowed
+        if e.direction == .connect { tally.counts.connects += n } else { tally.counts.accepts += n }
+        tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += Int64(n)
+        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict, repeatCount: repeats.map { Int64($0) }))
         if tally.pending.count >= 1024 { submitPending(&tally) }
     }
+
+    /// Folds in what the kernel counted instead of sending (once a second,
+    /// and at the end).
+    private func takeRepeats(_ tally: inout Tally) throws {
+        for r in try tracer.takeRepeats() { handle(r.event, &tally, repeats: r.count) }
+        lastRepeatsTaken = BootClock.now(CLOCK_MONOTONIC)
+    }
+    @exclusivity(unchecked) private var lastRepeatsTaken: Int64 = 0
 
     private func submitPending(_ tally: inout Tally) {
         guard !tally.pending.isEmpty else { return }
@@ -156,6 +170,7 @@ public final class EventPipeline: @unchecked Sendable {
             counts.outOfScope += tally.counts.outOfScope
             counts.unattributed += tally.counts.unattributed
             counts.seeded += tally.counts.seeded
+            counts.countedInKernel += tally.counts.countedInKernel
         }
         tally.counts = PipelineCounts()
         for i in tally.byVerdict.indices { tally.byVerdict[i] = 0 }
@@ -176,7 +191,14 @@ public final class EventPipeline: @unchecked Sendable {
                         self.handle(e, &tally)
                     }
                 },
-                onIdle: { self.publish(&tally) })
+                onIdle: {
+                    if BootClock.now(CLOCK_MONOTONIC) - self.lastRepeatsTaken >= 1_000_000_000 {
+                        do { try self.takeRepeats(&tally) } catch { self.logger.error("reading the kernel's repeat counts: \(error)") }
+                    }
+                    self.publish(&tally)
+                })
+            try takeRepeats(&tally)
+            publish(&tally)
         } catch {
             logger.error("event pipeline stopped: \(error)")
             failure = error

@@ -60,7 +60,9 @@ public final class PolicyEngine: @unchecked Sendable {
 
     /// The verdict for one traced (so: not refused) connection, learning from
     /// it in learn mode.
-    public func verdict(for e: ConnectionEvent, identity who: Identity) -> Verdict {
+    /// `count`: the events `e` stands for (kernel-counted repeats of one
+    /// connection all get this verdict and count as that many hits).
+    public func verdict(for e: ConnectionEvent, identity who: Identity, count: Int64 = 1) -> Verdict {
         guard !who.isUnknown else { return .allowed }
         var newRule: (Rule, UInt32)?
         var newOwner: (IPAddress, UInt32)?
@@ -77,12 +79,12 @@ public final class PolicyEngine: @unchecked Sendable {
             func judge(_ entry: inout Entry) -> Verdict {
                 switch entry.baseline.mode {
                 case .learn:
-                    let (rule, isNew) = entry.baseline.learn(RuleKey(event: e, peerWorkload: peerWorkload), at: e.timeNanoseconds)
+                    let (rule, isNew) = entry.baseline.learn(RuleKey(event: e, peerWorkload: peerWorkload), at: e.timeNanoseconds, hits: count)
                     if isNew { newRule = (rule, entry.workloadID) }
                     entry.pending[rule.key] = rule
                     return .allowed
                 case .monitor:
-                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload) {
+                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload, hits: count) {
                         entry.pending[hit.key] = hit
                         return .allowed
                     }
@@ -91,7 +93,7 @@ public final class PolicyEngine: @unchecked Sendable {
                     pendingWouldDeny[who.workload] = e.timeNanoseconds
                     return .wouldDeny
                 case .enforce:
-                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload) { entry.pending[hit.key] = hit }
+                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload, hits: count) { entry.pending[hit.key] = hit }
                     return .allowed
                 }
             }

@@ -215,15 +215,20 @@ public final class EventStore: Sendable {
             let verdict = StoreCode.verdict(c.verdict)
             let key = AggregateKey(workload: ids.workload, direction: direction, peerHigh: peer.high, peerLow: peer.low,
                                    port: Int64(e.destinationPort), verdict: verdict)
-            let failed: Int64 = e.outcome == .failed ? 1 : 0
+            let n = c.repeatCount ?? 1
+            let failed: Int64 = e.outcome == .failed ? n : 0
             let t = e.timeNanoseconds
             if let i = aggregates.index(forKey: key) {
                 aggregates.values[i].first = min(aggregates.values[i].first, t)
                 aggregates.values[i].last = max(aggregates.values[i].last, t)
-                aggregates.values[i].count += 1
+                aggregates.values[i].count += n
                 aggregates.values[i].failed += failed
             } else {
-                aggregates[key] = AggregateValue(first: t, last: t, count: 1, failed: failed)
+                aggregates[key] = AggregateValue(first: t, last: t, count: n, failed: failed)
+            }
+            if c.repeatCount != nil {
+                aggregatedOnly += Int(n)
+                continue
             }
             if let sampler, !sampler.keep(key, at: t) {
                 aggregatedOnly += 1

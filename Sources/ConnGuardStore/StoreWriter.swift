@@ -205,12 +205,14 @@ public final class StoreWriter: @unchecked Sendable {
             var start = 0
             while start < batch.count {
                 let end = min(start + options.maxTransaction, batch.count)
+                // Events, not entries: an entry of kernel-counted repeats is many.
+                let events = batch[start..<end].reduce(0) { $0 + Int($1.repeatCount ?? 1) }
                 do {
                     aggregatedOnly += try store.append(Array(batch[start..<end]), sampler: sampler).aggregatedOnly
-                    written += end - start
+                    written += events
                     transactions += 1
                 } catch {
-                    failed += end - start
+                    failed += events
                     lastError = String(describing: error)
                 }
                 start = end

@@ -10,12 +10,18 @@ public struct StoredConnection: Sendable, Equatable {
     public var event: ConnectionEvent
     public var identity: Identity
     public var verdict: Verdict
+    /// nil: this is one event (a row, if the store's row budget allows).
+    /// n: it stands for n events of this connection that the kernel counted
+    /// without sending them: folded into the aggregate, never a row.
+    public var repeatCount: Int64?
 
-    public init(id: Int64? = nil, event: ConnectionEvent, identity: Identity, verdict: Verdict = .allowed) {
+    public init(id: Int64? = nil, event: ConnectionEvent, identity: Identity, verdict: Verdict = .allowed,
+                repeatCount: Int64? = nil) {
         self.id = id
         self.event = event
         self.identity = identity
         self.verdict = verdict
+        self.repeatCount = repeatCount
     }
 
     /// One JSON line: the keys of `connguard trace -o json` (time, event,

@@ -1,5 +1,6 @@
 import BPFKit
 import CConnGuard
+import CLibBPF
 import ConnGuardCore
 import Glibc
 import Logging
@@ -138,6 +139,14 @@ public final class Tracer {
         /// How long an accept waits for accept() to return it before it is
         /// sent naming the listener's owner (tracepoint rung, `caller`).
         public var acceptWaitNanoseconds: UInt64 = 1_000_000_000
+        /// Count repeats of a connection in the kernel instead of sending
+        /// each (see `takeRepeats()`): the first event of each connection
+        /// between two takes, and `repeatsSentPerSecond` others a second,
+        /// still come one by one. For the agent, which keeps aggregates; off
+        /// for `connguard trace`, which shows every event.
+        public var countRepeats = false
+        /// Repeats sent one by one a second, for the node (split over CPUs).
+        public var repeatsSentPerSecond = 2_000
         public init() {}
     }
 
@@ -161,6 +170,7 @@ public final class Tracer {
     private let drops: BPFMap
     /// Accepts held for accept() (tracepoint rung, `caller`); nil otherwise.
     private let heldAccepts: BPFMap?
+    private let repeatCounter: RepeatCounter?
     private var lastSweep: UInt64 = 0
     // Read for every record, on the polling thread only (run() is not
     // reentrant): no dynamic exclusivity check per access.
@@ -221,6 +231,9 @@ public final class Tracer {
         let viaSyscall = rung == .tracepoint && configuration.acceptAttribution == .caller && acceptFallback == nil
         acceptAttributionFallback = rung == .tracepoint ? acceptFallback : nil
         heldAccepts = viaSyscall ? try object.map("accepting") : nil
+        repeatCounter = configuration.countRepeats
+            ? try RepeatCounter(object: object, clock: clock, hook: ConnectionEvent.Hook(rawValue: attached.rung.rawValue) ?? .tracepoint)
+            : nil
 
         // unowned(unsafe): the reader belongs to this tracer and calls back
         // only from inside run(), so self is alive; a checked unowned
@@ -268,6 +281,9 @@ public final class Tracer {
         try object.setReadOnlyGlobal("wakeup_data_size", min(configuration.wakeupBytes, UInt64(configuration.ringBufferBytes) / 4))
         try object.setReadOnlyGlobal("attribution_hook", rung.hookValue)
         try object.setReadOnlyGlobal("accept_via_syscall", UInt32(acceptViaSyscall ? 1 : 0))
+        try object.setReadOnlyGlobal("count_repeats", UInt32(configuration.countRepeats ? 1 : 0))
+        let cpus = max(1, Int(libbpf_num_possible_cpus()))
+        try object.setReadOnlyGlobal("repeats_sent_per_cpu", UInt64((max(0, configuration.repeatsSentPerSecond) + cpus - 1) / cpus))
         var plan = rung.plan
         if acceptViaSyscall {
             plan = plan.map { step in
@@ -359,6 +375,16 @@ public final class Tracer {
         } catch {
             undecodable += 1
         }
+    }
+
+    /// The repeats the kernel counted since the last take (`countRepeats`;
+    /// empty without it). Takes up to a few tens of milliseconds: it waits
+    /// for the programs running at that moment to finish. Call it from one
+    /// thread, about once a second (each take starts a new period, whose
+    /// first event of each connection comes one by one), and once more after
+    /// run() returns.
+    public func takeRepeats() throws -> [RepeatCount] {
+        try repeatCounter?.take() ?? []
     }
 
     /// The connections found established at start (`snapshotConnections`),

@@ -176,7 +176,7 @@ struct StatusCommand: AsyncParsableCommand {
             for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
             print("at start:   \(n(s, "listeners_seeded")) listeners, \(n(s, "connections_seeded")) established connections learnt from /proc")
             let e = sub("events")
-            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only), \(n(e, "unattributed")) unattributed")
+            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only, \(n(e, "counted_in_kernel")) of them counted in the kernel), \(n(e, "unattributed")) unattributed")
             let l = sub("lost")
             print("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed"))); possibly lost to kernel recursion: \(n(l, "possibly_lost_kernel_recursion"))")
             print("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")

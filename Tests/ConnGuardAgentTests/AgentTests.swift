@@ -206,6 +206,11 @@ final class AgentTests: XCTestCase {
         let events = try XCTUnwrap(s["events"] as? [String: Any])
         XCTAssertEqual(events["stored"] as? Int, 120, "every event stored, as a row or a count")
         XCTAssertEqual(events["aggregated_only"] as? Int, 120 - rows.count)
+        // Most repeats never left the kernel: it counted them (budget 5 a
+        // second split over the CPUs, plus the first of each connection).
+        let inKernel = try XCTUnwrap(events["counted_in_kernel"] as? Int)
+        XCTAssertGreaterThan(inKernel, 60, "repeats counted in the kernel")
+        XCTAssertLessThanOrEqual(inKernel, 120 - rows.count)
         XCTAssertEqual((s["lost"] as? [String: Any])?["total"] as? Int, 0)
         let metrics = try httpGet(port: metricsPort, path: "/metrics")
         XCTAssertEqual(metricValue(metrics, "connguard_events_aggregated_only_total"), Double(120 - rows.count))

@@ -221,6 +221,46 @@ final class TracerTests: XCTestCase {
         XCTAssertEqual(later.count, 1, "accepting it afterwards must not report it again: \(later)")
     }
 
+    /// With repeat counting (the agent's mode), the first event of each
+    /// connection comes one by one and the kernel counts the rest under the
+    /// connection's key: together exactly one connect and one accept per
+    /// connection, with the right peer, port, cgroup and outcome.
+    func testRepeatsAreCountedInTheKernelExactly() throws {
+        var config = Tracer.Configuration()
+        config.countRepeats = true
+        config.repeatsSentPerSecond = 0
+        let collector = try TraceCollector(configuration: config)
+        defer { collector.finish() }
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        let n = 300
+        for _ in 0..<n {
+            let cfd = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port)
+            XCTAssertGreaterThanOrEqual(cfd, 0)
+            close(accept(lfd, nil, nil))
+            close(cfd)
+        }
+        // Sent one by one: the first of each direction (per counting period).
+        let sent = collector.wait { $0.filter { $0.destinationPort == port }.count >= 2 }
+        usleep(200_000)
+        let repeats = try collector.tracer.takeRepeats().filter { $0.port == port }
+        let ours = collector.connections.filter { $0.destinationPort == port }
+        XCTAssertGreaterThanOrEqual(sent.filter { $0.destinationPort == port }.count, 2)
+        for direction in [ConnectionEvent.Direction.connect, .accept] {
+            let one = ours.filter { $0.direction == direction }.count
+            let counted = repeats.filter { $0.direction == direction }.reduce(0) { $0 + Int($1.count) }
+            XCTAssertEqual(one + counted, n, "\(direction): \(one) sent + \(counted) counted")
+            XCTAssertGreaterThan(counted, 0)
+        }
+        for r in repeats {
+            XCTAssertEqual(r.peer, IPAddress("127.0.0.1"))
+            XCTAssertEqual(r.cgroupID, ownCgroupID())
+            XCTAssertEqual(r.outcome, .established)
+            XCTAssertLessThan(abs(r.lastSeenNanoseconds - BootClock.now(CLOCK_REALTIME)), 10_000_000_000)
+        }
+        XCTAssertEqual(try collector.tracer.takeRepeats().filter { $0.port == port }, [], "a take empties the counts")
+    }
+
     /// A server that was listening before the tracer started is learnt from
     /// /proc, so its accepts still carry its pid.
     func testListenerFromBeforeTheTracerIsKnown() throws {

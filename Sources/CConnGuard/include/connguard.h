@@ -118,6 +118,34 @@ enum cg_drop_reason {
 };
 
 /* Key of the `listeners` map: a listening port in one network namespace. */
+/* Repeat counting (the agent): a connection is (cgroup, direction, outcome,
+ * peer, port). The first event of each in a period, and a budget of others,
+ * go to the ring buffer; the rest are counted per CPU under this key, and
+ * user space folds the counts into the connection's aggregate. */
+struct cg_repeat_key {
+    __u64 cgroup_id;     /* as in the event */
+    __u8 peer[16];       /* connect: daddr; accept: saddr (the client); as in the event */
+    __u16 port;          /* the event's dport: the service port */
+    __u16 family;        /* AF_INET or AF_INET6 */
+    __u8 direction;      /* enum cg_direction */
+    __u8 outcome;        /* enum cg_outcome */
+    __u8 pad[2];
+};
+_Static_assert(sizeof(struct cg_repeat_key) == 32, "cg_repeat_key layout changed");
+
+struct cg_repeat_count {
+    __u64 count;         /* events counted here, not sent */
+    __u64 last_ns;       /* CLOCK_BOOTTIME of the latest of them */
+};
+_Static_assert(sizeof(struct cg_repeat_count) == 16, "cg_repeat_count layout changed");
+
+/* Per CPU: the budget of repeats sent one by one in the current second. */
+struct cg_repeat_budget {
+    __u64 second_start;  /* CLOCK_BOOTTIME */
+    __u64 sent;
+};
+_Static_assert(sizeof(struct cg_repeat_budget) == 16, "cg_repeat_budget layout changed");
+
 struct cg_listener_key {
     __u32 netns;
     __u16 port;          /* host byte order */

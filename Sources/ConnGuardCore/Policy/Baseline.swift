@@ -177,16 +177,16 @@ public struct Baseline: Sendable, Equatable {
         return isNew ? rule : nil
     }
 
-    /// Learns that a connection needing `key` happened at `time`.
+    /// Learns that `hits` connections needing `key` happened, the latest at `time`.
     @discardableResult
-    public mutating func learn(_ key: RuleKey, at time: Int64) -> (rule: Rule, isNew: Bool) {
+    public mutating func learn(_ key: RuleKey, at time: Int64, hits: Int64 = 1) -> (rule: Rule, isNew: Bool) {
         // One lookup, then the rule is changed in place (the agent's hot path).
         if let i = rules.index(forKey: key) {
-            rules.values[i].hits += 1
+            rules.values[i].hits += hits
             rules.values[i].lastSeen = max(rules.values[i].lastSeen, time)
             return (rules.values[i], false)
         }
-        let r = Rule(key: key, firstSeen: time, lastSeen: time, hits: 1)
+        let r = Rule(key: key, firstSeen: time, lastSeen: time, hits: hits)
         rules[key] = r
         lastChange = max(lastChange, time)
         return (r, true)
@@ -197,7 +197,7 @@ public struct Baseline: Sendable, Equatable {
     /// when no such rule exists (a wider imported block may still allow the
     /// connection: `allows`).
     @discardableResult
-    public mutating func recordHit(_ event: ConnectionEvent, peerWorkload: String?) -> Rule? {
+    public mutating func recordHit(_ event: ConnectionEvent, peerWorkload: String?, hits: Int64 = 1) -> Rule? {
         var key = RuleKey(event: event, peerWorkload: peerWorkload)
         var found = rules.index(forKey: key)
         if found == nil, peerWorkload != nil {
@@ -205,7 +205,7 @@ public struct Baseline: Sendable, Equatable {
             found = rules.index(forKey: key)
         }
         guard let i = found else { return nil }
-        rules.values[i].hits += 1
+        rules.values[i].hits += hits
         rules.values[i].lastSeen = max(rules.values[i].lastSeen, event.timeNanoseconds)
         return rules.values[i]
     }
