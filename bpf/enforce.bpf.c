@@ -183,16 +183,21 @@ static __always_inline struct cg_cgroup_policy *policy_of_current(__u64 *cgroup_
     p = bpf_map_lookup_elem(&cgroup_policy, &id);
     if (p)
         return p;
-    /* Deepest first; levels below the task's own give 0. */
-    for (int i = MAX_ANCESTOR_DEPTH - 1; i >= 0; i--) {
+    /* From the watched root down to the task's own cgroup, keeping the
+     * deepest policy found: a task in the root itself costs one helper call,
+     * not one per level (learn-mode workloads and unknown cgroups have no
+     * policy of their own, so every connect of theirs comes here). */
+    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
         __u64 a = bpf_get_current_ancestor_cgroup_id(watch_level + i);
+        struct cg_cgroup_policy *q;
+
         if (!a || a == id)
-            continue;
-        p = bpf_map_lookup_elem(&cgroup_policy, &a);
-        if (p)
-            return p;
+            break;
+        q = bpf_map_lookup_elem(&cgroup_policy, &a);
+        if (q)
+            p = q;
     }
-    return NULL;
+    return p;
 }
 
 /* The same, for the socket an skb is delivered to (the listener for a SYN). */
@@ -205,15 +210,17 @@ static __always_inline struct cg_cgroup_policy *policy_of_skb(struct __sk_buff *
     p = bpf_map_lookup_elem(&cgroup_policy, &id);
     if (p)
         return p;
-    for (int i = MAX_ANCESTOR_DEPTH - 1; i >= 0; i--) {
+    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
         __u64 a = bpf_skb_ancestor_cgroup_id(skb, watch_level + i);
+        struct cg_cgroup_policy *q;
+
         if (!a || a == id)
-            continue;
-        p = bpf_map_lookup_elem(&cgroup_policy, &a);
-        if (p)
-            return p;
+            break;
+        q = bpf_map_lookup_elem(&cgroup_policy, &a);
+        if (q)
+            p = q;
     }
-    return NULL;
+    return p;
 }
 
 /* Whether the baseline of `workload` holds (direction, port, peer address). */

@@ -172,6 +172,43 @@ struct {
     __type(value, struct cg_connection_event);
 } accepting SEC(".maps");
 
+/* With count_repeats most accepts are counted, never held, and the exits of
+ * accept() would walk the descriptor table for nothing. held_count says when
+ * nothing is held: [0] is what the kernel put in `accepting` less what it
+ * took out (atomically; rare with count_repeats), [1] what user space swept.
+ * Unused (never read) without count_repeats, where nearly every accept is
+ * held anyway. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} held_count SEC(".maps");
+
+static __always_inline void held_changed(__s64 by)
+{
+    __u32 zero = 0;
+    __u64 *n;
+
+    if (!count_repeats)
+        return;
+    n = bpf_map_lookup_elem(&held_count, &zero);
+    if (n)
+        __sync_fetch_and_add(n, by);
+}
+
+static __always_inline int nothing_held(void)
+{
+    __u32 kernel = 0, swept = 1;
+    __u64 *k, *u;
+
+    if (!count_repeats)
+        return 0;
+    k = bpf_map_lookup_elem(&held_count, &kernel);
+    u = bpf_map_lookup_elem(&held_count, &swept);
+    return k && u && *k == *u;
+}
+
 static __always_inline void count_drop(__u32 reason)
 {
     __u64 *n = bpf_map_lookup_elem(&drops, &reason);
@@ -454,7 +491,8 @@ static __always_inline struct cg_connection_event *claim_held(__u64 key, const s
 
     if (!e) {
         count_drop(CG_DROP_RINGBUF_FULL);
-        bpf_map_delete_elem(&accepting, &key);
+        if (!bpf_map_delete_elem(&accepting, &key))
+            held_changed(-1);
         return 0;
     }
     __builtin_memcpy(e, held, sizeof(*e));
@@ -463,6 +501,7 @@ static __always_inline struct cg_connection_event *claim_held(__u64 key, const s
         bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
         return 0;
     }
+    held_changed(-1);
     return e;
 }
 
@@ -499,7 +538,9 @@ static __always_inline void hold_accept(const struct sock *sk, __u16 family)
     if (err) {
         count_drop(CG_DROP_ACCEPT_MAP_FULL);
         send_now(&e);
+        return;
     }
+    held_changed(1);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -597,7 +638,7 @@ struct syscall_exit {
 
 static __always_inline int on_accept_return(const struct syscall_exit *ctx)
 {
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct task_struct *task = bpf_get_current_task_btf();
     struct cg_connection_event *held, *e;
     struct fdtable *fdt;
     struct file **fds;
@@ -606,12 +647,15 @@ static __always_inline int on_accept_return(const struct syscall_exit *ctx)
     __s64 fd = ctx->ret;
     __u64 key;
 
-    if (fd < 0)
+    if (fd < 0 || nothing_held())
         return 0;
-    fdt = BPF_CORE_READ(task, files, fdt);
-    if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+    /* The task is a typed (BTF) pointer: its files and fd table are read
+     * directly, several times cheaper than bpf_probe_read_kernel. The array
+     * of files and what hangs off a file are untyped, so read by helper. */
+    fdt = task->files->fdt;
+    if (!fdt || fd >= fdt->max_fds)
         return 0;
-    fds = BPF_CORE_READ(fdt, fd);
+    fds = fdt->fd;
     if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
         return 0;
     /* accept() returned this descriptor for a socket; if another thread

@@ -170,6 +170,9 @@ public final class Tracer {
     private let drops: BPFMap
     /// Accepts held for accept() (tracepoint rung, `caller`); nil otherwise.
     private let heldAccepts: BPFMap?
+    /// held_count in the kernel: [1] is how many held accepts we swept.
+    private let heldCount: BPFMap
+    private var swept: UInt64 = 0
     private let repeatCounter: RepeatCounter?
     private var lastSweep: UInt64 = 0
     // Read for every record, on the polling thread only (run() is not
@@ -231,6 +234,7 @@ public final class Tracer {
         let viaSyscall = rung == .tracepoint && configuration.acceptAttribution == .caller && acceptFallback == nil
         acceptAttributionFallback = rung == .tracepoint ? acceptFallback : nil
         heldAccepts = viaSyscall ? try object.map("accepting") : nil
+        heldCount = try object.map("held_count")
         repeatCounter = configuration.countRepeats
             ? try RepeatCounter(object: object, clock: clock, hook: ConnectionEvent.Hook(rawValue: attached.rung.rawValue) ?? .tracepoint)
             : nil
@@ -364,6 +368,9 @@ public final class Tracer {
                   final || now &- held.timestamp_ns >= configuration.acceptWaitNanoseconds,
                   // The delete decides, as in the kernel: whoever deletes it sends it.
                   try heldAccepts.delete(key: key) else { continue }
+            swept += 1
+            // Before delivering: the kernel's count of what is held stays exact.
+            try heldCount.update(key: UInt32(1), value: swept)
             withUnsafeBytes(of: held) { deliver(UnsafeRawBufferPointer($0)) }
         }
     }

@@ -204,9 +204,12 @@ final class EnforcerTests: XCTestCase {
         let events = try waitForDenials(denials) { $0.count >= 2 }
         XCTAssertEqual(Set(events.map(\.cgroupID)), [ctr.id, sub.id], "the event names the process's own cgroup")
 
-        // A policy of its own wins over the parent's.
+        // A policy of its own wins over the parent's, and the nearest
+        // ancestor's over a farther one's.
         try enforcer.setPolicy(cgroupID: ctr.id, workloadID: client, mode: .monitor)
         XCTAssertTrue(try box.connect(from: ctr.path, to: "127.0.0.1", port: b.port).ok)
+        XCTAssertTrue(try box.connect(from: sub.path, to: "127.0.0.1", port: b.port).ok, "ctr's policy, not pod's, covers ctr/sub")
+        XCTAssertEqual(try box.connect(from: pod.path, to: "127.0.0.1", port: b.port).errno, EPERM)
     }
 
     /// New cgroups in the subtree are reported at once on the enforcer's own
