@@ -48,6 +48,10 @@ public enum KernelProbe {
         r.facilities.append(.init(name: "bpffs", available: bpffs, detail: bpffs ? "mounted" : "not mounted (mount -t bpf bpf /sys/fs/bpf)"))
         let kprobes = access("/sys/bus/event_source/devices/kprobe", F_OK) == 0
         r.facilities.append(.init(name: "kprobes", available: kprobes, detail: kprobes ? "kprobe PMU present" : "no kprobe PMU (CONFIG_KPROBES off)"))
+        // Mounts tracefs if it is not (as the tracer would).
+        let syscallTracepoints = SyscallTracepoints.prepare()
+        r.facilities.append(.init(name: "syscall tracepoints", available: syscallTracepoints == nil,
+                                  detail: syscallTracepoints ?? "sys_exit_accept and sys_exit_accept4 (name who accepted on the tracepoint rung)"))
 
         do {
             try Prerequisites.check()
