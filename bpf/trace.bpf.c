@@ -164,10 +164,11 @@ struct {
  * by user space once it is a second old: whoever deletes it sends it, so it is
  * sent exactly once. A plain hash, not LRU; when full, accepts are sent at
  * once naming the listener's owner, and counted (CG_DROP_ACCEPT_MAP_FULL).
- * 16k is far more than the sum of the node's accept backlogs in practice. */
+ * An entry lives from the handshake to accept(), microseconds in practice:
+ * 4k at once is plenty, and keeps the map small enough for the cache. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
+    __uint(max_entries, 4096);
     __type(key, __u64);
     __type(value, struct cg_connection_event);
 } accepting SEC(".maps");
