@@ -263,6 +263,9 @@ public final class Agent: @unchecked Sendable {
                 ("cgroup", .string(enforcer?.cgroupPath ?? "")),
                 ("pinned_at", .string(configuration.pinRoot)),
                 ("adopted", .bool(enforcer?.adopted ?? false)),
+                // Attached when a workload is first enforced (learn and
+                // monitor need no kernel hook).
+                ("programs_attached", .bool(enforcer?.hooksAttached ?? false)),
                 ("unknown_cgroups", .string(configuration.unknownCgroups)),
                 ("on_exit", .string(configuration.failOpen ? "detach (fail open)" : "stay pinned")),
                 ("arming", enforcer?.armingLatency().map { .string($0.description) } ?? .null),

@@ -41,7 +41,7 @@ public final class Enforcer: @unchecked Sendable {
     public let cgroupID: UInt64
     public let configuration: Configuration
     /// True if this enforcer took over pinned links left by an earlier one.
-    public let adopted: Bool
+    public private(set) var adopted = false
     public let clock = BootClock.measure()
 
     private let object: BPFObject
@@ -52,7 +52,10 @@ public final class Enforcer: @unchecked Sendable {
     private let decisionMap: BPFMap
     private let dropMap: BPFMap
     private let denialMap: BPFMap
-    private var links: [BPFLink]
+    /// The programs' links, nil until attached (see `hooksAttached`).
+    /// Guarded by hookLock.
+    private var links: [BPFLink]?
+    private let hookLock = ConnGuardCore.Mutex()
     /// cg_enf_mkdir's attachment, while someone watches new cgroups (not pinned).
     private var birthLink: BPFLink?
     private let state = Mutex(State())
@@ -124,8 +127,27 @@ public final class Enforcer: @unchecked Sendable {
         dropMap = try object.map("enforce_drops")
         denialMap = try object.map("denials")
 
-        // Links: adopt the pinned ones (switching them to the programs just
-        // loaded, atomically), attach and pin the missing ones.
+        // Links: an earlier enforcer's pinned links are adopted now (they
+        // enforce already). Otherwise the programs are attached when first
+        // needed: learn and monitor need nothing of them, and a connect hook
+        // and a per-packet ingress hook cost every connection of the subtree
+        // several percent.
+        let pinned = Self.programNames.contains { access(Self.linkPin(root, $0), F_OK) == 0 }
+        if pinned || configuration.unknownCgroups == .deny {
+            do {
+                (links, adopted) = try attachHooks()
+            } catch {
+                if !pinRootExisted { _ = try? Enforcer.removeAll(pinRoot: root, sweepUnpinnedLinks: false) }
+                throw error
+            }
+        }
+    }
+
+    /// Adopts the pinned links (switching each to the programs just loaded,
+    /// atomically), attaches and pins the missing ones. On failure, undoes
+    /// what it made; what was pinned before stays as it was.
+    private func attachHooks() throws -> (links: [BPFLink], adopted: Bool) {
+        let root = configuration.pinRoot
         var attached: [BPFLink] = []
         var created: [String] = []
         var adoptedAny = false
@@ -139,8 +161,8 @@ public final class Enforcer: @unchecked Sendable {
                 if access(pin, F_OK) == 0 {
                     let link = try BPFLink.open(pinnedAt: pin)
                     let pinnedCgroup = try link.attachedCgroupID() ?? 0
-                    if pinnedCgroup != dir.id {
-                        throw EnforcerError.pinnedElsewhere(pinRoot: root, pinnedCgroupID: pinnedCgroup, requestedCgroupID: dir.id)
+                    if pinnedCgroup != cgroupID {
+                        throw EnforcerError.pinnedElsewhere(pinRoot: root, pinnedCgroupID: pinnedCgroup, requestedCgroupID: cgroupID)
                     }
                     do { try link.update(program: program) } catch let e as BPFError { throw EnforcerError.attach(e) }
                     attached.append(link)
@@ -157,19 +179,28 @@ public final class Enforcer: @unchecked Sendable {
                 }
             }
         } catch {
-            // Undo what this call made; what was pinned before stays as it was.
             for pin in created { _ = try? BPFSystem.detachPinnedLink(pin); unlink(pin) }
-            attached.removeAll()
-            if !pinRootExisted { _ = try? Enforcer.removeAll(pinRoot: root, sweepUnpinnedLinks: false) }
             throw error
         }
-        links = attached
-        adopted = adoptedAny
+        return (attached, adoptedAny)
+    }
+
+    /// Whether the enforcement programs are attached to the subtree: from the
+    /// first cgroup put in enforce mode (or from the start with unknown
+    /// cgroups denied, or pinned links to adopt) until a fail-open close.
+    public var hooksAttached: Bool { hookLock.withLock { links != nil } }
+
+    /// Attaches the programs if they are not yet: before a policy that needs
+    /// them is written, so that it is enforced from the moment it is there.
+    private func ensureHooks() throws {
+        try hookLock.withLock {
+            if links == nil { links = try attachHooks().links }
+        }
     }
 
     deinit {
         // Leave the pins: the kernel keeps enforcing with no agent.
-        for l in links { l.disconnect() }
+        for l in links ?? [] { l.disconnect() }
     }
 
     /// Stops using the kernel objects. failOpen: false leaves everything pinned
@@ -184,13 +215,15 @@ public final class Enforcer: @unchecked Sendable {
         if already && !failOpen { return }
         birthLink?.detach()
         birthLink = nil
-        if failOpen {
-            for l in links { try l.detachNow() }
-            links.removeAll()
-            _ = try Enforcer.removeAll(pinRoot: configuration.pinRoot, sweepUnpinnedLinks: false)
-        } else {
-            for l in links { l.disconnect() }
-            links.removeAll()
+        try hookLock.withLock {
+            if failOpen {
+                for l in links ?? [] { try l.detachNow() }
+                links = nil
+                _ = try Enforcer.removeAll(pinRoot: configuration.pinRoot, sweepUnpinnedLinks: false)
+            } else {
+                for l in links ?? [] { l.disconnect() }
+                links = nil
+            }
         }
     }
 
@@ -204,6 +237,7 @@ public final class Enforcer: @unchecked Sendable {
     /// under a workload's policy. Takes effect at the next connect() or SYN.
     public func setPolicy(cgroupID: UInt64, workloadID: UInt32, mode: EnforcementMode) throws {
         try ensureOpen()
+        if mode == .enforce { try ensureHooks() }
         var v = cg_cgroup_policy()
         v.workload_id = workloadID
         v.mode = mode.rawValue

@@ -82,14 +82,30 @@ final class EnforcerTests: XCTestCase {
         let denials = try enforcer.denialReader()
         try enforcer.add(EnforcementRule(workloadID: client, direction: .connect, port: a.port, peer: .cidr(CIDR("127.0.0.1")!)))
 
+        // Nothing enforced yet: no program is attached, so the subtree pays
+        // nothing for enforcement.
+        for mode in [EnforcementMode.learn, .monitor] {
+            try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: mode)
+            XCTAssertFalse(enforcer.hooksAttached, "\(mode)")
+            XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }, [], "\(mode)")
+            XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: a.port).ok, "\(mode)")
+            XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok, "\(mode): outside the baseline, still allowed")
+        }
+        // Another cgroup enforced: the programs are attached, and still decide
+        // learn and monitor as allowed.
+        let other = try box.child("enforced")
+        try enforcer.setPolicy(cgroupID: other.id, workloadID: client, mode: .enforce)
+        XCTAssertTrue(enforcer.hooksAttached)
+        XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }.count, 5)
         for mode in [EnforcementMode.learn, .monitor] {
             try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: mode)
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: a.port).ok, "\(mode)")
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok, "\(mode): outside the baseline, still allowed")
         }
-        XCTAssertEqual(try denials.poll(timeoutMilliseconds: 200), [])
+        XCTAssertEqual(try box.connect(from: other.path, to: "127.0.0.1", port: b.port).errno, EPERM)
+        XCTAssertEqual(try denials.poll(timeoutMilliseconds: 200).filter { $0.cgroupID == cg.id }, [])
         XCTAssertGreaterThanOrEqual(try enforcer.decisionCounts().connect.notEnforced, 4)
-        XCTAssertEqual(try enforcer.decisionCounts().connect.denied, 0)
+        XCTAssertEqual(try enforcer.decisionCounts().connect.denied, 1)
     }
 
     /// A cgroup with no policy is allowed, unless the operator asked for deny.
@@ -102,12 +118,16 @@ final class EnforcerTests: XCTestCase {
         let cg = try box.child("stranger")
         do {
             let enforcer = try box.open()
+            // With the programs attached (a cgroup in enforce mode), an
+            // unknown cgroup is still allowed.
+            try enforcer.setPolicy(cgroupID: try box.child("enforced").id, workloadID: client, mode: .enforce)
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: a.port).ok)
             XCTAssertGreaterThanOrEqual(try enforcer.decisionCounts().connect.unknownCgroup, 1)
             try enforcer.close(failOpen: true)
         }
-        // The operator's explicit `--unknown deny`.
+        // The operator's explicit `--unknown deny`: attached from the start.
         let strict = try box.open(unknown: .deny)
+        XCTAssertTrue(strict.hooksAttached)
         let denials = try strict.denialReader()
         let r = try box.connect(from: cg.path, to: "127.0.0.1", port: a.port)
         XCTAssertEqual(r.errno, EPERM)
