@@ -188,8 +188,7 @@ public struct BPFMap {
     /// there). V's size must be a multiple of 8, as the kernel lays them out.
     public func perCPUValues<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, as: V.Type = V.self) throws -> [V]? {
         precondition(MemoryLayout<V>.stride % 8 == 0, "per-CPU values are 8-byte aligned")
-        let cpus = Int(libbpf_num_possible_cpus())
-        guard cpus > 0 else { throw BPFError("count CPUs", errno: -Int32(cpus)) }
+        let cpus = try BPFSystem.possibleCPUs()
         return try withUnsafeBytes(of: key) { k in
             try withUnsafeTemporaryAllocation(of: V.self, capacity: cpus) { values in
                 let r = bpf_map_lookup_elem(fd, k.baseAddress, values.baseAddress)
@@ -202,8 +201,7 @@ public struct BPFMap {
 
     /// Sums a per-CPU array of UInt64 counters at `index`.
     public func perCPUSum(index: UInt32) throws -> UInt64 {
-        let cpus = Int(libbpf_num_possible_cpus())
-        guard cpus > 0 else { throw BPFError("count CPUs", errno: -Int32(cpus)) }
+        let cpus = try BPFSystem.possibleCPUs()
         var values = [UInt64](repeating: 0, count: cpus)
         var key = index
         try check(bpf_map_lookup_elem(fd, &key, &values), "read map \(name)")

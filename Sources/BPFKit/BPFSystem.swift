@@ -4,6 +4,13 @@ import Glibc
 /// Questions about what is loaded in the kernel as a whole (not just ours):
 /// used to prove that nothing is left behind.
 public enum BPFSystem {
+    /// CPUs the kernel may bring up: the number of slots of a per-CPU map value.
+    public static func possibleCPUs() throws -> Int {
+        let n = Int(libbpf_num_possible_cpus())
+        guard n > 0 else { throw BPFError("count CPUs", errno: -Int32(n)) }
+        return n
+    }
+
     /// Whether a program with this id is still loaded.
     public static func programExists(id: UInt32) -> Bool {
         let fd = bpf_prog_get_fd_by_id(id)

@@ -1,6 +1,5 @@
 import BPFKit
 import CConnGuard
-import CLibBPF
 import ConnGuardCore
 import Glibc
 import Logging
@@ -286,7 +285,7 @@ public final class Tracer {
         try object.setReadOnlyGlobal("attribution_hook", rung.hookValue)
         try object.setReadOnlyGlobal("accept_via_syscall", UInt32(acceptViaSyscall ? 1 : 0))
         try object.setReadOnlyGlobal("count_repeats", UInt32(configuration.countRepeats ? 1 : 0))
-        let cpus = max(1, Int(libbpf_num_possible_cpus()))
+        let cpus = try BPFSystem.possibleCPUs()
         try object.setReadOnlyGlobal("repeats_sent_per_cpu", UInt64((max(0, configuration.repeatsSentPerSecond) + cpus - 1) / cpus))
         var plan = rung.plan
         if acceptViaSyscall {
