@@ -275,6 +275,7 @@ public final class PolicyEngine: @unchecked Sendable {
         let workloads = lock.withLock { Array(entries.keys) }
         for w in workloads { try syncRules(w) }
         try armAll()
+        releaseUnusedPrograms()
     }
 
     func syncRules(_ workload: String) throws {
@@ -293,6 +294,19 @@ public final class PolicyEngine: @unchecked Sendable {
             } else {
                 try enforcer.setPolicy(cgroupID: cgroupID, workloadID: id, mode: EnforcementMode(mode))
             }
+        }
+        if mode != .enforce { releaseUnusedPrograms() }
+    }
+
+    /// With no workload enforced, the kernel's enforcement programs only cost
+    /// every connection of the subtree: detach them until one is.
+    private func releaseUnusedPrograms() {
+        do {
+            if try enforcer?.releaseProgramsIfUnused() == true {
+                logger.info("enforcement programs detached: no workload is in enforce mode")
+            }
+        } catch {
+            logger.warning("could not check whether enforcement programs are still needed: \(error)")
         }
     }
 

@@ -190,11 +190,27 @@ public final class Enforcer: @unchecked Sendable {
     /// cgroups denied, or pinned links to adopt) until a fail-open close.
     public var hooksAttached: Bool { hookLock.withLock { links != nil } }
 
-    /// Attaches the programs if they are not yet: before a policy that needs
-    /// them is written, so that it is enforced from the moment it is there.
-    private func ensureHooks() throws {
-        try hookLock.withLock {
-            if links == nil { links = try attachHooks().links }
+    /// Detaches the programs and removes their pins when nothing needs them:
+    /// no cgroup in enforce mode and unknown cgroups allowed (learn and
+    /// monitor decide nothing in the kernel). The next enforce policy attaches
+    /// them again. Returns whether it detached them.
+    @discardableResult
+    public func releaseProgramsIfUnused() throws -> Bool {
+        try ensureOpen()
+        guard configuration.unknownCgroups == .allow else { return false }
+        // Under hookLock, as setPolicy's attach-and-write: an enforce policy
+        // cannot be written between the scan and the detach.
+        return try hookLock.withLock {
+            guard let attached = links else { return false }
+            for id in try policyMap.keys(as: UInt64.self) {
+                if let v = try policyMap.lookup(key: id, as: cg_cgroup_policy.self), v.mode == EnforcementMode.enforce.rawValue {
+                    return false
+                }
+            }
+            for l in attached { try l.detachNow() }
+            for name in Self.programNames { unlink(Self.linkPin(configuration.pinRoot, name)) }
+            links = nil
+            return true
         }
     }
 
@@ -237,11 +253,16 @@ public final class Enforcer: @unchecked Sendable {
     /// under a workload's policy. Takes effect at the next connect() or SYN.
     public func setPolicy(cgroupID: UInt64, workloadID: UInt32, mode: EnforcementMode) throws {
         try ensureOpen()
-        if mode == .enforce { try ensureHooks() }
         var v = cg_cgroup_policy()
         v.workload_id = workloadID
         v.mode = mode.rawValue
-        try update(policyMap, key: cgroupID, value: v)
+        // An enforce policy needs the programs: attached first, so that it is
+        // enforced from the moment it is written, and under hookLock, so that
+        // a release cannot come in between.
+        try hookLock.withLock {
+            if mode == .enforce && links == nil { links = try attachHooks().links }
+            try update(policyMap, key: cgroupID, value: v)
+        }
     }
 
     /// The same, naming the cgroup by path; returns its id.

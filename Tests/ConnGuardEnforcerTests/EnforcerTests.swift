@@ -108,6 +108,39 @@ final class EnforcerTests: XCTestCase {
         XCTAssertEqual(try enforcer.decisionCounts().connect.denied, 1)
     }
 
+    /// When the last cgroup leaves enforce mode, the programs can be
+    /// detached (pins too); the next enforce policy attaches them again and
+    /// is enforced at once. Never while a cgroup is enforced.
+    func testProgramsAreReleasedWhenNothingIsEnforced() throws {
+        try requireRoot()
+        let box = try EnforceSandbox()
+        defer { box.cleanup() }
+        let b = try Net.listener(address: "127.0.0.1")
+        defer { close(b.fd) }
+        let cg = try box.child("client")
+        let other = try box.child("other")
+        let enforcer = try box.open()
+        try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: .enforce)
+        try enforcer.setPolicy(cgroupID: other.id, workloadID: client, mode: .enforce)
+        XCTAssertEqual(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).errno, EPERM)
+
+        try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: .monitor)
+        XCTAssertFalse(try enforcer.releaseProgramsIfUnused(), "another cgroup is still enforced")
+        XCTAssertEqual(try box.connect(from: other.path, to: "127.0.0.1", port: b.port).errno, EPERM)
+
+        XCTAssertTrue(try enforcer.removePolicy(cgroupID: other.id))
+        XCTAssertTrue(try enforcer.releaseProgramsIfUnused())
+        XCTAssertFalse(enforcer.hooksAttached)
+        XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }, [])
+        XCTAssertNotEqual(access("\(box.pinRoot)/link_cg_enf_connect4", F_OK), 0, "link pins removed")
+        XCTAssertEqual(access("\(box.pinRoot)/cgroup_policy", F_OK), 0, "maps stay pinned")
+        XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok)
+
+        try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: .enforce)
+        XCTAssertTrue(enforcer.hooksAttached)
+        XCTAssertEqual(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).errno, EPERM)
+    }
+
     /// A cgroup with no policy is allowed, unless the operator asked for deny.
     func testUnknownCgroupIsAllowedUnlessDenyIsAsked() throws {
         try requireRoot()
