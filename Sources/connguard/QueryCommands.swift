@@ -186,7 +186,7 @@ struct StatusCommand: AsyncParsableCommand {
             let m = sub("modes")
             print("modes:      \(n(m, "learn")) learn, \(n(m, "monitor")) monitor, \(n(m, "enforce")) enforce")
             let enf = sub("enforcement")
-            let attached = (enf["programs_attached"] as? Bool) == true ? "programs attached" : "programs not attached yet (nothing enforced)"
+            let attached = (enf["programs_attached"] as? Bool) == true ? "programs attached" : "programs not attached (nothing enforced)"
             print("enforce:    on \(enf["cgroup"] ?? "-"), \(attached), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
             if let a = enf["arming"] as? String { print("arming:     \(a)") }
             if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { print("audit:      \(recent)") }
