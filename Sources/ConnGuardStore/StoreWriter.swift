@@ -53,7 +53,8 @@ public final class StoreWriter: @unchecked Sendable {
     }
 
     public struct Counters: Sendable, Equatable {
-        /// Accepted into the queue.
+        /// Events accepted into the queue (an entry of kernel-counted repeats
+        /// counts as its events, here and below).
         public var accepted: UInt64 = 0
         /// Committed to the database (as a row, or in its aggregate only).
         public var written: UInt64 = 0
@@ -119,12 +120,12 @@ public final class StoreWriter: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard !stopping, queue.count + inFlight < options.capacity else {
-            counters.dropped += 1
+            counters.dropped += UInt64(connection.eventCount)
             return false
         }
         queue.append(connection)
         acceptedSeq += 1
-        counters.accepted += 1
+        counters.accepted += UInt64(connection.eventCount)
         // Wake the writer when the queue stops being empty (it then waits at
         // most flushInterval for more) and when a full batch is ready.
         if queue.count == 1 || queue.count == options.batchSize { condition.broadcast() }
@@ -141,8 +142,9 @@ public final class StoreWriter: @unchecked Sendable {
         let taken = min(room, connections.count)
         queue.append(contentsOf: connections.prefix(taken))
         acceptedSeq += UInt64(taken)
-        counters.accepted += UInt64(taken)
-        counters.dropped += UInt64(connections.count - taken)
+        // Counters count events: an entry of kernel-counted repeats is many.
+        counters.accepted += UInt64(connections.prefix(taken).reduce(0) { $0 + $1.eventCount })
+        counters.dropped += UInt64(connections.dropFirst(taken).reduce(0) { $0 + $1.eventCount })
         if (wasEmpty && taken > 0) || queue.count >= options.batchSize { condition.broadcast() }
         return taken
     }
@@ -205,8 +207,7 @@ public final class StoreWriter: @unchecked Sendable {
             var start = 0
             while start < batch.count {
                 let end = min(start + options.maxTransaction, batch.count)
-                // Events, not entries: an entry of kernel-counted repeats is many.
-                let events = batch[start..<end].reduce(0) { $0 + Int($1.repeatCount ?? 1) }
+                let events = batch[start..<end].reduce(0) { $0 + $1.eventCount }
                 do {
                     aggregatedOnly += try store.append(Array(batch[start..<end]), sampler: sampler).aggregatedOnly
                     written += events

@@ -14,6 +14,8 @@ public struct StoredConnection: Sendable, Equatable {
     /// n: it stands for n events of this connection that the kernel counted
     /// without sending them: folded into the aggregate, never a row.
     public var repeatCount: Int64?
+    /// The events this stands for.
+    public var eventCount: Int { Int(repeatCount ?? 1) }
 
     public init(id: Int64? = nil, event: ConnectionEvent, identity: Identity, verdict: Verdict = .allowed,
                 repeatCount: Int64? = nil) {

@@ -59,6 +59,30 @@ final class SamplerTests: StoreTestCase {
         try store.close()
     }
 
+    /// Repeats the kernel counted arrive as one entry that stands for many:
+    /// folded into the aggregate (count, failures, last seen), never a row,
+    /// and counted as that many events by the writer.
+    func testKernelCountedRepeatsGoToTheAggregateOnly() throws {
+        let store = try EventStore(path: dbPath)
+        var repeats = connection(base + 5_000, outcome: .failed, pid: 0)
+        repeats.repeatCount = 250
+        let result = try store.append([connection(base), repeats], sampler: EventSampler(budget: .init(eventsPerSecond: 10)))
+        XCTAssertEqual(result.aggregatedOnly, 250)
+        XCTAssertEqual(result.ids?.count, 1, "only the event sent one by one has a row")
+        let aggregates = try store.queryAggregates(ConnectionQuery())
+        XCTAssertEqual(aggregates.map(\.count), [251])
+        XCTAssertEqual(aggregates.first?.failedCount, 250)
+        XCTAssertEqual(aggregates.first?.lastSeen, base + 5_000)
+        try store.close()
+
+        let writer = StoreWriter(store: try EventStore(path: dbPath), options: .init(capacity: 10))
+        XCTAssertEqual(writer.submit(contentsOf: [repeats, connection(base + 6_000)]), 2)
+        writer.flush()
+        XCTAssertEqual(writer.snapshot.accepted, 251)
+        XCTAssertEqual(writer.snapshot.written, 251)
+        writer.close()
+    }
+
     func testWithoutASamplerEveryEventGetsARow() throws {
         let store = try EventStore(path: dbPath)
         let batch = (0..<100).map { connection(base + Int64($0)) }
