@@ -187,7 +187,8 @@ public final class Tracer {
         clock = BootClock.measure()
 
         var refused: [(rung: HookRung, reason: String)] = []
-        var attached: (object: BPFObject, links: [BPFLink], hooks: [HookChoice], rung: HookRung)?
+        var attached: (object: BPFObject, links: [BPFLink], hooks: [HookChoice], rung: HookRung, acceptViaSyscall: Bool)?
+        // Set only on the tracepoint rung, the last one tried.
         var acceptFallback: String?
         for rung in configuration.forcedRung.map({ [$0] }) ?? HookRung.allCases {
             do {
@@ -198,7 +199,7 @@ public final class Tracer {
                     if acceptFallback == nil {
                         do {
                             let (o, l, h) = try Tracer.open(rung: rung, acceptViaSyscall: true, configuration: configuration)
-                            attached = (o, l, h, rung)
+                            attached = (o, l, h, rung, true)
                             break
                         } catch let e as TracerError {
                             acceptFallback = "syscall tracepoints refused: \(e.shortReason)"
@@ -208,7 +209,7 @@ public final class Tracer {
                                   metadata: ["reason": "\(acceptFallback ?? "")"])
                 }
                 let (o, l, h) = try Tracer.open(rung: rung, acceptViaSyscall: false, configuration: configuration)
-                attached = (o, l, h, rung)
+                attached = (o, l, h, rung, false)
                 break
             } catch let e as TracerError {
                 if configuration.forcedRung != nil { throw TracerError.rungRefused(rung, e) }
@@ -221,8 +222,7 @@ public final class Tracer {
         guard let attached else { throw TracerError.noRung }
         object = attached.object
         links = attached.links
-        let namesListener = attached.rung == .tracepoint
-            ? (configuration.acceptAttribution == .listener ? "asked for" : acceptFallback) : nil
+        let namesListener = attached.rung == .tracepoint && !attached.acceptViaSyscall ? acceptFallback ?? "asked for" : nil
         hooks = attached.hooks.map { h in
             guard h.capability == "accept", let why = namesListener else { return h }
             return HookChoice(capability: h.capability, rung: h.rung, detail: "\(h.detail); names the listener's owner: \(why)")
@@ -230,9 +230,8 @@ public final class Tracer {
         rung = attached.rung
         refusedRungs = refused
         drops = try object.map("drops")
-        let viaSyscall = rung == .tracepoint && configuration.acceptAttribution == .caller && acceptFallback == nil
-        acceptAttributionFallback = rung == .tracepoint ? acceptFallback : nil
-        heldAccepts = viaSyscall ? try object.map("accepting") : nil
+        acceptAttributionFallback = acceptFallback
+        heldAccepts = attached.acceptViaSyscall ? try object.map("accepting") : nil
         heldCount = try object.map("held_count")
         repeatCounter = configuration.countRepeats
             ? try RepeatCounter(object: object, clock: clock, hook: ConnectionEvent.Hook(rawValue: attached.rung.rawValue) ?? .tracepoint)
