@@ -155,19 +155,10 @@ extension ConnectionEvent {
         else {
             throw RecordDecodingError.badField("family \(raw.family)")
         }
-        let direction: Direction
-        switch UInt32(raw.direction) {
-        case CG_DIRECTION_CONNECT.rawValue: direction = .connect
-        case CG_DIRECTION_ACCEPT.rawValue: direction = .accept
-        default: throw RecordDecodingError.badField("direction \(raw.direction)")
+        guard let direction = Direction(kernel: raw.direction) else {
+            throw RecordDecodingError.badField("direction \(raw.direction)")
         }
-        let outcome: Outcome
-        switch UInt32(raw.outcome) {
-        case CG_OUTCOME_ESTABLISHED.rawValue: outcome = .established
-        case CG_OUTCOME_FAILED.rawValue: outcome = .failed
-        case CG_OUTCOME_DENIED.rawValue: outcome = .denied
-        default: throw RecordDecodingError.badField("outcome \(raw.outcome)")
-        }
+        guard let outcome = Outcome(kernel: raw.outcome) else { throw RecordDecodingError.badField("outcome \(raw.outcome)") }
         let hook: Hook
         switch UInt32(raw.hook) {
         case CG_HOOK_TP_BTF.rawValue: hook = .tracepoint
@@ -224,5 +215,28 @@ public struct BootClock: Sendable {
         var ts = timespec()
         clock_gettime(clock, &ts)
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+}
+
+extension ConnectionEvent.Direction {
+    /// From enum cg_direction (connguard.h).
+    public init?(kernel value: UInt8) {
+        switch UInt32(value) {
+        case CG_DIRECTION_CONNECT.rawValue: self = .connect
+        case CG_DIRECTION_ACCEPT.rawValue: self = .accept
+        default: return nil
+        }
+    }
+}
+
+extension ConnectionEvent.Outcome {
+    /// From enum cg_outcome (connguard.h).
+    public init?(kernel value: UInt8) {
+        switch UInt32(value) {
+        case CG_OUTCOME_ESTABLISHED.rawValue: self = .established
+        case CG_OUTCOME_FAILED.rawValue: self = .failed
+        case CG_OUTCOME_DENIED.rawValue: self = .denied
+        default: return nil
+        }
     }
 }

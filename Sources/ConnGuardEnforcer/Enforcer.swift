@@ -187,7 +187,8 @@ public final class Enforcer: @unchecked Sendable {
 
     /// Whether the enforcement programs are attached to the subtree: from the
     /// first cgroup put in enforce mode (or from the start with unknown
-    /// cgroups denied, or pinned links to adopt) until a fail-open close.
+    /// cgroups denied, or pinned links to adopt) until released
+    /// (`releaseProgramsIfUnused`) or a fail-open close.
     public var hooksAttached: Bool { hookLock.withLock { links != nil } }
 
     /// Detaches the programs and removes their pins when nothing needs them:
@@ -201,12 +202,7 @@ public final class Enforcer: @unchecked Sendable {
         // Under hookLock, as setPolicy's attach-and-write: an enforce policy
         // cannot be written between the scan and the detach.
         return try hookLock.withLock {
-            guard let attached = links else { return false }
-            for id in try policyMap.keys(as: UInt64.self) {
-                if let v = try policyMap.lookup(key: id, as: cg_cgroup_policy.self), v.mode == EnforcementMode.enforce.rawValue {
-                    return false
-                }
-            }
+            guard let attached = links, try !policies().values.contains(where: { $0.mode == .enforce }) else { return false }
             for l in attached { try l.detachNow() }
             for name in Self.programNames { unlink(Self.linkPin(configuration.pinRoot, name)) }
             links = nil

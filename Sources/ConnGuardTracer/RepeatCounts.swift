@@ -40,6 +40,9 @@ final class RepeatCounter {
     private var idle: BPFMap
     private let clock: BootClock
     private let hook: ConnectionEvent.Hook
+    /// Counted events whose key user space could not read (a bug if ever
+    /// non-zero); reported with the tracer's undecodable records.
+    private(set) var undecodable: UInt64 = 0
 
     init(object: BPFObject, clock: BootClock, hook: ConnectionEvent.Hook) throws {
         slot = try object.map("repeats")
@@ -63,22 +66,21 @@ final class RepeatCounter {
             guard let perCPU = try full.perCPUValues(key: key, as: cg_repeat_count.self) else { continue }
             try full.delete(key: key)
             let count = perCPU.reduce(0) { $0 &+ $1.count }
-            guard count > 0, let r = repeatCount(key, count: count, lastBoot: perCPU.map(\.last_ns).max() ?? 0) else { continue }
+            guard count > 0 else { continue }
+            guard let r = repeatCount(key, count: count, lastBoot: perCPU.map(\.last_ns).max() ?? 0) else {
+                undecodable += count
+                continue
+            }
             result.append(r)
         }
         return result
     }
 
     private func repeatCount(_ key: cg_repeat_key, count: UInt64, lastBoot: UInt64) -> RepeatCount? {
-        guard let peer = withUnsafeBytes(of: key.peer, { IPAddress(family: Int32(key.family), networkBytes: $0.baseAddress!) })
+        guard let peer = withUnsafeBytes(of: key.peer, { IPAddress(family: Int32(key.family), networkBytes: $0.baseAddress!) }),
+              let direction = ConnectionEvent.Direction(kernel: key.direction),
+              let outcome = ConnectionEvent.Outcome(kernel: key.outcome)
         else { return nil }
-        let direction: ConnectionEvent.Direction = UInt32(key.direction) == CG_DIRECTION_ACCEPT.rawValue ? .accept : .connect
-        let outcome: ConnectionEvent.Outcome
-        switch UInt32(key.outcome) {
-        case CG_OUTCOME_FAILED.rawValue: outcome = .failed
-        case CG_OUTCOME_DENIED.rawValue: outcome = .denied
-        default: outcome = .established
-        }
         return RepeatCount(cgroupID: key.cgroup_id, direction: direction, outcome: outcome, peer: peer, port: key.port,
                            count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot), hook: hook)
     }

@@ -407,7 +407,7 @@ public final class Tracer {
         c.listenerMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_LISTENER_MAP_FULL.rawValue))
         c.cgroupRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_CGROUP_RINGBUF_FULL.rawValue))
         c.acceptMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_ACCEPT_MAP_FULL.rawValue))
-        c.undecodable = undecodable
+        c.undecodable = undecodable + (repeatCounter?.undecodable ?? 0)
         for p in object.programs {
             if let info = try? p.info() { c.recursionMisses += info.recursion_misses }
         }
