@@ -29,52 +29,56 @@ public final class AgentMetrics: Sendable {
 
     public static let programNames = ["cg_tp_sock_state", "cg_tp_cgroup_mkdir", "cg_tp_cgroup_rmdir"]
 
+    /// The full name as it is exported (the library would also join it from
+    /// namespace, name and unit parts; one string is easier to grep for).
+    private static func metric(_ name: String, help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         var ev: [String: Counter] = [:]
         for d in ConnectionEvent.Direction.allCases {
             for v in Verdict.allCases {
-                ev["\(d.rawValue)/\(v.rawValue)"] = registry.makeCounter(
-                    name: "connguard_events_total", labels: [("event", d.rawValue), ("verdict", v.rawValue)],
-                    help: "Connection events seen, by kind and verdict.")
+                ev["\(d.rawValue)/\(v.rawValue)"] = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_total", help: "Connection events seen, by kind and verdict."),
+                    labels: [("event", d.rawValue), ("verdict", v.rawValue)])
             }
         }
         events = ev
         let lostHelp = "Events lost before they were stored, by where and why. Never silent: any non-zero value means the record is incomplete."
         lostKernel = Dictionary(uniqueKeysWithValues: ["ring_buffer_full", "cgroup_ring_buffer_full"].map {
-            ($0, registry.makeCounter(name: "connguard_events_lost_total", labels: [("stage", "kernel"), ("reason", $0)], help: lostHelp))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_lost_total", help: lostHelp), labels: [("stage", "kernel"), ("reason", $0)]))
         })
         lostAgent = Dictionary(uniqueKeysWithValues: ["write_queue_full", "undecodable"].map {
-            ($0, registry.makeCounter(name: "connguard_events_lost_total", labels: [("stage", "agent"), ("reason", $0)], help: lostHelp))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_lost_total", help: lostHelp), labels: [("stage", "agent"), ("reason", $0)]))
         })
         incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full", "accept_map_full"].map {
-            ($0, registry.makeCounter(name: "connguard_events_incomplete_total", labels: [("reason", $0)],
-                                      help: "Events delivered without their process (accept_map_full: naming the listener's owner instead of the process that accepted), because a kernel map was full."))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_incomplete_total", help: "Events delivered without their process (accept_map_full: naming the listener's owner instead of the process that accepted), because a kernel map was full."),
+                                      labels: [("reason", $0)]))
         })
-        unattributed = registry.makeCounter(name: "connguard_events_unattributed_total",
-                                            help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown').")
-        followDropped = registry.makeCounter(name: "connguard_follow_events_dropped_total",
-                                             help: "Events not sent to a slow `connections --follow` client (they are still stored).")
-        aggregatedOnly = registry.makeCounter(
-            name: "connguard_events_aggregated_only_total",
-            help: "Events stored in their aggregated connection only, without a row of their own (over the individual-events-per-second budget).")
-        storedEvents = registry.makeGauge(name: "connguard_stored_events", help: "Individual connection events in the database.")
-        storedAggregates = registry.makeGauge(name: "connguard_stored_connections",
-                                              help: "Aggregated connections (workload, direction, peer, port, verdict) in the database.")
-        databaseBytes = registry.makeGauge(name: "connguard_database_size_bytes", help: "Size of the database files, WAL included.")
-        cgroupsTracked = registry.makeGauge(name: "connguard_cgroups_tracked", help: "cgroups whose identity the agent knows.")
-        writeQueueDepth = registry.makeGauge(name: "connguard_write_queue_events", help: "Events waiting to be written to the database.")
+        unattributed = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_unattributed_total",
+                                            help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown')."))
+        followDropped = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_follow_events_dropped_total",
+                                             help: "Events not sent to a slow `connections --follow` client (they are still stored)."))
+        aggregatedOnly = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_aggregated_only_total",
+            help: "Events stored in their aggregated connection only, without a row of their own (over the individual-events-per-second budget)."))
+        storedEvents = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_stored_events", help: "Individual connection events in the database."))
+        storedAggregates = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_stored_connections",
+                                              help: "Aggregated connections (workload, direction, peer, port, verdict) in the database."))
+        databaseBytes = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_database_size_bytes", help: "Size of the database files, WAL included."))
+        cgroupsTracked = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cgroups_tracked", help: "cgroups whose identity the agent knows."))
+        writeQueueDepth = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_write_queue_events", help: "Events waiting to be written to the database."))
         programRuns = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
-            ($0, registry.makeCounter(name: "connguard_bpf_program_runs_total", labels: [("program", $0)],
-                                      help: "Times each BPF program ran (kernel statistics)."))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_runs_total", help: "Times each BPF program ran (kernel statistics)."),
+                                      labels: [("program", $0)]))
         })
         programMisses = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
-            ($0, registry.makeCounter(name: "connguard_bpf_program_recursion_misses_total", labels: [("program", $0)],
-                                      help: "Runs the kernel skipped because the program was already running on that CPU; each may be a lost event."))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_recursion_misses_total", help: "Runs the kernel skipped because the program was already running on that CPU; each may be a lost event."),
+                                      labels: [("program", $0)]))
         })
         programSeconds = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
-            ($0, registry.makeCounter(name: "connguard_bpf_program_run_seconds_total", labels: [("program", $0)],
-                                      help: "CPU time spent in each BPF program (kernel statistics)."))
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_run_seconds_total", help: "CPU time spent in each BPF program (kernel statistics)."),
+                                      labels: [("program", $0)]))
         })
     }
 
