@@ -27,6 +27,7 @@ public final class Agent: @unchecked Sendable {
     public let policy: PolicyEngine
     let logger: Logger
     let startedAt = Date()
+    private let instanceLock: AgentInstanceLock
     let version: String
     private var statsToken: Int32 = -1
 
@@ -39,6 +40,7 @@ public final class Agent: @unchecked Sendable {
         self.logger = logger
         let problems = configuration.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
+        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath)
 
         // Scope: the watched cgroup subtree.
         var scope: CgroupSubtree?

@@ -386,6 +386,32 @@ final class AgentTests: XCTestCase {
         XCTAssertTrue(live.allSatisfy { $0["hook"] as? String == s["hook_rung"] as? String }, "\(live)")
     }
 
+    func testASecondAgentIsRefusedAndTheFirstKeepsRunning() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        // The same pins, another database and socket.
+        let samePins = try cli(["agent", "--db", scratch + "/second.db", "--socket", scratch + "/second.sock",
+                                "--pin-root", pinRoot, "--cgroup-root", root.relativePath])
+        XCTAssertEqual(samePins.status, 1, samePins.stderr)
+        XCTAssertEqual(samePins.stderr.split(separator: "\n").count, 1, samePins.stderr)
+        XCTAssertTrue(samePins.stderr.contains("another agent is running with the pins in \(pinRoot)"), samePins.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/second.db"), "the refused agent made its database")
+        // The same socket, other pins: refused, and those pins not left behind.
+        let otherPins = pinRoot + "-second"
+        let sameSocket = try cli(["agent", "--db", scratch + "/second.db", "--socket", socket,
+                                  "--pin-root", otherPins, "--cgroup-root", root.relativePath])
+        XCTAssertEqual(sameSocket.status, 1, sameSocket.stderr)
+        XCTAssertTrue(sameSocket.stderr.contains("another agent answers on \(socket)"), sameSocket.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPins), "the refused agent left \(otherPins)")
+        // The first agent still answers on its socket, with its programs attached.
+        let status = try cli(["status", "--socket", socket, "-o", "json"])
+        XCTAssertEqual(status.status, 0, status.stderr)
+        XCTAssertTrue(agent.process.isRunning)
+        // Once it has stopped, an agent starts on the same pins and socket.
+        agent.stop(signal: SIGTERM)
+        _ = try startAgent().stop(signal: SIGTERM)
+    }
+
     func testBadInputIsRefusedWithOneLine() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }
