@@ -317,7 +317,17 @@ struct EnforcementService: Service {
         let denialThread = Thread {
             while !stop.isSet {
                 guard let events = try? denials.poll(timeoutMilliseconds: 100) else { continue }
-                for e in events {
+                for var e in events {
+                    // A socket bound before the enforcement programs attached
+                    // (on the first enforce) has no owner of theirs; the
+                    // tracer's record of listen() names it.
+                    if e.direction == .accept, !e.processKnown,
+                       let owner = agent.tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) {
+                        e.pid = owner.pid
+                        e.uid = owner.uid
+                        e.comm = owner.comm
+                        e.processKnown = true
+                    }
                     let who = agent.identity.resolve(e)
                     agent.writer.submit(StoredConnection(event: e, identity: who, verdict: .denied))
                     agent.metrics.countEvent(e.direction, .denied)

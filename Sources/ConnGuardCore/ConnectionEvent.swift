@@ -181,7 +181,7 @@ extension ConnectionEvent {
 
 /// Text up to the first NUL; invalid UTF-8 (a comm can hold any bytes) is
 /// repaired with U+FFFD rather than dropped.
-func cString(from bytes: UnsafeRawBufferPointer) -> String {
+public func cString(from bytes: UnsafeRawBufferPointer) -> String {
     let end = bytes.firstIndex(of: 0) ?? bytes.count
     return String(decoding: bytes[0..<end], as: UTF8.self)
 }

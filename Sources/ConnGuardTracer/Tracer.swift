@@ -167,6 +167,7 @@ public final class Tracer {
     private var links: [BPFLink]
     private var reader: RingBufferReader!
     private let drops: BPFMap
+    private let listeners: BPFMap
     /// Accepts held for accept() (tracepoint rung, `caller`); nil otherwise.
     private let heldAccepts: BPFMap?
     /// held_count in the kernel: [1] is how many held accepts we swept.
@@ -230,6 +231,7 @@ public final class Tracer {
         rung = attached.rung
         refusedRungs = refused
         drops = try object.map("drops")
+        listeners = try object.map("listeners")
         acceptAttributionFallback = acceptFallback
         heldAccepts = attached.acceptViaSyscall ? try object.map("accepting") : nil
         heldCount = try object.map("held_count")
@@ -397,6 +399,23 @@ public final class Tracer {
     public func takeConnectionSnapshot() -> ConnectionSnapshot {
         defer { connectionSnapshot = .empty }
         return connectionSnapshot
+    }
+
+    /// The process the kernel side knows as owner of a listening port
+    /// (recorded at listen(), or learnt from /proc at start), or nil. Safe
+    /// from any thread: one map lookup.
+    public func listenerOwner(netns: UInt32, port: UInt16, family: IPAddress.Family) -> (pid: UInt32, uid: UInt32, comm: String)? {
+        var key = cg_listener_key()
+        key.netns = netns
+        key.port = port
+        // An IPv6 listener also takes IPv4 connections (dual stack).
+        for f in family == .ipv4 ? [AF_INET, AF_INET6] : [AF_INET6] {
+            key.family = UInt16(f)
+            if let owner = try? listeners.lookup(key: key, as: cg_listener.self), owner.pid != 0 {
+                return (owner.pid, owner.uid, withUnsafeBytes(of: owner.comm) { cString(from: $0) })
+            }
+        }
+        return nil
     }
 
     /// Reads the kernel's loss counters.

@@ -77,6 +77,15 @@ final class AgentTests: XCTestCase {
         }
     }
 
+    /// The baseline rules of `workload` in `direction` ("in", "out") for `port`
+    /// (none while the workload has no baseline yet).
+    func rules(_ workload: String, _ direction: String, port: UInt16) throws -> [[String: Any]] {
+        let r = try cli(["baseline", "show", workload, "--socket", socket, "-o", "json"])
+        guard r.status == 0 else { return [] }
+        let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        return (o?["rules"] as? [[String: Any]] ?? []).filter { $0["direction"] as? String == direction && $0["port"] as? Int == Int(port) }
+    }
+
     /// Makes `count` connections to 127.0.0.1:port from a process inside the clients cgroup.
     func connectFromClients(port: UInt16, count: Int = 1) throws {
         let script = "import socket\nfor _ in range(\(count)):\n    socket.create_connection(('127.0.0.1', \(port))).close()\n"
@@ -366,13 +375,8 @@ final class AgentTests: XCTestCase {
 
         // Learnt like live events (learn mode): inbound to the port for the
         // server, outbound to it for the client, from both addresses.
-        func rules(_ workload: String, _ direction: String) throws -> [[String: Any]] {
-            let r = try cli(["baseline", "show", workload, "--socket", socket, "-o", "json"])
-            let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
-            return (o?["rules"] as? [[String: Any]] ?? []).filter { $0["direction"] as? String == direction && $0["port"] as? Int == Int(port) }
-        }
-        XCTAssertEqual(try rules(root.relativePath, "in").count, 2)
-        XCTAssertEqual(try rules(clients.relativePath, "out").count, 2)
+        XCTAssertEqual(try rules(root.relativePath, "in", port: port).count, 2)
+        XCTAssertEqual(try rules(clients.relativePath, "out", port: port).count, 2)
 
         // Live events follow, from the tracer's hook.
         try connectFromClients(port: port)
@@ -410,6 +414,42 @@ final class AgentTests: XCTestCase {
         // Once it has stopped, an agent starts on the same pins and socket.
         agent.stop(signal: SIGTERM)
         _ = try startAgent().stop(signal: SIGTERM)
+    }
+
+    /// Enforcement programs attach only when a workload is first enforced, so
+    /// a server that was already listening has no owner recorded by them; its
+    /// inbound denials name it from the tracer's record of listen().
+    func testAnInboundDenialNamesAServerThatListenedBeforeEnforcement() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        let workload = root.relativePath
+        try connectFromClients(port: port)
+        try waitFor("the server's inbound rule") { try !rules(workload, "in", port: port).isEmpty }
+        let armed = try cli(["mode", workload, "enforce", "--socket", socket])
+        XCTAssertEqual(armed.status, 0, armed.stderr)
+        // A peer it never saw: the SYN is dropped, and reported.
+        let probe = try Child("/usr/bin/python3", ["-c", """
+            import socket
+            s = socket.socket(); s.settimeout(1); s.bind(("127.0.0.2", 0))
+            try:
+                s.connect(("127.0.0.1", \(port))); print("connected")
+            except Exception as e:
+                print(type(e).__name__)
+            """])
+        XCTAssertTrue(["timeout", "TimeoutError"].contains(probe.readLine() ?? ""), "the SYN is dropped")
+        var denied: [[String: Any]] = []
+        try waitFor("the denied accept") {
+            denied = try connections(["--verdict", "denied", "--direction", "in", "--port", String(port)])
+            return !denied.isEmpty
+        }
+        let d = try XCTUnwrap(denied.first)
+        XCTAssertEqual(d["src"] as? String, "127.0.0.2")
+        XCTAssertEqual(d["workload"] as? String, workload)
+        XCTAssertEqual(d["pid"] as? Int, Int(server.pid), "the server is named: \(d)")
+        XCTAssertEqual(d["comm"] as? String, "python3")
+        _ = try cli(["mode", workload, "learn", "--socket", socket])
     }
 
     func testBadInputIsRefusedWithOneLine() throws {
