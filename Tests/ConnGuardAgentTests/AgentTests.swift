@@ -411,6 +411,14 @@ final class AgentTests: XCTestCase {
         let status = try cli(["status", "--socket", socket, "-o", "json"])
         XCTAssertEqual(status.status, 0, status.stderr)
         XCTAssertTrue(agent.process.isRunning)
+        // The kill-switch empties the pin root but keeps the running agent's
+        // lock on it: a second agent is still refused.
+        XCTAssertEqual(try cli(["kill-switch", "--pin-root", pinRoot, "--pin-root-only"]).status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pinRoot), [])
+        let afterKillSwitch = try cli(["agent", "--db", scratch + "/second.db", "--socket", scratch + "/second.sock",
+                                       "--pin-root", pinRoot, "--cgroup-root", root.relativePath])
+        XCTAssertEqual(afterKillSwitch.status, 1, afterKillSwitch.stderr)
+        XCTAssertTrue(afterKillSwitch.stderr.contains("another agent is running"), afterKillSwitch.stderr)
         // Once it has stopped, an agent starts on the same pins and socket.
         agent.stop(signal: SIGTERM)
         _ = try startAgent().stop(signal: SIGTERM)
