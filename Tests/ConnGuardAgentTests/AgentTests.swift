@@ -95,11 +95,15 @@ final class AgentTests: XCTestCase {
     }
 
     /// A server in the root test cgroup that accepts and closes forever.
-    func startServer() throws -> (Child, UInt16) {
+    /// `dualStack`: an IPv6 socket on [::] that also takes IPv4.
+    func startServer(dualStack: Bool = false) throws -> (Child, UInt16) {
+        let listen = dualStack
+            ? "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind((\"::\", 0)); s.listen(512)"
+            : "s = socket.socket(); s.bind((\"127.0.0.1\", 0)); s.listen(512)"
         let server = try Child("/bin/sh", ["-c", """
             echo $$ > \(root.path)/cgroup.procs && exec python3 -c '
             import socket
-            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(512)
+            \(listen)
             print(s.getsockname()[1], flush=True)
             while True:
                 c, _ = s.accept(); c.close()
@@ -430,33 +434,39 @@ final class AgentTests: XCTestCase {
     func testAnInboundDenialNamesAServerThatListenedBeforeEnforcement() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }
+        // Both listening before anything is enforced; the second on [::],
+        // taking IPv4 too (the tracer records it as an IPv6 listener).
         let (server, port) = try startServer()
         defer { server.stop(signal: SIGKILL) }
+        let (dualServer, dualPort) = try startServer(dualStack: true)
+        defer { dualServer.stop(signal: SIGKILL) }
         let workload = root.relativePath
         try connectFromClients(port: port)
         try waitFor("the server's inbound rule") { try !rules(workload, "in", port: port).isEmpty }
         let armed = try cli(["mode", workload, "enforce", "--socket", socket])
         XCTAssertEqual(armed.status, 0, armed.stderr)
-        // A peer it never saw: the SYN is dropped, and reported.
-        let probe = try Child("/usr/bin/python3", ["-c", """
-            import socket
-            s = socket.socket(); s.settimeout(1); s.bind(("127.0.0.2", 0))
-            try:
-                s.connect(("127.0.0.1", \(port))); print("connected")
-            except Exception as e:
-                print(type(e).__name__)
-            """])
-        XCTAssertTrue(["timeout", "TimeoutError"].contains(probe.readLine() ?? ""), "the SYN is dropped")
-        var denied: [[String: Any]] = []
-        try waitFor("the denied accept") {
-            denied = try connections(["--verdict", "denied", "--direction", "in", "--port", String(port)])
-            return !denied.isEmpty
+        for (owner, p) in [(server, port), (dualServer, dualPort)] {
+            // A peer it never saw: the SYN is dropped, and reported.
+            let probe = try Child("/usr/bin/python3", ["-c", """
+                import socket
+                s = socket.socket(); s.settimeout(1); s.bind(("127.0.0.2", 0))
+                try:
+                    s.connect(("127.0.0.1", \(p))); print("connected")
+                except Exception as e:
+                    print(type(e).__name__)
+                """])
+            XCTAssertTrue(["timeout", "TimeoutError"].contains(probe.readLine() ?? ""), "the SYN to \(p) is dropped")
+            var denied: [[String: Any]] = []
+            try waitFor("the denied accept on \(p)") {
+                denied = try connections(["--verdict", "denied", "--direction", "in", "--port", String(p)])
+                return !denied.isEmpty
+            }
+            let d = try XCTUnwrap(denied.first)
+            XCTAssertEqual(d["src"] as? String, "127.0.0.2")
+            XCTAssertEqual(d["workload"] as? String, workload)
+            XCTAssertEqual(d["pid"] as? Int, Int(owner.pid), "the server on \(p) is named: \(d)")
+            XCTAssertEqual(d["comm"] as? String, "python3")
         }
-        let d = try XCTUnwrap(denied.first)
-        XCTAssertEqual(d["src"] as? String, "127.0.0.2")
-        XCTAssertEqual(d["workload"] as? String, workload)
-        XCTAssertEqual(d["pid"] as? Int, Int(server.pid), "the server is named: \(d)")
-        XCTAssertEqual(d["comm"] as? String, "python3")
         _ = try cli(["mode", workload, "learn", "--socket", socket])
     }
 
