@@ -177,6 +177,8 @@ public final class Agent: @unchecked Sendable {
         } catch {
             logger.error("closing enforcement: \(error)")
         }
+        // After the close: a fail-open close emptied the pin root, which goes too.
+        instanceLock.release()
         let c = pipeline.snapshot
         logger.info("events drained and stored", metadata: ["connects": "\(c.connects)", "accepts": "\(c.accepts)"])
     }

@@ -1,48 +1,28 @@
+import ConnGuardEnforcer
 import Glibc
 
 /// One agent per pin root and per API socket. A second agent on the same
 /// node state would store every event twice, fight the first over the pinned
 /// enforcement and take over its socket: it is refused before it changes
-/// anything.
-///
-/// The lock is a flock(2) on the pin root directory (bpffs allows it), held
-/// for the agent's life and released by the kernel however the agent ends,
-/// kill -9 included: no stale lock file to clean up. An agent with other pins
+/// anything. The pins are claimed with a PinRootLock; an agent with other pins
 /// may still answer on the same socket, which is checked by connecting to it.
 final class AgentInstanceLock {
-    private var fd: Int32 = -1
-    /// The pin root made here, to be removed again if nothing was pinned in it.
-    private var madePinRoot: String?
+    private let pins: PinRootLock
 
     init(pinRoot: String, socketPath: String) throws {
-        if mkdir(pinRoot, 0o700) == 0 {
-            madePinRoot = pinRoot
-        } else if errno != EEXIST {
-            // bpffs missing or the like: the enforcer reports it, in full.
-            return
-        }
-        fd = open(pinRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let busy = errno == EWOULDBLOCK
-            release()
-            if busy {
-                throw AgentError("another agent is running with the pins in \(pinRoot): stop it first, or give this one its own --pin-root, --db and --socket")
-            }
+        do {
+            pins = try PinRootLock(pinRoot: pinRoot)
+        } catch {
+            throw AgentError("another agent is running with the pins in \(pinRoot): stop it first, or give this one its own --pin-root, --db and --socket")
         }
         if Self.someoneAnswers(socketPath) {
-            release()
+            pins.release()
             throw AgentError("another agent answers on \(socketPath): stop it first, or give this one its own --socket")
         }
     }
 
-    deinit { release() }
-
-    private func release() {
-        if fd >= 0 { close(fd) }
-        fd = -1
-        if let made = madePinRoot { rmdir(made) } // only if still empty
-        madePinRoot = nil
-    }
+    /// Lets go of the pins (at shutdown, after enforcement is closed).
+    func release() { pins.release() }
 
     /// Whether a process accepts connections on the Unix socket at `path` (a
     /// socket file left by an agent that died does not: connect is refused).

@@ -48,9 +48,9 @@ extension Enforcer {
                 firstError = firstError ?? EnforcerError.invalidArgument("cannot remove \(path): \(String(cString: strerror(errno)))")
             }
         }
-        // A running agent holds a flock on the pin root (one agent per pin
-        // root): keep that folder, now empty, so a second agent is still refused.
-        for dir in entries.directories.reversed() where !(dir == pinRoot && isLockedByAgent(dir)) { rmdir(dir) }
+        // A running agent holds its pin root (PinRootLock): keep that folder,
+        // now empty, so a second agent is still refused.
+        for dir in entries.directories.reversed() where !(dir == pinRoot && PinRootLock.isHeld(dir)) { rmdir(dir) }
         if sweepUnpinnedLinks {
             for link in BPFSystem.links() where link.attached && link.programName.hasPrefix(programPrefix) {
                 do {
@@ -63,15 +63,6 @@ extension Enforcer {
         }
         if let firstError { throw firstError }
         return report
-    }
-
-    /// Whether a process holds a flock on the folder `path` (an agent does on
-    /// its pin root while it runs).
-    static func isLockedByAgent(_ path: String) -> Bool {
-        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { Glibc.close(fd) }
-        return flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK // our own lock, if taken, goes with the fd
     }
 
     /// Files and folders under `root` (root included in folders, first).
