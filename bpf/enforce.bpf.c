@@ -166,92 +166,163 @@ static __always_inline void count(void *map, __u32 index)
         *n += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* Only the fields used here; the ___enf suffix keeps these apart from
+ * kernel_types.h's struct cgroup (CO-RE ignores the suffix when matching). */
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct cgroup___enf;
+struct cgroup_subsys_state___enf {
+    struct cgroup___enf *cgroup;
+    struct cgroup_subsys_state___enf *parent;
+};
+struct cgroup___enf {
+    struct cgroup_subsys_state___enf self;
+    struct kernfs_node *kn;
+    struct cgroup_root *root;
+    int level;
+};
+#pragma clang attribute pop
+
 /* Offset of the decision counters of a direction. */
 static __always_inline __u32 decision_base(__u8 direction)
 {
     return direction == CG_DIRECTION_CONNECT ? CG_DECISION_CONNECT_ALLOWED : CG_DECISION_ACCEPT_ALLOWED;
 }
 
-/* Policy of the calling task's cgroup, or of its nearest ancestor that has one
- * (not above the watched root). */
+/* The policy of cgroup `id`, or of its nearest ancestor that has one (not
+ * above the watched root). ANCESTOR(level) is the id of the ancestor at that
+ * level. The walk goes from the watched root down to the cgroup itself,
+ * keeping the deepest policy found: a cgroup right under the root costs one
+ * helper call, not one per level (learn-mode workloads' sub-cgroups and
+ * unknown cgroups have no policy of their own, so they come here). */
+#define POLICY_BY_ANCESTRY(id, ANCESTOR)                                      \
+    ({                                                                        \
+        __u64 self_ = (id);                                                   \
+        struct cg_cgroup_policy *p_ = bpf_map_lookup_elem(&cgroup_policy, &self_); \
+        if (!p_) {                                                            \
+            for (int i_ = 0; i_ < MAX_ANCESTOR_DEPTH; i_++) {                 \
+                __u64 a_ = ANCESTOR(watch_level + i_);                        \
+                struct cg_cgroup_policy *q_;                                  \
+                if (!a_ || a_ == self_)                                       \
+                    break;                                                    \
+                q_ = bpf_map_lookup_elem(&cgroup_policy, &a_);                \
+                if (q_)                                                       \
+                    p_ = q_;                                                  \
+            }                                                                 \
+        }                                                                     \
+        p_;                                                                   \
+    })
+
+/* Policy of the calling task's cgroup (connect). */
 static __always_inline struct cg_cgroup_policy *policy_of_current(__u64 *cgroup_id)
 {
-    struct cg_cgroup_policy *p;
-    __u64 id = bpf_get_current_cgroup_id();
-
-    *cgroup_id = id;
-    p = bpf_map_lookup_elem(&cgroup_policy, &id);
-    if (p)
-        return p;
-    /* From the watched root down to the task's own cgroup, keeping the
-     * deepest policy found: a task in the root itself costs one helper call,
-     * not one per level (learn-mode workloads and unknown cgroups have no
-     * policy of their own, so every connect of theirs comes here). */
-    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
-        __u64 a = bpf_get_current_ancestor_cgroup_id(watch_level + i);
-        struct cg_cgroup_policy *q;
-
-        if (!a || a == id)
-            break;
-        q = bpf_map_lookup_elem(&cgroup_policy, &a);
-        if (q)
-            p = q;
-    }
-    return p;
+#define CURRENT_ANCESTOR(level) bpf_get_current_ancestor_cgroup_id(level)
+    *cgroup_id = bpf_get_current_cgroup_id();
+    return POLICY_BY_ANCESTRY(*cgroup_id, CURRENT_ANCESTOR);
 }
 
-/* The same, for the socket an skb is delivered to (the listener for a SYN). */
+/* Policy of the socket an skb is delivered to (the listener, for a SYN). */
 static __always_inline struct cg_cgroup_policy *policy_of_skb(struct __sk_buff *skb, __u64 *cgroup_id)
 {
-    struct cg_cgroup_policy *p;
-    __u64 id = bpf_skb_cgroup_id(skb);
-
-    *cgroup_id = id;
-    p = bpf_map_lookup_elem(&cgroup_policy, &id);
-    if (p)
-        return p;
-    for (int i = 0; i < MAX_ANCESTOR_DEPTH; i++) {
-        __u64 a = bpf_skb_ancestor_cgroup_id(skb, watch_level + i);
-        struct cg_cgroup_policy *q;
-
-        if (!a || a == id)
-            break;
-        q = bpf_map_lookup_elem(&cgroup_policy, &a);
-        if (q)
-            p = q;
-    }
-    return p;
+#define SKB_ANCESTOR(level) bpf_skb_ancestor_cgroup_id(skb, level)
+    *cgroup_id = bpf_skb_cgroup_id(skb);
+    return POLICY_BY_ANCESTRY(*cgroup_id, SKB_ANCESTOR);
 }
 
-/* Whether the baseline of `workload` holds (direction, port, peer address). */
-static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16 port, const __u8 addr[16])
+/* The other end of a connection, when it is a socket of this node in the same
+ * network namespace (loopback, the node's own address, a shared namespace).
+ * Such a peer is named by its cgroup, never by its address: every local
+ * process shares 127.0.0.1 and the node's addresses. */
+struct local_peer {
+    __u64 cgroup_id;     /* 0: not found here (a remote peer) */
+    __u32 workload_id;   /* with has_workload */
+    __u8 has_workload;   /* its cgroup, or an ancestor, has a policy */
+};
+
+/* Fills *peer from a socket found by bpf_sk_lookup_tcp, and releases it.
+ * The socket's cgroup is read through BTF (bpf_sk_cgroup_id is not offered
+ * to sock_addr programs), then its ancestors up to the watched root, the
+ * nearest with a policy naming the workload. A peer outside the watched
+ * subtree is looked up by its own cgroup and those above it. */
+static __always_inline void local_peer_of(struct bpf_sock *sk, struct local_peer *peer)
+{
+    struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+    struct cgroup___enf *c = NULL;
+
+    if (tp)
+        c = (struct cgroup___enf *)BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
+    for (int i = 0; i <= MAX_ANCESTOR_DEPTH && c; i++) {
+        __u64 id = BPF_CORE_READ(c, kn, id);
+        struct cg_cgroup_policy *p;
+
+        if (i == 0)
+            peer->cgroup_id = id;
+        p = bpf_map_lookup_elem(&cgroup_policy, &id);
+        if (p) {
+            peer->workload_id = p->workload_id;
+            peer->has_workload = 1;
+            break;
+        }
+        if (id == watch_root_id)
+            break;
+        c = BPF_CORE_READ(c, self.parent, cgroup);
+    }
+    bpf_sk_release(sk);
+}
+
+/* Whether the baseline of `workload` holds (direction, port, peer). A local
+ * peer is allowed by a rule on its workload, or by an address block wider
+ * than one address (an operator's CIDR); an inbound rule on one exact
+ * address never admits a local peer, since that address is not its own. A
+ * remote peer is allowed by an address or CIDR rule, or by a rule on the
+ * workload that holds its address (peer_addresses). */
+static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16 port, const __u8 addr[16],
+                                           const struct local_peer *local)
 {
     struct cg_rule_key key = {};
     struct cg_peer_rule_key peer_key = {};
     __u32 *peer;
 
+    peer_key.workload_id = workload;
+    peer_key.port = port;
+    peer_key.direction = direction;
+    if (local->cgroup_id && local->has_workload) {
+        peer_key.peer_workload_id = local->workload_id;
+        if (bpf_map_lookup_elem(&rules_peer, &peer_key))
+            return 1;
+    }
+
     key.prefixlen = CG_RULE_KEY_FIXED_BITS + 128;
+    if (local->cgroup_id && direction == CG_DIRECTION_ACCEPT)
+        key.prefixlen -= 1; /* blocks only: matches no full-length (one-address) rule */
     key.workload_id = workload;
     key.direction = direction;
     key.port = port;
     __builtin_memcpy(key.addr, addr, 16);
     if (bpf_map_lookup_elem(&rules_cidr, &key))
         return 1;
+    if (local->cgroup_id)
+        return 0;
 
     peer = bpf_map_lookup_elem(&peer_addresses, key.addr);
     if (!peer)
         return 0;
-    peer_key.workload_id = workload;
     peer_key.peer_workload_id = *peer;
-    peer_key.port = port;
-    peer_key.direction = direction;
     return bpf_map_lookup_elem(&rules_peer, &peer_key) != NULL;
 }
+
+/* Why a decision was made: indexes of `decisions`, relative to the
+ * direction's first (decision_base). */
+enum decision_reason {
+    REASON_ALLOWED = CG_DECISION_CONNECT_ALLOWED - CG_DECISION_CONNECT_ALLOWED,
+    REASON_DENIED = CG_DECISION_CONNECT_DENIED - CG_DECISION_CONNECT_ALLOWED,
+    REASON_NOT_ENFORCED = CG_DECISION_CONNECT_NOT_ENFORCED - CG_DECISION_CONNECT_ALLOWED,
+    REASON_UNKNOWN = CG_DECISION_CONNECT_UNKNOWN - CG_DECISION_CONNECT_ALLOWED,
+};
 
 /* 1: allow, 0: refuse. Counts the decision; *flags gets CG_FLAG_NO_POLICY for
  * a refusal of an unknown cgroup. */
 static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 direction, __u16 port,
-                                  const __u8 addr[16], __u8 *flags)
+                                  const __u8 addr[16], const struct local_peer *local, __u8 *flags)
 {
     __u32 base = decision_base(direction);
 
@@ -259,22 +330,42 @@ static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 directi
     if (!p) {
         if (unknown_deny) {
             *flags = CG_FLAG_NO_POLICY;
-            count(&decisions, base + 1);
+            count(&decisions, base + REASON_DENIED);
             return 0;
         }
-        count(&decisions, base + 3);
+        count(&decisions, base + REASON_UNKNOWN);
         return 1;
     }
     if (p->mode != CG_MODE_ENFORCE) {
-        count(&decisions, base + 2);
+        count(&decisions, base + REASON_NOT_ENFORCED);
         return 1;
     }
-    if (baseline_allows(p->workload_id, direction, port, addr)) {
-        count(&decisions, base + 0);
+    if (baseline_allows(p->workload_id, direction, port, addr, local)) {
+        count(&decisions, base + REASON_ALLOWED);
         return 1;
     }
-    count(&decisions, base + 1);
+    count(&decisions, base + REASON_DENIED);
     return 0;
+}
+
+/* Only an enforced cgroup (or an unknown one under `--unknown deny`, which
+ * never looks at the peer) needs the peer: the lookups are skipped for the
+ * rest. */
+static __always_inline int needs_peer(const struct cg_cgroup_policy *p)
+{
+    return p && p->mode == CG_MODE_ENFORCE;
+}
+
+/* addr (16 bytes, IPv4 mapped) is a loopback address. */
+static __always_inline int is_loopback(const __u8 a[16])
+{
+    const __u32 *w = (const __u32 *)a;
+
+    if (w[0] | w[1])
+        return 0;
+    if (w[2] == bpf_htonl(0xffff))
+        return a[12] == 127;
+    return w[2] == 0 && w[3] == bpf_htonl(1);
 }
 
 static __always_inline void map_ipv4(__u8 addr[16], __u32 ip_be)
@@ -287,7 +378,8 @@ static __always_inline void map_ipv4(__u8 addr[16], __u32 ip_be)
 
 /* ---- outbound -------------------------------------------------------- */
 
-static __always_inline void report_connect(__u16 family, const __u8 addr[16], __u16 port, __u64 cgroup_id, __u8 flags)
+static __always_inline void report_connect(__u16 family, const __u8 addr[16], __u16 port, __u64 cgroup_id,
+                                           const struct local_peer *local, __u8 flags)
 {
     struct cg_connection_event *e;
     struct task_struct *task;
@@ -321,12 +413,14 @@ static __always_inline void report_connect(__u16 family, const __u8 addr[16], __
         __builtin_memcpy(e->daddr, addr, 16);
     }
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+    e->peer_cgroup_id = local->cgroup_id;
     /* Always wake: a denial is rare and the operator wants it now. */
     bpf_ringbuf_submit(e, 0);
 }
 
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, const __u8 addr[16])
 {
+    struct local_peer local = {};
     struct cg_cgroup_policy *p;
     __u64 cgroup_id;
     __u16 port;
@@ -337,9 +431,29 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, c
         return 1;
     port = bpf_ntohs((__u16)ctx->user_port);
     p = policy_of_current(&cgroup_id);
-    if (decide(p, CG_DIRECTION_CONNECT, port, addr, &flags))
+    /* To a loopback address the peer is whoever listens there, in this
+     * network namespace. (To another address a listener on the wildcard
+     * address would match the port too, without being the peer.) */
+    if (needs_peer(p) && is_loopback(addr)) {
+        struct bpf_sock_tuple t = {};
+        struct bpf_sock *sk;
+
+        if (((const __u32 *)addr)[2] == bpf_htonl(0xffff)) {
+            t.ipv4.daddr = t.ipv4.saddr = ((const __u32 *)addr)[3];
+            t.ipv4.dport = (__u16)ctx->user_port;
+            sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        } else {
+            __builtin_memcpy(t.ipv6.daddr, addr, 16);
+            __builtin_memcpy(t.ipv6.saddr, addr, 16);
+            t.ipv6.dport = (__u16)ctx->user_port;
+            sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (sk)
+            local_peer_of(sk, &local);
+    }
+    if (decide(p, CG_DIRECTION_CONNECT, port, addr, &local, &flags))
         return 1;
-    report_connect(family, addr, port, cgroup_id, flags);
+    report_connect(family, addr, port, cgroup_id, &local, flags);
     return 0; /* connect() fails with EPERM */
 }
 
@@ -480,7 +594,8 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
     return 1;
 }
 
-static __always_inline void report_accept(struct __sk_buff *skb, const struct syn *s, __u64 cgroup_id, __u8 flags)
+static __always_inline void report_accept(struct __sk_buff *skb, const struct syn *s, __u64 cgroup_id,
+                                          const struct local_peer *local, __u8 flags)
 {
     struct cg_connection_event *e;
     struct cg_socket_owner *o = NULL;
@@ -505,6 +620,7 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
     e->outcome = CG_OUTCOME_DENIED;
     e->hook = CG_HOOK_CGROUP_SKB;
     e->pad[0] = e->pad[1] = 0;
+    e->peer_cgroup_id = local->cgroup_id;
     __builtin_memset(e->saddr, 0, sizeof(e->saddr));
     __builtin_memset(e->daddr, 0, sizeof(e->daddr));
     if (s->family == AF_INET) {
@@ -540,6 +656,7 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
 SEC("cgroup_skb/ingress")
 int cg_enf_ingress(struct __sk_buff *skb)
 {
+    struct local_peer local = {};
     struct bpf_sock *sk;
     struct cg_cgroup_policy *p;
     struct syn s;
@@ -567,29 +684,37 @@ int cg_enf_ingress(struct __sk_buff *skb)
         return 1;
     }
     p = policy_of_skb(skb, &cgroup_id);
-    if (decide(p, CG_DIRECTION_ACCEPT, s.dport, s.saddr, &flags))
+    /* A client on this node, in this network namespace, is in the kernel's
+     * established table already (SYN_SENT): look it up by the flow seen from
+     * its side, and decide by its cgroup (as the kernel's selftest
+     * cgroup_skb_sk_lookup does). */
+    if (needs_peer(p)) {
+        struct bpf_sock_tuple t = {};
+        struct bpf_sock *client;
+
+        if (s.family == AF_INET) {
+            __builtin_memcpy(&t.ipv4.saddr, s.daddr + 12, 4);
+            __builtin_memcpy(&t.ipv4.daddr, s.saddr + 12, 4);
+            t.ipv4.sport = bpf_htons(s.dport);
+            t.ipv4.dport = bpf_htons(s.sport);
+            client = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+        } else {
+            __builtin_memcpy(t.ipv6.saddr, s.daddr, 16);
+            __builtin_memcpy(t.ipv6.daddr, s.saddr, 16);
+            t.ipv6.sport = bpf_htons(s.dport);
+            t.ipv6.dport = bpf_htons(s.sport);
+            client = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+        }
+        if (client)
+            local_peer_of(client, &local);
+    }
+    if (decide(p, CG_DIRECTION_ACCEPT, s.dport, s.saddr, &local, &flags))
         return 1;
-    report_accept(skb, &s, cgroup_id, flags);
+    report_accept(skb, &s, cgroup_id, &local, flags);
     return 0; /* drop the SYN */
 }
 
 /* ---- new cgroups ------------------------------------------------------- */
-
-/* Only the fields used here; the ___enf suffix keeps these apart from
- * kernel_types.h's struct cgroup (CO-RE ignores the suffix when matching). */
-#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
-struct cgroup___enf;
-struct cgroup_subsys_state___enf {
-    struct cgroup___enf *cgroup;
-    struct cgroup_subsys_state___enf *parent;
-};
-struct cgroup___enf {
-    struct cgroup_subsys_state___enf self;
-    struct kernfs_node *kn;
-    struct cgroup_root *root;
-    int level;
-};
-#pragma clang attribute pop
 
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(cg_enf_mkdir, struct cgroup *new_cgroup, const char *path)

@@ -173,6 +173,24 @@ struct {
     __type(value, struct cg_connection_event);
 } accepting SEC(".maps");
 
+/* Established connections seen from their client: flow -> the client's
+ * cgroup id. Inserted when a connect is established; looked up and deleted
+ * by the accept at the other end when the listener is on this node in the
+ * same network namespace (loopback, the node's own address, a shared
+ * namespace), so that the accept names its client's cgroup (the peer's
+ * workload) rather than an address every local process shares. Entries of
+ * connects to other hosts are never claimed: LRU, so they age out instead of
+ * filling the map, and per CPU (no common LRU list to contend on). The client
+ * is established before the server (it sends the handshake's last ACK), so
+ * the entry is there when the accept looks. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(map_flags, BPF_F_NO_COMMON_LRU);
+    __uint(max_entries, 16384);
+    __type(key, struct cg_local_flow_key);
+    __type(value, __u64);
+} local_clients SEC(".maps");
+
 /* With count_repeats most accepts are counted, never held, and the exits of
  * accept() would walk the descriptor table for nothing. held_count says when
  * nothing is held: [0] is what the kernel put in `accepting` less what it
@@ -257,6 +275,7 @@ static __always_inline int counted_as_repeat(const struct cg_connection_event *e
     key.family = e->family;
     key.direction = e->direction;
     key.outcome = e->outcome;
+    key.peer_cgroup_id = e->peer_cgroup_id;
     n = bpf_map_lookup_elem(counts, &key);
     if (!n) {
         bpf_map_update_elem(counts, &key, &first, BPF_NOEXIST);
@@ -347,6 +366,65 @@ static __always_inline void read_endpoints(const struct sock *sk, __u16 family, 
     *rport = bpf_ntohs(SK_READ(direct, sk, __sk_common.skc_dport));
 }
 
+/* a (event layout: IPv4 in the first 4 bytes) is a loopback address. */
+static __always_inline int is_loopback(const __u8 a[16], __u16 family)
+{
+    if (family == AF_INET)
+        return a[0] == 127;
+    if (((const __u32 *)a)[0] | ((const __u32 *)a)[1])
+        return 0;
+    if (((const __u32 *)a)[2] == bpf_htonl(0xffff))
+        return a[12] == 127; /* ::ffff:127.0.0.0/104 */
+    return ((const __u32 *)a)[2] == 0 && ((const __u32 *)a)[3] == bpf_htonl(1); /* ::1 */
+}
+
+/* An event-layout address in the 16-byte form of cg_local_flow_key. */
+static __always_inline void flow_address(__u8 out[16], const __u8 a[16], __u16 family)
+{
+    if (family == AF_INET) {
+        ((__u32 *)out)[0] = 0;
+        ((__u32 *)out)[1] = 0;
+        ((__u32 *)out)[2] = bpf_htonl(0xffff);
+        ((__u32 *)out)[3] = ((const __u32 *)a)[0];
+    } else {
+        __builtin_memcpy(out, a, 16);
+    }
+}
+
+/* The key of `local_clients` for the connection of event e (either side). */
+static __always_inline void local_flow_key(struct cg_local_flow_key *k, const struct cg_connection_event *e)
+{
+    const __u8 *client = e->saddr, *server = e->daddr; /* flow direction on both sides */
+
+    flow_address(k->client, client, e->family);
+    flow_address(k->server, server, e->family);
+    k->netns = e->netns;
+    k->client_port = e->sport;
+    k->server_port = e->dport;
+}
+
+/* The cgroup of whoever listens on the destination of a connect to a
+ * loopback address (only there is the listener sure to be the peer: the
+ * port alone also names listeners on the wildcard address, which a connect
+ * to another host never reaches). 0 if none is known. */
+static __always_inline __u64 loopback_listener_cgroup(const struct cg_connection_event *e)
+{
+    struct cg_listener_key key = {};
+    struct cg_listener *owner;
+
+    if (!is_loopback(e->daddr, e->family))
+        return 0;
+    key.netns = e->netns;
+    key.port = e->dport;
+    key.family = e->family;
+    owner = bpf_map_lookup_elem(&listeners, &key);
+    if (!owner && e->family == AF_INET) {
+        key.family = AF_INET6; /* a dual-stack listener takes IPv4 too */
+        owner = bpf_map_lookup_elem(&listeners, &key);
+    }
+    return owner ? owner->cgroup_id : 0;
+}
+
 static __always_inline void on_connect_start(const struct sock *sk)
 {
     struct cg_connecting who = {};
@@ -397,6 +475,14 @@ static __always_inline void on_connect_done(const struct sock *sk, __u16 family,
         e.cgroup_id = sock_cgroup_id(sk, direct);
         __builtin_memset(e.comm, 0, sizeof(e.comm));
         e.flags = CG_FLAG_PROCESS_UNKNOWN;
+    }
+    e.peer_cgroup_id = 0;
+    if (newstate == TCP_ESTABLISHED) {
+        struct cg_local_flow_key flow;
+
+        local_flow_key(&flow, &e);
+        bpf_map_update_elem(&local_clients, &flow, &e.cgroup_id, BPF_ANY);
+        e.peer_cgroup_id = loopback_listener_cgroup(&e);
     }
     send_event(&e);
 }
@@ -458,6 +544,16 @@ static __always_inline void fill_accept(struct cg_connection_event *e, const str
     e->sport = rport;
     e->dport = lport;
     e->cgroup_id = sock_cgroup_id(sk, !in_process); /* inherited from the listener */
+    {
+        struct cg_local_flow_key flow;
+        __u64 *client;
+
+        local_flow_key(&flow, e);
+        client = bpf_map_lookup_elem(&local_clients, &flow);
+        e->peer_cgroup_id = client ? *client : 0;
+        if (client)
+            bpf_map_delete_elem(&local_clients, &flow);
+    }
 
     if (in_process) {
         e->pid = bpf_get_current_pid_tgid() >> 32;

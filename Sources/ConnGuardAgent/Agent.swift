@@ -110,7 +110,7 @@ public final class Agent: @unchecked Sendable {
             quietPeriod: Int64(configuration.quietPeriodSeconds * 1e9), autoEnforce: configuration.autoEnforce)
         do {
             policy = try PolicyEngine(settings: settings, store: BaselineStore(store: store), enforcer: enforcer,
-                                      identity: identity, cgroupRootPath: rootPath, logger: logger)
+                                      identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
         } catch {
             try? enforcer?.close(failOpen: configuration.failOpen)
             tracer.close()
@@ -331,11 +331,13 @@ struct EnforcementService: Service {
                         e.processKnown = true
                     }
                     let who = agent.identity.resolve(e)
-                    agent.writer.submit(StoredConnection(event: e, identity: who, verdict: .denied))
+                    let peerWorkload = agent.policy.peerWorkload(of: e)
+                    agent.writer.submit(StoredConnection(event: e, identity: who, verdict: .denied, peerWorkload: peerWorkload))
                     agent.metrics.countEvent(e.direction, .denied)
                     agent.logger.notice("denied", metadata: [
                         "event": "\(e.direction.rawValue)", "workload": "\(who.workload)",
-                        "peer": "\(e.peer)", "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
+                        "peer": "\(e.peer)", "peer_workload": "\(peerWorkload ?? "-")",
+                        "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
                     ])
                 }
             }

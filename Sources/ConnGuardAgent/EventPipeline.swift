@@ -136,10 +136,12 @@ public final class EventPipeline: @unchecked Sendable {
         if repeats == nil, e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
         let who = identity.resolve(e)
         if who.isUnknown { tally.counts.unattributed += n }
-        let verdict = policy?.verdict(for: e, identity: who, count: Int64(n)) ?? .allowed
+        let judged = policy?.judge(e, identity: who, count: Int64(n))
+        let verdict = judged?.verdict ?? .allowed
         if e.direction == .connect { tally.counts.connects += n } else { tally.counts.accepts += n }
         tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += Int64(n)
-        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict, repeatCount: repeats.map { Int64($0) }))
+        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict, peerWorkload: judged?.peerWorkload,
+                                              repeatCount: repeats.map { Int64($0) }))
         if tally.pending.count >= 1024 { submitPending(&tally) }
     }
 
@@ -187,6 +189,7 @@ public final class EventPipeline: @unchecked Sendable {
                     case let .cgroup(c):
                         self.scope?.apply(c)
                         self.identity.apply(c)
+                        if !c.created, c.hierarchyID == 0 { self.policy?.cgroupRemoved(c.cgroupID) }
                     case let .connection(e):
                         self.handle(e, &tally)
                     }

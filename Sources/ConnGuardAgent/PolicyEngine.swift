@@ -32,50 +32,80 @@ public final class PolicyEngine: @unchecked Sendable {
     let logger: Logger
     /// cgroup v2 mount + watched root, to find a workload's cgroups.
     let cgroupRootPath: String
+    /// The watched subtree (nil: the whole node).
+    let scope: CgroupSubtree?
+    /// Where the cgroup v2 hierarchy is mounted (cgroup event paths are relative to it).
+    let cgroupMount = CgroupMount.find() ?? ""
+    /// The node's own network namespace: a cgroup in it (host network, host
+    /// processes) has no address of its own.
+    let nodeNamespace = NamespaceAddresses.ownNamespace
 
     private let lock = Mutex()
     private var entries: [String: Entry] = [:]
     private var byID: [UInt32: String] = [:]
-    /// Non-loopback local addresses at which a workload accepted: a connect to
-    /// one of them reaches that workload (peer generalisation).
-    private var addressOwners: [IPAddress: String] = [:]
+    /// Which workload holds each address of this node's containers and pods,
+    /// from their network namespaces; mirrored into the kernel's
+    /// peer_addresses map.
+    private var addresses = AddressBook()
+    /// cgroups outside the watched subtree that were seen as the local peer
+    /// of a connection, and given a (learn) policy so that the kernel knows
+    /// their workload.
+    private var armedPeers: Set<UInt64> = []
     private var pendingWouldDeny: [String: Int64] = [:]
 
     public init(settings: Settings, store: BaselineStore, enforcer: Enforcer?, identity: IdentitySource,
-                cgroupRootPath: String, logger: Logger) throws {
+                cgroupRootPath: String, scope: CgroupSubtree? = nil, logger: Logger) throws {
         self.settings = settings
         self.store = store
         self.enforcer = enforcer
         self.identity = identity
         self.cgroupRootPath = cgroupRootPath
+        self.scope = scope
         self.logger = logger
         for (b, id) in try store.loadAll() {
             entries[b.workload] = Entry(baseline: b, workloadID: id)
             byID[id] = b.workload
         }
+        _ = lock.withLock { addresses.replaceAll(members: [:], namespaces: [:]) }
+        scanAddresses(applyToKernel: false)
+        try migrateAddressRules()
         try syncKernel()
     }
 
     // MARK: - Hot path (the event pipeline's thread)
 
+    /// What the policy engine made of one connection.
+    public struct Judgement: Sendable, Equatable {
+        public var verdict: Verdict
+        /// The workload at the other end, if ConnGuard knows it.
+        public var peerWorkload: String?
+    }
+
+    /// The workload at the other end of a connection: for a peer on this node
+    /// in the same network namespace (the kernel found its socket), the
+    /// workload of its cgroup; else the workload holding the peer's address,
+    /// if one does. The kernel decides with the same two facts.
+    public func peerWorkload(of e: ConnectionEvent) -> String? {
+        if e.peerCgroupID != 0 {
+            let who = identity.identity(forCgroup: e.peerCgroupID)
+            return who.isUnknown ? nil : who.workload
+        }
+        return lock.withLock { addresses.owners[e.peer] }
+    }
+
     /// The verdict for one traced (so: not refused) connection, learning from
     /// it in learn mode.
     /// `count`: the events `e` stands for (kernel-counted repeats of one
     /// connection all get this verdict and count as that many hits).
-    public func verdict(for e: ConnectionEvent, identity who: Identity, count: Int64 = 1) -> Verdict {
-        guard !who.isUnknown else { return .allowed }
+    public func judge(_ e: ConnectionEvent, identity who: Identity, count: Int64 = 1) -> Judgement {
+        let peerWorkload = peerWorkload(of: e)
+        if let w = peerWorkload, e.peerCgroupID != 0 { armPeer(cgroupID: e.peerCgroupID, workload: w) }
+        guard !who.isUnknown else { return Judgement(verdict: .allowed, peerWorkload: peerWorkload) }
         var newRule: (Rule, UInt32)?
-        var newOwner: (IPAddress, UInt32)?
         let verdict: Verdict = lock.withLock {
-            if e.direction == .accept, !e.destination.isLoopback, addressOwners[e.destination] != who.workload,
-               !e.destination.isUnspecified {
-                addressOwners[e.destination] = who.workload
-                if let id = entries[who.workload]?.workloadID { newOwner = (e.destination, id) }
-            }
             // Found once by index, then changed in place: every event comes
             // here, and a copy of the entry would copy its rule table.
             guard let i = entryIndexLocked(who.workload) else { return .allowed }
-            let peerWorkload = e.peer.isLoopback ? nil : addressOwners[e.peer]
             func judge(_ entry: inout Entry) -> Verdict {
                 switch entry.baseline.mode {
                 case .learn:
@@ -102,10 +132,25 @@ public final class PolicyEngine: @unchecked Sendable {
         if let (rule, id) = newRule, let k = kernelRule(rule.key, workloadID: id) {
             do { try enforcer?.add(k) } catch { logger.warning("kernel rule not added: \(error)") }
         }
-        if let (address, id) = newOwner {
-            try? enforcer?.setPeerAddress(address, workloadID: id)
+        return Judgement(verdict: verdict, peerWorkload: peerWorkload)
+    }
+
+    /// A local peer outside the watched subtree (a host process, say) has no
+    /// policy from the cgroup walk: give its cgroup one in learn mode, which
+    /// decides nothing, so that the kernel knows its workload when an
+    /// enforced server or client of the subtree meets it.
+    private func armPeer(cgroupID: UInt64, workload: String) {
+        guard let enforcer, let scope, !scope.contains(cgroupID) else { return }
+        guard lock.withLock({ armedPeers.insert(cgroupID).inserted }) else { return }
+        do {
+            let id = try lock.withLock({ entries[workload]?.workloadID })
+                ?? store.workloadID(for: workload, createWith: .learn, now: BootClock.now(CLOCK_REALTIME))
+            if try enforcer.policy(cgroupID: cgroupID) == nil {
+                try enforcer.setPolicy(cgroupID: cgroupID, workloadID: id, mode: .learn)
+            }
+        } catch {
+            logger.warning("could not name the workload of peer cgroup \(cgroupID) in the kernel: \(error)")
         }
-        return verdict
     }
 
     /// Where a workload's entry is, created in the default mode on first sight.
@@ -123,10 +168,10 @@ public final class PolicyEngine: @unchecked Sendable {
         let e = Entry(baseline: Baseline(workload: workload, mode: settings.defaultMode, learningSince: now), workloadID: id)
         entries[workload] = e
         byID[id] = workload
-        if settings.defaultMode != .learn {
-            // Arm its cgroups now (outside the hot path would be nicer; this is once per workload).
-            DispatchQueue.global().async { [self] in try? armWorkload(workload) }
-        }
+        // Its cgroups get their policy (in learn mode too: the kernel must
+        // know their workload when they are another workload's local peer).
+        // Not on this thread: it is the hot path, and this is once per workload.
+        DispatchQueue.global().async { [self] in try? armWorkload(workload) }
         return e
     }
 
@@ -140,10 +185,25 @@ public final class PolicyEngine: @unchecked Sendable {
         identity.apply(c)
         let who = identity.identity(forCgroup: c.cgroupID)
         guard !who.isUnknown else { return nil }
+        // Its addresses name its workload from its first connection, even
+        // for a workload seen for the first time.
+        watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload)
         let entry: Entry? = lock.withLock { entries[who.workload] ?? (settings.defaultMode != .learn ? entryLocked(who.workload) : nil) }
-        guard let entry, entry.baseline.mode != .learn else { return nil }
-        return try? enforcer.arm(cgroupID: c.cgroupID, workloadID: entry.workloadID,
-                                 mode: EnforcementMode(entry.baseline.mode), createdAtWallNanoseconds: c.timeNanoseconds)
+        guard let entry else { return nil }
+        let latency = try? enforcer.arm(cgroupID: c.cgroupID, workloadID: entry.workloadID,
+                                        mode: EnforcementMode(entry.baseline.mode), createdAtWallNanoseconds: c.timeNanoseconds)
+        return entry.baseline.mode == .learn ? nil : latency
+    }
+
+    /// A cgroup went away: its addresses no longer name its workload, and its
+    /// policy goes from the kernel.
+    public func cgroupRemoved(_ cgroupID: UInt64) {
+        let changes = lock.withLock { () -> AddressBook.Changes in
+            armedPeers.remove(cgroupID)
+            return addresses.remove(cgroup: cgroupID)
+        }
+        applyAddressChanges(changes)
+        _ = try? enforcer?.removePolicy(cgroupID: cgroupID)
     }
 
     // MARK: - Operator actions (API)
@@ -243,6 +303,9 @@ public final class PolicyEngine: @unchecked Sendable {
             }
         }
         try? flush()
+        // Addresses change without a cgroup event (a namespace given another
+        // address, a container that joined late): a full read every tick.
+        scanAddresses()
         let promotions: [(String, Mode)] = lock.withLock {
             entries.values.compactMap { e in settings.promotion.promotion(for: e.baseline, now: now).map { (e.baseline.workload, $0) } }
         }
@@ -268,13 +331,20 @@ public final class PolicyEngine: @unchecked Sendable {
 
     // MARK: - Kernel mirror
 
-    /// At start: every baseline's rules, and the policies of every cgroup of
-    /// a workload in monitor or enforce mode.
+    /// At start: every baseline's rules, the policies of every cgroup of a
+    /// known workload, and the workloads' addresses.
     func syncKernel() throws {
-        guard enforcer != nil else { return }
+        guard let enforcer else { return }
         let workloads = lock.withLock { Array(entries.keys) }
         for w in workloads { try syncRules(w) }
         try armAll()
+        // The pinned map may hold addresses from the last agent: exactly the
+        // book's, now.
+        let wanted = lock.withLock { addresses.owners }
+        var ids: [IPAddress: UInt32] = [:]
+        for (a, w) in wanted { if let id = workloadID(w) { ids[a] = id } }
+        for (a, id) in try enforcer.peerAddresses() where ids[a] != id { _ = try enforcer.removePeerAddress(a) }
+        for (a, id) in ids { try enforcer.setPeerAddress(a, workloadID: id) }
         releaseUnusedPrograms()
     }
 
@@ -284,16 +354,14 @@ public final class PolicyEngine: @unchecked Sendable {
         _ = try enforcer.replaceRules(workloadID: id, with: rules)
     }
 
-    /// Sets (or clears) the kernel policy of every cgroup of this workload.
+    /// Sets the kernel policy of every cgroup of this workload: its mode, and
+    /// which workload it is (learn decides nothing, but names the workload
+    /// when one of its processes is another workload's local peer).
     func armWorkload(_ workload: String) throws {
         guard let enforcer else { return }
         guard let (mode, id) = lock.withLock({ entries[workload].map { ($0.baseline.mode, $0.workloadID) } }) else { return }
-        for cgroupID in cgroups(of: workload) {
-            if mode == .learn {
-                _ = try enforcer.removePolicy(cgroupID: cgroupID)
-            } else {
-                try enforcer.setPolicy(cgroupID: cgroupID, workloadID: id, mode: EnforcementMode(mode))
-            }
+        for c in walkCgroups() where c.workload == workload {
+            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: EnforcementMode(mode))
         }
         if mode != .enforce { releaseUnusedPrograms() }
     }
@@ -312,30 +380,156 @@ public final class PolicyEngine: @unchecked Sendable {
 
     func armAll() throws {
         guard let enforcer else { return }
-        for (cgroupID, who) in walkCgroups() {
-            guard let (mode, id) = lock.withLock({ entries[who].map { ($0.baseline.mode, $0.workloadID) } }) else { continue }
-            if mode != .learn { try enforcer.setPolicy(cgroupID: cgroupID, workloadID: id, mode: EnforcementMode(mode)) }
+        for c in walkCgroups() {
+            guard let (mode, id) = lock.withLock({ entries[c.workload].map { ($0.baseline.mode, $0.workloadID) } }) else { continue }
+            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: EnforcementMode(mode))
         }
     }
 
-    private func cgroups(of workload: String) -> [UInt64] {
-        walkCgroups().filter { $0.1 == workload }.map(\.0)
+    /// A cgroup of the watched subtree that belongs to a known workload.
+    private struct WatchedCgroup {
+        var id: UInt64
+        var path: String
+        var workload: String
     }
 
-    /// (cgroup id, workload) for every cgroup under the watched root.
-    private func walkCgroups() -> [(UInt64, String)] {
-        var result: [(UInt64, String)] = []
+    /// Every cgroup under the watched root whose workload is known.
+    private func walkCgroups() -> [WatchedCgroup] {
+        var result: [WatchedCgroup] = []
         var stack = [cgroupRootPath]
         while let dir = stack.popLast() {
             var st = stat()
             guard stat(dir, &st) == 0 else { continue }
             let who = identity.identity(forCgroup: UInt64(st.st_ino))
-            if !who.isUnknown { result.append((UInt64(st.st_ino), who.workload)) }
+            if !who.isUnknown { result.append(WatchedCgroup(id: UInt64(st.st_ino), path: dir, workload: who.workload)) }
             if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
                 for n in names where access(dir + "/" + n + "/cgroup.procs", F_OK) == 0 { stack.append(dir + "/" + n) }
             }
         }
         return result
+    }
+
+    // MARK: - Workloads' addresses
+
+    /// The network namespace of a cgroup's processes and that namespace's
+    /// addresses; nil when it has no process, or its processes are on the
+    /// node's own network (no address of their own).
+    private func namespaceOf(cgroupPath path: String) -> (namespace: UInt64, addresses: Set<IPAddress>)? {
+        guard let procs = try? readFile(path + "/cgroup.procs") else { return nil }
+        for line in procs.split(separator: "\n") {
+            guard let pid = Int32(line), let ns = NamespaceAddresses.namespace(ofProcess: pid) else { continue }
+            if ns == nodeNamespace { return nil }
+            guard let a = NamespaceAddresses.addresses(ofProcess: pid) else { continue }  // exited meanwhile
+            return (ns, a)
+        }
+        return nil
+    }
+
+    /// Reads every known workload's addresses from the node (every few
+    /// seconds, and at start), and brings the book and the kernel up to date.
+    func scanAddresses(applyToKernel: Bool = true) {
+        var members: [UInt64: AddressBook.Member] = [:]
+        var namespaces: [UInt64: Set<IPAddress>] = [:]
+        for c in walkCgroups() {
+            guard let (ns, a) = namespaceOf(cgroupPath: c.path) else { continue }
+            members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns)
+            namespaces[ns] = a
+        }
+        let changes = lock.withLock { addresses.replaceAll(members: members, namespaces: namespaces) }
+        if applyToKernel { applyAddressChanges(changes) }
+    }
+
+    /// A new cgroup of a known workload: its first process joins it a little
+    /// after the cgroup is made (the runtime's init, in the container's
+    /// network namespace, before the container's own program starts). Watch
+    /// for it, briefly, so that the container's addresses name its workload
+    /// before its first connection.
+    private func watchForAddresses(cgroupID: UInt64, path: String, workload: String) {
+        DispatchQueue.global().async { [self] in
+            let start = BootClock.now(CLOCK_MONOTONIC)
+            var pause: useconds_t = 1000
+            while BootClock.now(CLOCK_MONOTONIC) - start < 5_000_000_000 {
+                if let procs = try? readFile(path + "/cgroup.procs") {
+                    if !procs.isEmpty {
+                        if let (ns, a) = namespaceOf(cgroupPath: path) {
+                            let changes = lock.withLock {
+                                addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a)
+                            }
+                            applyAddressChanges(changes)
+                        }
+                        return
+                    }
+                } else {
+                    return  // the cgroup is gone
+                }
+                usleep(pause)
+                pause = min(pause * 2, 50_000)
+            }
+        }
+    }
+
+    private func workloadID(_ workload: String) -> UInt32? {
+        lock.withLock({ entries[workload]?.workloadID })
+            ?? (try? store.workloadID(for: workload, createWith: .learn, now: BootClock.now(CLOCK_REALTIME)))
+    }
+
+    private func applyAddressChanges(_ changes: AddressBook.Changes) {
+        guard !changes.isEmpty else { return }
+        for (address, owner) in changes {
+            do {
+                if let owner, let id = workloadID(owner) {
+                    try enforcer?.setPeerAddress(address, workloadID: id)
+                    logger.debug("address names a workload", metadata: ["address": "\(address)", "workload": "\(owner)"])
+                } else {
+                    _ = try enforcer?.removePeerAddress(address)
+                    logger.debug("address no longer names a workload", metadata: ["address": "\(address)"])
+                }
+            } catch {
+                logger.warning("could not update the kernel's peer addresses: \(error)")
+            }
+        }
+    }
+
+    /// Baselines from before peers were named by workload in both
+    /// directions may name, by address, a peer that is a known workload of
+    /// this node: such a rule becomes a rule on that workload, with its
+    /// counts, so that it follows the workload to its next address.
+    private func migrateAddressRules() throws {
+        let owners = lock.withLock { addresses.owners }
+        guard !owners.isEmpty else { return }
+        var changed: [Baseline] = []
+        lock.withLock {
+            for i in entries.indices {
+                var b = entries.values[i].baseline
+                var moved: [(RuleKey, RuleKey)] = []
+                for (key, rule) in b.rules {
+                    guard case let .network(c) = key.peer, c.prefixLength == (c.network.family == .ipv4 ? 32 : 128),
+                          let w = owners[c.network] else { continue }
+                    var to = key
+                    to.peer = .workload(w)
+                    b.rules[key] = nil
+                    if var existing = b.rules[to] {
+                        existing.hits += rule.hits
+                        existing.firstSeen = min(existing.firstSeen, rule.firstSeen)
+                        existing.lastSeen = max(existing.lastSeen, rule.lastSeen)
+                        b.rules[to] = existing
+                    } else {
+                        b.rules[to] = Rule(key: to, firstSeen: rule.firstSeen, lastSeen: rule.lastSeen, hits: rule.hits)
+                    }
+                    moved.append((key, to))
+                }
+                guard !moved.isEmpty else { continue }
+                entries.values[i].baseline = b
+                changed.append(b)
+                for (from, to) in moved {
+                    logger.notice("baseline rule now names the workload that holds its address", metadata: [
+                        "workload": "\(b.workload)", "from": "\(from.direction.rawValue) \(from.peer) port \(from.port)",
+                        "to": "\(to.peer)",
+                    ])
+                }
+            }
+        }
+        for b in changed { try store.save(b) }
     }
 
     private func kernelRule(_ k: RuleKey, workloadID: UInt32) -> EnforcementRule? {

@@ -57,6 +57,11 @@ public struct ConnectionEvent: Sendable, Equatable {
     /// False when the connect began before the tracer attached, or the
     /// listener's owner is not known: pid, comm and uid are then 0 / empty.
     public var processKnown: Bool
+    /// The cgroup of the other end when it is a socket of this node in the
+    /// same network namespace (loopback, the node's own address, a shared
+    /// namespace): the listener of a connect to a loopback address, the
+    /// client of an accept. 0 when the peer is elsewhere or was not found.
+    public var peerCgroupID: UInt64
 
     public var family: IPAddress.Family { source.family }
 
@@ -69,7 +74,7 @@ public struct ConnectionEvent: Sendable, Equatable {
     public init(timeNanoseconds: Int64, direction: Direction, outcome: Outcome, error: Int32 = 0,
                 pid: UInt32, comm: String, uid: UInt32, cgroupID: UInt64, netns: UInt32 = 0,
                 source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
-                hook: Hook = .tracepoint, processKnown: Bool = true) {
+                hook: Hook = .tracepoint, processKnown: Bool = true, peerCgroupID: UInt64 = 0) {
         self.timeNanoseconds = timeNanoseconds
         self.direction = direction
         self.outcome = outcome
@@ -85,6 +90,7 @@ public struct ConnectionEvent: Sendable, Equatable {
         self.destinationPort = destinationPort
         self.hook = hook
         self.processKnown = processKnown
+        self.peerCgroupID = peerCgroupID
     }
 }
 
@@ -175,7 +181,7 @@ extension ConnectionEvent {
             pid: raw.pid, comm: withUnsafeBytes(of: raw.comm) { cString(from: $0) }, uid: raw.uid,
             cgroupID: raw.cgroup_id, netns: raw.netns,
             source: src, sourcePort: raw.sport, destination: dst, destinationPort: raw.dport,
-            hook: hook, processKnown: raw.flags & unknownMask == 0)
+            hook: hook, processKnown: raw.flags & unknownMask == 0, peerCgroupID: raw.peer_cgroup_id)
     }
 }
 

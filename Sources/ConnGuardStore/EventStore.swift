@@ -262,6 +262,11 @@ public final class EventStore: Sendable {
             sqlite3_bind_int64(stmt, 16, StoreCode.hook(e.hook))
             sqlite3_bind_int64(stmt, 17, e.processKnown ? 1 : 0)
             sqlite3_bind_int64(stmt, 18, verdict)
+            if let w = c.peerWorkload {
+                sqlite3_bind_int64(stmt, 19, try cache.workloadID(w, namespace: nil, db))
+            } else {
+                sqlite3_bind_null(stmt, 19)
+            }
             try step(stmt, db, StoreSchema.insertEvent)
             let rowID = db.lastInsertedRowID
             if firstID == nil { firstID = rowID }
@@ -417,8 +422,8 @@ public final class EventStore: Sendable {
             var sql = """
                 SELECT e.id, e.time, e.direction, e.outcome, e.error, e.pid, e.comm, e.uid, e.cgroup_id,
                        e.netns, e.local_addr, e.local_port, e.peer_addr, e.peer_port, e.hook,
-                       e.process_known, e.verdict, e.identity_id
-                FROM event e
+                       e.process_known, e.verdict, e.identity_id, pw.name
+                FROM event e LEFT JOIN workload pw ON pw.id = e.peer_workload_id
                 """
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
             let newestFirst = query.last != nil
@@ -486,7 +491,8 @@ public final class EventStore: Sendable {
             destination: accept ? local : peer, destinationPort: accept ? localPort : peerPort,
             hook: StoreCode.hook(row[14] as Int64), processKnown: row[15])
         let identity = try identities.identity(row[17] as Int64, db)
-        return StoredConnection(id: row[0], event: event, identity: identity, verdict: StoreCode.verdict(row[16] as Int64))
+        return StoredConnection(id: row[0], event: event, identity: identity, verdict: StoreCode.verdict(row[16] as Int64),
+                                peerWorkload: row[18])
     }
 
     /// Aggregated connections matching `query`, by last seen, oldest first.
@@ -668,7 +674,7 @@ struct InternCache {
         return (id, workload)
     }
 
-    private mutating func workloadID(_ name: String, namespace: String?, _ db: Database) throws -> Int64 {
+    mutating func workloadID(_ name: String, namespace: String?, _ db: Database) throws -> Int64 {
         if let w = workloads[name], w.hasNamespace || namespace == nil { return w.id }
         let id: Int64
         if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT id, namespace FROM workload WHERE name = ?"), arguments: [name]) {

@@ -27,7 +27,7 @@ let SQLITE_TRANSIENT = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_
 ///   verdict) with first/last seen and counts, kept much longer.
 /// - events_view: the events with names and text, for a person at sqlite3.
 public enum StoreSchema {
-    public static let storeMigrations: [String] = ["store-v1"]
+    public static let storeMigrations: [String] = ["store-v1", "store-v2"]
 
     /// Registers the store's own migrations; call first, then a later layer's.
     public static func registerMigrations(in migrator: inout DatabaseMigrator) {
@@ -104,13 +104,17 @@ public enum StoreSchema {
                     LEFT JOIN identity i ON i.id = e.identity_id;
                 """)
         }
+        // The workload at the other end (nullable: a peer ConnGuard does not know).
+        migrator.registerMigration("store-v2") { db in
+            try db.execute(sql: "ALTER TABLE event ADD COLUMN peer_workload_id INTEGER")
+        }
     }
 
     static let insertEvent = """
         INSERT INTO event (time, workload_id, identity_id, direction, outcome, error, pid, comm, uid,
                            cgroup_id, netns, local_addr, local_port, peer_addr, peer_port, hook,
-                           process_known, verdict)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           process_known, verdict, peer_workload_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
     static let touchIdentity = "UPDATE identity SET last_event_id = ? WHERE id = ?"

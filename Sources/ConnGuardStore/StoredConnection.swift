@@ -10,6 +10,9 @@ public struct StoredConnection: Sendable, Equatable {
     public var event: ConnectionEvent
     public var identity: Identity
     public var verdict: Verdict
+    /// The workload at the other end, when ConnGuard knows it (a local peer's
+    /// cgroup, or an address that one workload of the node holds).
+    public var peerWorkload: String?
     /// nil: this is one event (a row, if the store's row budget allows).
     /// n: it stands for n events of this connection that the kernel counted
     /// without sending them: folded into the aggregate, never a row.
@@ -18,11 +21,12 @@ public struct StoredConnection: Sendable, Equatable {
     public var eventCount: Int { Int(repeatCount ?? 1) }
 
     public init(id: Int64? = nil, event: ConnectionEvent, identity: Identity, verdict: Verdict = .allowed,
-                repeatCount: Int64? = nil) {
+                peerWorkload: String? = nil, repeatCount: Int64? = nil) {
         self.id = id
         self.event = event
         self.identity = identity
         self.verdict = verdict
+        self.peerWorkload = peerWorkload
         self.repeatCount = repeatCount
     }
 
@@ -30,9 +34,10 @@ public struct StoredConnection: Sendable, Equatable {
     /// outcome, error, pid, comm, uid, cgroup_id, family, src, sport, dst,
     /// dport, netns, hook, process_known, workload, container {id, runtime,
     /// name, image} or null, pod {namespace, name, uid, container} or null),
-    /// then verdict.
+    /// then verdict and peer_workload (or null).
     public func appendJSONLine(using writer: inout JSONLineWriter, to out: inout [UInt8]) {
-        writer.append(event, identity: identity, extra: [("verdict", .string(verdict.rawValue))], to: &out)
+        writer.append(event, identity: identity, extra: [("verdict", .string(verdict.rawValue)),
+                                                          ("peer_workload", peerWorkload.map(JSONValue.string) ?? .null)], to: &out)
     }
 
     /// `appendJSONLine` as a String, newline included.
@@ -129,7 +134,7 @@ enum RFC3339 {
 extension StoredConnection: Codable {
     enum CodingKeys: String, CodingKey {
         case id, time_ns, event, outcome, error, pid, comm, uid, cgroup_id, netns, src, sport, dst, dport
-        case hook, process_known, identity, verdict
+        case hook, process_known, identity, verdict, peer_workload
     }
 
     public init(from decoder: Decoder) throws {
@@ -158,6 +163,7 @@ extension StoredConnection: Codable {
             processKnown: try c.decode(Bool.self, forKey: .process_known))
         identity = try c.decode(Identity.self, forKey: .identity)
         verdict = try c.decode(Verdict.self, forKey: .verdict)
+        peerWorkload = try c.decodeIfPresent(String.self, forKey: .peer_workload)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -180,6 +186,7 @@ extension StoredConnection: Codable {
         try c.encode(event.processKnown, forKey: .process_known)
         try c.encode(identity, forKey: .identity)
         try c.encode(verdict, forKey: .verdict)
+        try c.encodeIfPresent(peerWorkload, forKey: .peer_workload)
     }
 }
 

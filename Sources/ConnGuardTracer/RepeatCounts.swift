@@ -19,6 +19,8 @@ public struct RepeatCount: Sendable, Equatable {
     /// Wall-clock nanoseconds of the latest of them.
     public var lastSeenNanoseconds: Int64
     public var hook: ConnectionEvent.Hook
+    /// As in the events it stands for (`ConnectionEvent.peerCgroupID`).
+    public var peerCgroupID: UInt64 = 0
 
     /// An event that stands for all of them: the connection's fields, no
     /// process, the time of the latest, and the unspecified address on this
@@ -28,7 +30,8 @@ public struct RepeatCount: Sendable, Equatable {
         return ConnectionEvent(
             timeNanoseconds: lastSeenNanoseconds, direction: direction, outcome: outcome, pid: 0, comm: "", uid: 0,
             cgroupID: cgroupID, source: direction == .accept ? peer : here, sourcePort: 0,
-            destination: direction == .accept ? here : peer, destinationPort: port, hook: hook, processKnown: false)
+            destination: direction == .accept ? here : peer, destinationPort: port, hook: hook, processKnown: false,
+            peerCgroupID: peerCgroupID)
     }
 }
 
@@ -82,6 +85,7 @@ final class RepeatCounter {
               let outcome = ConnectionEvent.Outcome(kernel: key.outcome)
         else { return nil }
         return RepeatCount(cgroupID: key.cgroup_id, direction: direction, outcome: outcome, peer: peer, port: key.port,
-                           count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot), hook: hook)
+                           count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot), hook: hook,
+                           peerCgroupID: key.peer_cgroup_id)
     }
 }

@@ -182,7 +182,10 @@ final class EnforcerTests: XCTestCase {
         let denials = try enforcer.denialReader()
         try enforcer.setPolicy(cgroupID: cg.id, workloadID: server, mode: .enforce)
 
-        for (address, cidr) in [("127.0.0.1", "127.0.0.0/8"), ("::1", "::1/128")] {
+        // A block, not the one address: a local client is never admitted by
+        // an inbound rule on an address every local process shares
+        // (testLocalPeersAreNamedByTheirCgroup).
+        for (address, cidr) in [("127.0.0.1", "127.0.0.0/8"), ("::1", "::/127")] {
             // Bound after attach, so the kernel knows who bound it.
             let srv = try box.server(in: cg.path, address: address)
             // A rule for this port, but for another network.
@@ -216,25 +219,89 @@ final class EnforcerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counts.accept.allowed, 2)
     }
 
-    /// Rules whose peer is a workload follow that workload's addresses.
+    /// Rules whose peer is a workload follow that workload's addresses (a
+    /// peer that is not a socket of this node: nothing listens at the
+    /// address, so a connect the kernel lets through is refused by TCP,
+    /// ECONNREFUSED, not EPERM).
     func testPeerWorkloadRuleFollowsPeerAddresses() throws {
         try requireRoot()
         let box = try EnforceSandbox()
         defer { box.cleanup() }
         let peerAddress = "127.0.0.2"
-        let a = try Net.listener(address: peerAddress)
-        defer { close(a.fd) }
+        let (probe, port) = try Net.listener(address: peerAddress)  // a free port, then nobody listens
+        close(probe)
         let cg = try box.child("client")
         let enforcer = try box.open()
         try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: .enforce)
-        try enforcer.add(EnforcementRule(workloadID: client, direction: .connect, port: a.port, peer: .workload(7)))
+        try enforcer.add(EnforcementRule(workloadID: client, direction: .connect, port: port, peer: .workload(7)))
 
-        XCTAssertEqual(try box.connect(from: cg.path, to: peerAddress, port: a.port).errno, EPERM, "address not yet known as workload 7")
+        XCTAssertEqual(try box.connect(from: cg.path, to: peerAddress, port: port).errno, EPERM, "address not yet known as workload 7")
         try enforcer.setPeerAddress(IPAddress(peerAddress)!, workloadID: 7)
-        XCTAssertTrue(try box.connect(from: cg.path, to: peerAddress, port: a.port).ok)
+        XCTAssertEqual(try box.connect(from: cg.path, to: peerAddress, port: port).errno, ECONNREFUSED, "let through")
         XCTAssertEqual(try enforcer.peerAddresses(), [IPAddress(peerAddress)!: 7])
         XCTAssertTrue(try enforcer.removePeerAddress(IPAddress(peerAddress)!))
-        XCTAssertEqual(try box.connect(from: cg.path, to: peerAddress, port: a.port).errno, EPERM)
+        XCTAssertEqual(try box.connect(from: cg.path, to: peerAddress, port: port).errno, EPERM)
+    }
+
+    /// Peers on this node, in the same network namespace, are named by their
+    /// cgroup, never by 127.0.0.1 or ::1, which every local process shares:
+    /// an enforced server admits the local clients whose workload its
+    /// baseline names, drops the others (the denial names the client's
+    /// cgroup), and an inbound rule on the one shared address admits no one;
+    /// an enforced client may connect to the local listener of a workload it
+    /// has a rule for, and not to another's.
+    func testLocalPeersAreNamedByTheirCgroup() throws {
+        try requireRoot()
+        let box = try EnforceSandbox()
+        defer { box.cleanup() }
+        let srv = try box.child("server"), known = try box.child("known"), other = try box.child("other")
+        let stranger = try box.child("stranger")  // no policy at all
+        let knownID: UInt32 = 11, otherID: UInt32 = 12
+        let enforcer = try box.open()
+        let denials = try enforcer.denialReader()
+        try enforcer.setPolicy(cgroupID: srv.id, workloadID: server, mode: .enforce)
+        try enforcer.setPolicy(cgroupID: known.id, workloadID: knownID, mode: .learn)
+        try enforcer.setPolicy(cgroupID: other.id, workloadID: otherID, mode: .learn)
+
+        for address in ["127.0.0.1", "::1"] {
+            let s = try box.server(in: srv.path, address: address)
+            try enforcer.add(EnforcementRule(workloadID: server, direction: .accept, port: s.port, peer: .workload(knownID)))
+            XCTAssertTrue(try box.connect(from: known.path, to: address, port: s.port).ok, "\(address): the learnt workload gets in")
+            XCTAssertEqual(s.child.readLine(timeout: 3)?.hasPrefix("accepted"), true)
+            for refused in [other, stranger] {
+                let r = try box.connect(from: refused.path, to: address, port: s.port, timeout: 1)
+                XCTAssertEqual(r.exception, "TimeoutError", "\(address): another local workload is dropped, got \(r)")
+                let mine = { (e: ConnectionEvent) in e.peerCgroupID == refused.id && e.destinationPort == s.port }
+                let events = try waitForDenials(denials) { $0.contains(where: mine) }
+                let e = try XCTUnwrap(events.first(where: mine), "\(address): denial naming the client's cgroup")
+                XCTAssertEqual(e.direction, .accept)
+                XCTAssertEqual(e.cgroupID, srv.id)
+                XCTAssertEqual(e.destinationPort, s.port)
+            }
+            // The shared address admits no local peer; a block still does.
+            try enforcer.add(EnforcementRule(workloadID: server, direction: .accept, port: s.port,
+                                             peer: .cidr(CIDR(address == "::1" ? "::1/128" : "127.0.0.1/32")!)))
+            XCTAssertFalse(try box.connect(from: other.path, to: address, port: s.port, timeout: 1).ok, "\(address): exact rule")
+            try enforcer.add(EnforcementRule(workloadID: server, direction: .accept, port: s.port,
+                                             peer: .cidr(CIDR(address == "::1" ? "::/127" : "127.0.0.0/8")!)))
+            XCTAssertTrue(try box.connect(from: other.path, to: address, port: s.port).ok, "\(address): a block admits")
+            s.child.stop()
+        }
+
+        // Outbound to a loopback address: by the listener's workload.
+        let peer = try box.child("peer")
+        let peerID: UInt32 = 13
+        try enforcer.setPolicy(cgroupID: peer.id, workloadID: peerID, mode: .learn)
+        try enforcer.setPolicy(cgroupID: known.id, workloadID: knownID, mode: .enforce)
+        let mine = try box.server(in: peer.path, address: "127.0.0.1")
+        let theirs = try box.server(in: other.path, address: "127.0.0.1")
+        try enforcer.add(EnforcementRule(workloadID: knownID, direction: .connect, port: mine.port, peer: .workload(peerID)))
+        try enforcer.add(EnforcementRule(workloadID: knownID, direction: .connect, port: theirs.port, peer: .workload(peerID)))
+        XCTAssertTrue(try box.connect(from: known.path, to: "127.0.0.1", port: mine.port).ok, "the server it has a rule for")
+        XCTAssertEqual(try box.connect(from: known.path, to: "127.0.0.1", port: theirs.port).errno, EPERM,
+                       "the same port rule, but another workload listens there")
+        let events = try waitForDenials(denials) { $0.contains { $0.direction == .connect } }
+        XCTAssertEqual(events.first { $0.direction == .connect }?.peerCgroupID, other.id, "the denial names the listener's cgroup")
     }
 
     /// A policy on a parent cgroup covers a container cgroup made under it

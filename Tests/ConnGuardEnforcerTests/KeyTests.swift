@@ -70,6 +70,7 @@ final class KeyTests: XCTestCase {
             ("uid", \.uid), ("netns", \.netns), ("error", \.error), ("family", \.family), ("sport", \.sport),
             ("dport", \.dport), ("direction", \.direction), ("outcome", \.outcome), ("hook", \.hook),
             ("flags", \.flags), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
+            ("peer_cgroup_id", \.peer_cgroup_id),
         ])
         check(cg_cgroup_policy.self, "cg_cgroup_policy", [("workload_id", \.workload_id), ("mode", \.mode), ("pad", \.pad)])
         check(cg_rule_key.self, "cg_rule_key", [

@@ -150,10 +150,21 @@ final class EnforcementTests: XCTestCase {
         XCTAssertEqual((d["container"] as? [String: Any])?["runtime"] as? String, "podman")
         XCTAssertEqual(d["dport"] as? Int, Int(other))
 
-        // Inbound: the web server, enforced, accepts only the peers it learnt
-        // (127.0.0.1); a SYN from 127.0.0.2 is dropped and reported.
+        // Inbound: the web server, enforced, accepts only the peers it learnt,
+        // by workload (over loopback every local process shares 127.0.0.1):
+        // a new container of the learnt client gets in, a container of
+        // another workload on the same address does not, and neither does a
+        // SYN from 127.0.0.2; each refusal is reported.
+        XCTAssertTrue(rules(web).contains { $0["peer"] as? String == "workload:\(client)" && $0["direction"] as? String == "in" },
+                      "the server's inbound rule names its client's workload: \(rules(web))")
         XCTAssertEqual(cg(["mode", web, "enforce"]).status, 0)
-        XCTAssertEqual(self.client("\(tag)-client2", port: allowed).trimmed, "hi", "learnt peer still gets in")
+        XCTAssertEqual(self.client(client, port: allowed).trimmed, "hi", "the learnt client's workload still gets in")
+        XCTAssertEqual(self.client("\(tag)-client2", port: allowed).trimmed, "", "another workload on 127.0.0.1 is refused")
+        waitFor("denied accept of the other workload, naming both") {
+            connections(["--verdict", "denied", "--direction", "in", "--workload", web]).contains {
+                $0["peer_workload"] as? String == "\(tag)-client2"
+            }
+        }
         let probe = Shell.run(["python3", "-c", """
             import socket
             s = socket.socket(); s.settimeout(2); s.bind(("127.0.0.2", 0))

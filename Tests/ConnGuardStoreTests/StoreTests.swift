@@ -322,7 +322,7 @@ final class EventStoreTests: StoreTestCase {
         store = try EventStore(path: dbPath, options: .init(migrations: [policy, policy2]))
         XCTAssertEqual(try store.database.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM baseline WHERE mode IS NULL") }, 1)
         let applied = try store.database.read { db in try EventStore.migrator([policy, policy2]).appliedIdentifiers(db) }
-        XCTAssertEqual(Set(applied), ["store-v1", "policy-v1", "policy-v2"])
+        XCTAssertEqual(Set(applied), ["store-v1", "store-v2", "policy-v1", "policy-v2"])
         try store.close()
         // The CLI, which knows only the store's migrations, still opens it.
         let cli = try EventStore(path: dbPath, options: .init(readOnly: true))
@@ -373,12 +373,13 @@ final class EventStoreTests: StoreTestCase {
 
     func testJSONHasTheTraceKeysAndIdentity() throws {
         let store = try EventStore(path: dbPath)
-        try store.append([connection(base, outcome: .failed, identity: podA0, verdict: .wouldDeny), connection(base + 1, identity: host)])
+        try store.append([connection(base, outcome: .failed, identity: podA0, verdict: .wouldDeny),
+                          connection(base + 1, identity: host, peerWorkload: "shop/db/postgres")])
         let rows = try store.query(ConnectionQuery())
         let traceKeys: Set<String> = ["time", "event", "outcome", "error", "pid", "comm", "uid", "cgroup_id", "family", "src",
                                       "sport", "dst", "dport", "netns", "hook", "process_known"]
         let pod = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(rows[0].jsonLine.utf8)) as? [String: Any])
-        XCTAssertEqual(Set(pod.keys), traceKeys.union(["workload", "container", "pod", "verdict"]))
+        XCTAssertEqual(Set(pod.keys), traceKeys.union(["workload", "container", "pod", "verdict", "peer_workload"]))
         XCTAssertEqual(pod["workload"] as? String, "shop/web/app")
         XCTAssertEqual(pod["verdict"] as? String, "would_deny")
         XCTAssertEqual(pod["error"] as? String, "ECONNREFUSED")
@@ -393,6 +394,10 @@ final class EventStoreTests: StoreTestCase {
         let hostLine = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(rows[1].jsonLine.utf8)) as? [String: Any])
         XCTAssertTrue(hostLine["container"] is NSNull)
         XCTAssertTrue(hostLine["pod"] is NSNull)
+        // The workload at the other end, when known; null when not.
+        XCTAssertTrue(pod["peer_workload"] is NSNull)
+        XCTAssertEqual(hostLine["peer_workload"] as? String, "shop/db/postgres")
+        XCTAssertEqual(rows[1].peerWorkload, "shop/db/postgres")
 
         // Codable round trip.
         let data = try JSONEncoder().encode(rows)

@@ -48,7 +48,8 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
 func connection(_ time: Int64, _ direction: ConnectionEvent.Direction = .connect, local: String = "10.0.0.5",
                 localPort: UInt16 = 40_000, peer: String = "10.9.0.1", peerPort: UInt16 = 443,
                 outcome: ConnectionEvent.Outcome = .established, identity: Identity = podA0,
-                verdict: Verdict = .allowed, pid: UInt32 = 100, comm: String = "curl") -> StoredConnection {
+                verdict: Verdict = .allowed, pid: UInt32 = 100, comm: String = "curl",
+                peerWorkload: String? = nil) -> StoredConnection {
     let accept = direction == .accept
     let event = ConnectionEvent(
         timeNanoseconds: time, direction: direction, outcome: outcome, error: outcome == .failed ? 111 : 0,
@@ -56,7 +57,7 @@ func connection(_ time: Int64, _ direction: ConnectionEvent.Direction = .connect
         source: accept ? ip(peer) : ip(local), sourcePort: accept ? peerPort : localPort,
         destination: accept ? ip(local) : ip(peer), destinationPort: accept ? localPort : peerPort,
         hook: .fentry, processKnown: pid != 0)
-    return StoredConnection(event: event, identity: identity, verdict: verdict)
+    return StoredConnection(event: event, identity: identity, verdict: verdict, peerWorkload: peerWorkload)
 }
 
 /// Deterministic pseudo-random numbers (xorshift).

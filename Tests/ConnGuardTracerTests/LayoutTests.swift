@@ -26,6 +26,7 @@ final class LayoutTests: XCTestCase {
             ("uid", \.uid), ("netns", \.netns), ("error", \.error), ("family", \.family), ("sport", \.sport),
             ("dport", \.dport), ("direction", \.direction), ("outcome", \.outcome), ("hook", \.hook),
             ("flags", \.flags), ("pad", \.pad), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
+            ("peer_cgroup_id", \.peer_cgroup_id),
         ])
         check(cg_cgroup_event.self, "cg_cgroup_event", [
             ("kind", \.kind), ("hierarchy_id", \.hierarchy_id), ("timestamp_ns", \.timestamp_ns),
@@ -34,6 +35,14 @@ final class LayoutTests: XCTestCase {
         check(cg_listener_key.self, "cg_listener_key", [("netns", \.netns), ("port", \.port), ("family", \.family)])
         check(cg_listener.self, "cg_listener", [
             ("sock", \.sock), ("cgroup_id", \.cgroup_id), ("pid", \.pid), ("uid", \.uid), ("comm", \.comm),
+        ])
+        check(cg_repeat_key.self, "cg_repeat_key", [
+            ("cgroup_id", \.cgroup_id), ("peer", \.peer), ("port", \.port), ("family", \.family),
+            ("direction", \.direction), ("outcome", \.outcome), ("pad", \.pad), ("peer_cgroup_id", \.peer_cgroup_id),
+        ])
+        check(cg_local_flow_key.self, "cg_local_flow_key", [
+            ("client", \.client), ("server", \.server), ("netns", \.netns), ("client_port", \.client_port),
+            ("server_port", \.server_port),
         ])
         check(cg_connecting.self, "cg_connecting", [("cgroup_id", \.cgroup_id), ("pid", \.pid), ("uid", \.uid), ("comm", \.comm)])
     }

@@ -90,8 +90,13 @@ struct cg_connection_event {
     __u8 saddr[16];
     __u8 daddr[16];
     char comm[CG_COMM_LEN];
+    /* The other end's cgroup, when it is a socket of this node in the same
+     * network namespace (loopback, the node's own address, a shared
+     * namespace): for a connect to a loopback address, the listener's; for an
+     * accept, the client's. 0 when the peer is elsewhere or was not found. */
+    __u64 peer_cgroup_id;
 };
-_Static_assert(sizeof(struct cg_connection_event) == 96, "cg_connection_event layout changed");
+_Static_assert(sizeof(struct cg_connection_event) == 104, "cg_connection_event layout changed");
 
 /* A cgroup was created or removed (from tp_btf/cgroup_mkdir and cgroup_rmdir). */
 struct cg_cgroup_event {
@@ -117,7 +122,6 @@ enum cg_drop_reason {
     CG_DROP_REASON_COUNT = 5,
 };
 
-/* Key of the `listeners` map: a listening port in one network namespace. */
 /* Repeat counting (the agent): a connection is (cgroup, direction, outcome,
  * peer, port). The first event of each in a period, and a budget of others,
  * go to the ring buffer; the rest are counted per CPU under this key, and
@@ -130,8 +134,9 @@ struct cg_repeat_key {
     __u8 direction;      /* enum cg_direction */
     __u8 outcome;        /* enum cg_outcome */
     __u8 pad[2];
+    __u64 peer_cgroup_id; /* as in the event: local clients of one server stay apart */
 };
-_Static_assert(sizeof(struct cg_repeat_key) == 32, "cg_repeat_key layout changed");
+_Static_assert(sizeof(struct cg_repeat_key) == 40, "cg_repeat_key layout changed");
 
 struct cg_repeat_count {
     __u64 count;         /* events counted here, not sent */
@@ -146,6 +151,7 @@ struct cg_repeat_budget {
 };
 _Static_assert(sizeof(struct cg_repeat_budget) == 16, "cg_repeat_budget layout changed");
 
+/* Key of the `listeners` map: a listening port in one network namespace. */
 struct cg_listener_key {
     __u32 netns;
     __u16 port;          /* host byte order */
@@ -163,6 +169,20 @@ struct cg_listener {
     char comm[CG_COMM_LEN];
 };
 _Static_assert(sizeof(struct cg_listener) == 40, "cg_listener layout changed");
+
+/* Key of the `local_clients` map: an established connection seen from its
+ * client, so that the accept at the other end (a listener of this node, in
+ * the same network namespace) can name the client's cgroup. Addresses in the
+ * 16-byte form, IPv4 as ::ffff:a.b.c.d, so that an IPv4 client of a
+ * dual-stack listener meets its key. */
+struct cg_local_flow_key {
+    __u8 client[16];
+    __u8 server[16];
+    __u32 netns;
+    __u16 client_port;   /* host byte order */
+    __u16 server_port;
+};
+_Static_assert(sizeof(struct cg_local_flow_key) == 40, "cg_local_flow_key layout changed");
 
 /* Value of the `connecting` map: who called connect(), remembered from
  * SYN_SENT until the outcome is known. */
