@@ -440,27 +440,24 @@ public final class PolicyEngine: @unchecked Sendable {
     }
 
     /// A new cgroup of a known workload: its first process joins it a little
-    /// after the cgroup is made (the runtime's init, in the container's
-    /// network namespace, before the container's own program starts). Watch
-    /// for it, briefly, so that the container's addresses name its workload
-    /// before its first connection.
+    /// after the cgroup is made (the runtime's init, which then enters the
+    /// container's network namespace, before the container's own program
+    /// starts). Watch for it, briefly, so that the container's addresses name
+    /// its workload before its first connection. A process still on the
+    /// node's network after the watch is a host-network container (the
+    /// periodic scan covers one that moves later).
     private func watchForAddresses(cgroupID: UInt64, path: String, workload: String) {
         DispatchQueue.global().async { [self] in
             let start = BootClock.now(CLOCK_MONOTONIC)
-            var pause: useconds_t = 1000
+            var pause: useconds_t = 500
             while BootClock.now(CLOCK_MONOTONIC) - start < 5_000_000_000 {
-                if let procs = try? readFile(path + "/cgroup.procs") {
-                    if !procs.isEmpty {
-                        if let (ns, a) = namespaceOf(cgroupPath: path) {
-                            let changes = lock.withLock {
-                                addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a)
-                            }
-                            applyAddressChanges(changes)
-                        }
-                        return
+                guard access(path + "/cgroup.procs", F_OK) == 0 else { return }  // the cgroup is gone
+                if let (ns, a) = namespaceOf(cgroupPath: path) {
+                    let changes = lock.withLock {
+                        addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a)
                     }
-                } else {
-                    return  // the cgroup is gone
+                    applyAddressChanges(changes)
+                    return
                 }
                 usleep(pause)
                 pause = min(pause * 2, 50_000)
@@ -522,7 +519,7 @@ public final class PolicyEngine: @unchecked Sendable {
                 entries.values[i].baseline = b
                 changed.append(b)
                 for (from, to) in moved {
-                    logger.notice("baseline rule now names the workload that holds its address", metadata: [
+                    logger.warning("baseline rule now names the workload that holds its address", metadata: [
                         "workload": "\(b.workload)", "from": "\(from.direction.rawValue) \(from.peer) port \(from.port)",
                         "to": "\(to.peer)",
                     ])

@@ -106,7 +106,8 @@ struct ConnectionTable {
     var columns: [(String, Int)] {
         aggregate
             ? [("WORKLOAD", 36), ("DIR", 4), ("PEER", 40), ("PORT", 6), ("VERDICT", 11), ("COUNT", 8), ("FAILED", 7), ("FIRST SEEN", 20), ("LAST SEEN", 20)]
-            : [("TIME", 20), ("EVENT", 7), ("OUTCOME", 20), ("VERDICT", 11), ("WORKLOAD", 36), ("PROCESS", 22), ("SOURCE", 22), ("DESTINATION", 22)]
+            : [("TIME", 20), ("EVENT", 7), ("OUTCOME", 20), ("VERDICT", 11), ("WORKLOAD", 36), ("PROCESS", 22), ("SOURCE", 22), ("DESTINATION", 22),
+               ("PEER WORKLOAD", 0)]
     }
 
     func header() -> String { line(columns.map(\.0)) }
@@ -133,7 +134,7 @@ struct ConnectionTable {
         let process = (o["process_known"] as? Bool) == false ? "?" : "\(s("pid"))/\(s("comm"))"
         func endpoint(_ a: String, _ p: String) -> String { s(a).contains(":") ? "[\(s(a))]:\(s(p))" : "\(s(a)):\(s(p))" }
         return line([time("time"), s("event"), outcome, s("verdict"), s("workload"), process,
-                     endpoint("src", "sport"), endpoint("dst", "dport")])
+                     endpoint("src", "sport"), endpoint("dst", "dport"), s("peer_workload")])
     }
 
     private func line(_ cells: [String]) -> String {

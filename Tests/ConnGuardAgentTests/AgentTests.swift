@@ -470,6 +470,66 @@ final class AgentTests: XCTestCase {
         _ = try cli(["mode", workload, "learn", "--socket", socket])
     }
 
+    /// Peers on this node are named by their cgroup, not by 127.0.0.1 or
+    /// ::1, which every local process shares: a server and two clients in
+    /// three cgroups of the subtree; one client learnt; the enforced server
+    /// serves the learnt client's workload (also from a new process), drops
+    /// the other and reports it denied, naming both workloads.
+    func testSameNodeClientsAreNamedByTheirCgroup() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let srv = try root.child("server"), learnt = try root.child("learnt"), other = try root.child("other")
+        defer { [srv, learnt, other].forEach { $0.remove() } }
+        let server = try Child("/bin/sh", ["-c", """
+            echo $$ > \(srv.path)/cgroup.procs && exec python3 -c '
+            import socket
+            s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0)); s.listen(64)
+            print(s.getsockname()[1], flush=True)
+            while True:
+                c, _ = s.accept(); c.close()
+            '
+            """])
+        defer { server.stop(signal: SIGKILL) }
+        let port = try XCTUnwrap(server.readLine().flatMap { UInt16($0) })
+        /// One connect from a new process in `cgroup`: "ok", or the exception's name.
+        func connect(from cgroup: TestCgroup, to address: String) throws -> String {
+            let c = try Child("/bin/sh", ["-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec python3 -c \"$0\"", """
+                import socket
+                s = socket.socket(socket.AF_INET6 if ":" in "\(address)" else socket.AF_INET); s.settimeout(1.5)
+                try:
+                    s.connect(("\(address)", \(port))); print("ok")
+                except Exception as e:
+                    print(type(e).__name__)
+                """])
+            defer { c.stop(signal: SIGKILL) }
+            return c.readLine(timeout: 10) ?? "no answer"
+        }
+        let serverWorkload = srv.relativePath, learntWorkload = learnt.relativePath, otherWorkload = other.relativePath
+        for address in ["127.0.0.1", "::1"] { XCTAssertEqual(try connect(from: learnt, to: address), "ok") }
+        try waitFor("the server's rule on its client's workload") {
+            try rules(serverWorkload, "in", port: port).contains { $0["peer"] as? String == "workload:\(learntWorkload)" }
+        }
+        try waitFor("the client's rule on its server's workload") {
+            try rules(learntWorkload, "out", port: port).contains { $0["peer"] as? String == "workload:\(serverWorkload)" }
+        }
+        XCTAssertEqual(try rules(serverWorkload, "in", port: port).count, 1, "one rule, on the workload, for both addresses")
+        let shown = try cli(["baseline", "show", serverWorkload, "--socket", socket]).stdout
+        XCTAssertTrue(shown.contains("in   workload:\(learntWorkload)"), shown)
+
+        XCTAssertEqual(try cli(["mode", serverWorkload, "enforce", "--socket", socket]).status, 0)
+        for address in ["127.0.0.1", "::1"] {
+            XCTAssertEqual(try connect(from: learnt, to: address), "ok", "\(address): the learnt workload, from a new process")
+            XCTAssertEqual(try connect(from: other, to: address), "TimeoutError", "\(address): another local workload is dropped")
+            try waitFor("the denial of \(address), naming both workloads") {
+                try connections(["--verdict", "denied", "--direction", "in", "--workload", serverWorkload]).contains {
+                    $0["src"] as? String == address && $0["peer_workload"] as? String == otherWorkload
+                }
+            }
+        }
+        _ = try cli(["mode", serverWorkload, "learn", "--socket", socket])
+    }
+
     func testBadInputIsRefusedWithOneLine() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }

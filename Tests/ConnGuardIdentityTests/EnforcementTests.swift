@@ -23,6 +23,10 @@ final class EnforcementTests: XCTestCase {
     }
     var containers: [String] = []
     var agentPID: Int32 = 0
+    /// Network namespaces this test made (pods, and the bridge's own).
+    var namespaces: [String] = []
+    /// Short: interface names ("v" + namespace) must fit in 15 bytes.
+    let netPrefix = "cg" + String(UInt16.random(in: 0...0xffff), radix: 16)
 
     override func setUpWithError() throws {
         try Privileged.requireContainers()
@@ -34,6 +38,7 @@ final class EnforcementTests: XCTestCase {
     override func tearDown() {
         if agentPID > 0 { kill(agentPID, SIGKILL) }
         for c in containers { Shell.run(["podman", "rm", "-f", "-t", "0", c]) }
+        for n in namespaces.reversed() { Shell.run(["ip", "netns", "del", n]) }
         Shell.run([binary, "kill-switch", "--pin-root", pinRoot, "--pin-root-only"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot), "pins left behind")
         CgroupMounts.remove(parent)
@@ -112,7 +117,147 @@ final class EnforcementTests: XCTestCase {
         XCTFail("timed out waiting for \(what)")
     }
 
-    // MARK: the test
+    /// A private bridge in a network namespace of its own (shared/CLUSTER.md):
+    /// nothing on it is reachable from, or routed to, anywhere else.
+    func bridge() throws -> String {
+        let br = netPrefix + "br"
+        for args in [["netns", "add", br], ["-n", br, "link", "add", "br0", "type", "bridge"], ["-n", br, "link", "set", "br0", "up"]] {
+            let r = Shell.run(["ip"] + args)
+            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
+            if args[0] == "netns" { namespaces.append(br) }
+        }
+        return br
+    }
+
+    /// A pod's network namespace on the bridge, with `address`/24 (from 198.18.0.0/15).
+    @discardableResult
+    func podNetwork(_ name: String, _ address: String, bridge br: String) throws -> String {
+        let ns = netPrefix + name
+        let veth = "v" + ns
+        for args in [["netns", "add", ns], ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                     ["link", "set", veth, "netns", br], ["-n", br, "link", "set", veth, "master", "br0", "up"],
+                     ["-n", ns, "addr", "add", address + "/24", "dev", "eth0"], ["-n", ns, "link", "set", "eth0", "up"],
+                     ["-n", ns, "link", "set", "lo", "up"]] {
+            let r = Shell.run(["ip"] + args)
+            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
+            if args[0] == "netns" { namespaces.append(ns) }
+        }
+        return ns
+    }
+
+    func removeNetwork(_ ns: String) {
+        Shell.run(["ip", "netns", "del", ns])
+        namespaces.removeAll { $0 == ns }
+    }
+
+    /// Runs a container of the busybox image in network namespace `ns`.
+    @discardableResult
+    func run(_ name: String, in ns: String, detached: Bool, _ command: String, timeout: Double = 30) -> Shell.Result {
+        if !containers.contains(name) { containers.append(name) }
+        return Shell.run(["podman", "run"] + (detached ? ["-d"] : ["--rm"]) + ["--name", name, "--network", "ns:/run/netns/\(ns)",
+                          "--cgroup-parent", parent, Self.image, "sh", "-c", command], timeout: timeout)
+    }
+
+    /// The pinned peer_addresses map: address -> workload id.
+    func kernelPeerAddresses() -> [String] {
+        let r = Shell.run(["bpftool", "-j", "map", "dump", "pinned", pinRoot + "/peer_addresses"])
+        guard r.status == 0, let rows = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] else { return [] }
+        return rows.compactMap { row in
+            guard let key = row["key"] as? [String] else { return nil }
+            let bytes = key.compactMap { UInt8($0.dropFirst(2), radix: 16) }
+            guard bytes.count == 16 else { return nil }
+            return IPAddress(ipv6: bytes).description
+        }
+    }
+
+    // MARK: the tests
+
+    /// The case a rollout hits: client and server containers, each in a pod
+    /// network namespace of its own, learnt and enforced; the client
+    /// container is replaced (new address) and still served; a container of
+    /// another workload at the old client's address is refused and the
+    /// denial names both workloads; the client replaced again while the agent
+    /// is stopped is served once the agent is back.
+    func testPeersAreWorkloadsAcrossReplacementsAndNewAddresses() throws {
+        try startAgent()
+        let br = try bridge()
+        let app = "\(tag)-app", web = "\(tag)-web", intruder = "\(tag)-intruder"
+        let server = try podNetwork("s", "198.18.0.21", bridge: br)
+        XCTAssertEqual(run(web, in: server, detached: true, "while :; do echo hi | nc -l -p 8080; done").status, 0)
+        waitFor("the server listening") {
+            // busybox nc listens on [::]:8080, which takes IPv4 too.
+            Shell.run(["ip", "netns", "exec", server, "cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout
+                .split(separator: "\n").contains { $0.contains(":1F90 ") && $0.contains(" 0A ") }
+        }
+        let ask = "nc -w 3 198.18.0.21 8080"
+
+        // Learn, by workload in both directions.
+        var client = try podNetwork("c1", "198.18.0.11", bridge: br)
+        XCTAssertEqual(run(app, in: client, detached: false, ask).trimmed, "hi")
+        waitFor("the server's inbound rule on the client's workload") {
+            rules(web).contains { $0["direction"] as? String == "in" && $0["peer"] as? String == "workload:\(app)" && $0["port"] as? Int == 8080 }
+        }
+        waitFor("the client's outbound rule on the server's workload") {
+            rules(app).contains { $0["direction"] as? String == "out" && $0["peer"] as? String == "workload:\(web)" && $0["port"] as? Int == 8080 }
+        }
+        XCTAssertFalse(rules(web).contains { ($0["peer"] as? String)?.hasPrefix("198.18.") == true }, "no rule names a pod address: \(rules(web))")
+        let shown = cg(["baseline", "show", web]).stdout + cg(["baseline", "show", app]).stdout
+        XCTAssertTrue(shown.contains("in   workload:\(app)"), shown)
+        XCTAssertTrue(shown.contains("out  workload:\(web)"), shown)
+        XCTAssertEqual(cg(["mode", app, "enforce"]).status, 0)
+        XCTAssertEqual(cg(["mode", web, "enforce"]).status, 0)
+
+        // A rollout: the client container is replaced, with a new address.
+        removeNetwork(client)
+        client = try podNetwork("c2", "198.18.0.12", bridge: br)
+        XCTAssertEqual(run(app, in: client, detached: false, ask).trimmed, "hi", "the replaced client is served from its first connect")
+
+        // Another workload takes the old client's address: refused.
+        let stolen = try podNetwork("c1b", "198.18.0.11", bridge: br)
+        XCTAssertEqual(run(intruder, in: stolen, detached: false, ask).trimmed, "", "another workload at the old address is refused")
+        waitFor("the denial, naming both workloads") {
+            connections(["--verdict", "denied", "--direction", "in", "--workload", web]).contains {
+                $0["src"] as? String == "198.18.0.11" && $0["peer_workload"] as? String == intruder
+            }
+        }
+        let table = cg(["connections", "--verdict", "denied", "--workload", web]).stdout
+        XCTAssertTrue(table.contains("PEER WORKLOAD") && table.contains(intruder), table)
+
+        // Replaced again while the agent is away: the new address is unknown
+        // to the kernel until the agent returns and finds it.
+        stopAgent(SIGTERM)
+        removeNetwork(client)
+        removeNetwork(stolen)
+        client = try podNetwork("c3", "198.18.0.13", bridge: br)
+        XCTAssertEqual(run(app, in: client, detached: true, "sleep 600").status, 0)
+        let away = Shell.run(["podman", "exec", app, "nc", "-w", "2", "198.18.0.21", "8080"], timeout: 20)
+        XCTAssertEqual(away.trimmed, "", "an address no agent has seen is not a workload's")
+        try startAgent()
+        waitFor("the new address in the kernel, the old ones gone") {
+            let a = kernelPeerAddresses()
+            return a.contains("198.18.0.13") && !a.contains("198.18.0.12") && !a.contains("198.18.0.11")
+        }
+        let back = Shell.run(["podman", "exec", app, "nc", "-w", "3", "198.18.0.21", "8080"], timeout: 20)
+        XCTAssertEqual(back.trimmed, "hi", "served once the agent is back")
+
+        // A baseline from before (or an import) naming, by address, a peer
+        // that is a workload of this node is moved to that workload at the
+        // next start, with its counts.
+        let exported = cg(["baseline", "export", web])
+        XCTAssertEqual(exported.status, 0, exported.stderr)
+        let legacy = exported.stdout + "  - {direction: in, peer: 198.18.0.13, port: 9090}\n"
+        try legacy.write(toFile: scratch + "/legacy.yaml", atomically: true, encoding: .utf8)
+        let imported = cg(["baseline", "import", scratch + "/legacy.yaml"])
+        XCTAssertEqual(imported.status, 0, imported.stderr + "\n" + legacy)
+        XCTAssertTrue(rules(web).contains { $0["peer"] as? String == "198.18.0.13" })
+        stopAgent(SIGTERM)
+        try startAgent()
+        XCTAssertTrue(rules(web).contains { $0["peer"] as? String == "workload:\(app)" && $0["port"] as? Int == 9090 },
+                      "migrated: \(rules(web))")
+        XCTAssertFalse(rules(web).contains { $0["peer"] as? String == "198.18.0.13" })
+        XCTAssertTrue(((try? readFile(scratch + "/agent.log")) ?? "").contains("now names the workload that holds its address"))
+        stopAgent(SIGTERM)
+    }
 
     func testLearnMonitorEnforceAcrossRestarts() throws {
         try startAgent()
