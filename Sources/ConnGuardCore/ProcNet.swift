@@ -172,6 +172,25 @@ public enum ProcNetTCP {
                 destination: accepted ? s.local : s.remote, destinationPort: accepted ? s.localPort : s.remotePort,
                 hook: .snapshot))
         }
+        // Both ends on this node, in one namespace: each names the other's
+        // cgroup, as the tracer's events do (a connect only to a loopback
+        // address, where the listener is sure to be the peer).
+        struct FlowKey: Hashable {
+            var netns: UInt32, source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16
+            init(_ e: ConnectionEvent) {
+                (netns, source, sourcePort, destination, destinationPort) = (e.netns, e.source, e.sourcePort, e.destination, e.destinationPort)
+            }
+        }
+        var cgroupOf: [ConnectionEvent.Direction: [FlowKey: UInt64]] = [:]
+        for e in events { cgroupOf[e.direction, default: [:]][FlowKey(e)] = e.cgroupID }
+        for i in events.indices {
+            let e = events[i]
+            if e.direction == .accept {
+                events[i].peerCgroupID = cgroupOf[.connect]?[FlowKey(e)] ?? 0
+            } else if e.destination.isLoopback {
+                events[i].peerCgroupID = cgroupOf[.accept]?[FlowKey(e)] ?? 0
+            }
+        }
         events.sort { a, b in
             if a.direction != b.direction { return a.direction == .accept }
             return (a.pid, a.netns, a.source, a.sourcePort, a.destination, a.destinationPort)

@@ -378,9 +378,14 @@ final class AgentTests: XCTestCase {
         XCTAssertTrue(human.stdout.contains("5 established connections"), human.stdout)
 
         // Learnt like live events (learn mode): inbound to the port for the
-        // server, outbound to it for the client, from both addresses.
-        XCTAssertEqual(try rules(root.relativePath, "in", port: port).count, 2)
-        XCTAssertEqual(try rules(clients.relativePath, "out", port: port).count, 2)
+        // server, outbound to it for the client. Both ends are on this node,
+        // so each rule names the other's workload, once for both addresses;
+        // the outsider's connection is a rule of its own.
+        let inbound = try rules(root.relativePath, "in", port: port)
+        XCTAssertEqual(inbound.count, 2, "\(inbound)")
+        XCTAssertTrue(inbound.contains { $0["peer"] as? String == "workload:\(clients.relativePath)" }, "\(inbound)")
+        let outbound = try rules(clients.relativePath, "out", port: port)
+        XCTAssertEqual(outbound.map { $0["peer"] as? String }, ["workload:\(root.relativePath)"])
 
         // Live events follow, from the tracer's hook.
         try connectFromClients(port: port)

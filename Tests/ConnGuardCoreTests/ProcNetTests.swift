@@ -146,6 +146,11 @@ final class ProcNetTests: XCTestCase {
         XCTAssertEqual(mapped?.destination, loopback4)
         XCTAssertEqual(mapped?.destinationPort, 51407)
         XCTAssertEqual(find(.connect, 51784)?.pid, 200, "its client, an AF_INET socket, is a connect")
+        // Both ends here: each names the other's cgroup (the peer's workload).
+        XCTAssertEqual(a4?.peerCgroupID, 20)
+        XCTAssertEqual(c4?.peerCgroupID, 30)
+        XCTAssertEqual(mapped?.peerCgroupID, 20)
+        XCTAssertEqual(find(.connect, 51784)?.peerCgroupID, 40)
         let a6 = find(.accept, 58268)
         XCTAssertEqual(a6?.family, .ipv6)
         XCTAssertEqual(a6?.pid, 400)
