@@ -22,6 +22,12 @@
  * first connect(). A cgroup with no policy is allowed, unless user space set
  * unknown_deny (the operator's explicit `--unknown deny`).
  *
+ * The other end: a peer on this node in the same network namespace (the
+ * client of a SYN, the listener of a connect to a loopback address) is found
+ * by bpf_sk_lookup_tcp and named by its cgroup's policy, i.e. its workload;
+ * any other peer by its address, or by the workload that holds that address
+ * (`peer_addresses`).
+ *
  * Only CG_MODE_ENFORCE is decided here; learn and monitor allow everything
  * (monitor's would-deny verdicts come from traced events in user space).
  * Each refusal is a cg_connection_event with outcome CG_OUTCOME_DENIED in
