@@ -95,7 +95,8 @@ enum APIRoutes {
             handle {
                 let p = try params(request, allowed: ["workload", "since"])
                 guard let w = p["workload"], let since = p["since"] else { throw APIError.badRequest("workload and since are required") }
-                guard let t = ConnectionsRequest.time(since, now: EventStore.now()) else { throw APIError.badRequest("since: '\(since)' is neither a duration nor an RFC 3339 time") }
+                let t: Int64
+                do { t = try TimeArgument.nanoseconds(since, now: EventStore.now()) } catch { throw APIError.badRequest("since: \(error)") }
                 guard let b = agent.policy.baseline(w) else { throw APIError.notFound("no workload named '\(w)'") }
                 return json(.object([("workload", .string(w)), ("added", .array(b.added(since: t).map(ruleJSON)))]))
             }
@@ -119,7 +120,9 @@ enum APIRoutes {
             handle {
                 let p = try params(request, allowed: ["workload", "unused_for", "who"])
                 guard let w = p["workload"], let u = p["unused_for"] else { throw APIError.badRequest("workload and unused_for are required") }
-                guard let seconds = DurationParser.seconds(u), seconds > 0 else { throw APIError.badRequest("unused_for: '\(u)' is not a duration like 7d") }
+                let seconds: Double
+                do { seconds = try DurationParser.parse(u) } catch { throw APIError.badRequest("unused_for: \(error)") }
+                guard seconds > 0 else { throw APIError.badRequest("unused_for: must be more than 0") }
                 let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: p["who"] ?? "unknown")
                 return json(.object([("workload", .string(w)), ("pruned", .array(pruned.map(ruleJSON)))]))
             }

@@ -106,8 +106,8 @@ public final class Agent: @unchecked Sendable {
         var settings = PolicyEngine.Settings()
         settings.defaultMode = Mode(rawValue: configuration.defaultMode) ?? .learn
         settings.promotion = PromotionPolicy(
-            learningPeriod: configuration.learningPeriodSeconds.map { Int64($0 * 1e9) },
-            quietPeriod: Int64(configuration.quietPeriodSeconds * 1e9), autoEnforce: configuration.autoEnforce)
+            learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
+            quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
         do {
             policy = try PolicyEngine(settings: settings, store: BaselineStore(store: store), enforcer: enforcer,
                                       identity: identity, cgroupRootPath: rootPath, logger: logger)

@@ -92,8 +92,14 @@ public struct AgentConfiguration: Sendable, Equatable {
         }
         func duration(_ key: String) -> Double? {
             guard let s = string(key) else { return nil }
-            guard let d = DurationParser.seconds(s), d > 0 else { problems.append("\(key): '\(s)' is not a duration like 24h or 7d"); return nil }
-            return d
+            do {
+                let d = try DurationParser.parse(s)
+                guard d > 0 else { problems.append("\(key): must be more than 0"); return nil }
+                return d
+            } catch {
+                problems.append("\(key): \(error)")
+                return nil
+            }
         }
         func int(_ key: String, _ range: ClosedRange<Int>) -> Int? {
             guard let v = dict[key] else { return nil }
@@ -145,6 +151,12 @@ public struct AgentConfiguration: Sendable, Equatable {
         if Mode(rawValue: defaultMode) == nil { problems.append("default_mode: '\(defaultMode)' is not one of learn, monitor, enforce") }
         if !["allow", "deny"].contains(unknownCgroups) { problems.append("unknown: '\(unknownCgroups)' must be allow or deny") }
         if !pinRoot.hasPrefix("/") { problems.append("pin_root: must be an absolute path") }
+        // Also checked where they are parsed; here for values set in code.
+        for (key, seconds) in [("event_retention", eventRetentionSeconds), ("aggregate_retention", aggregateRetentionSeconds),
+                               ("learning_period", learningPeriodSeconds ?? 1), ("quiet_period", quietPeriodSeconds)]
+        where !(seconds > 0 && seconds <= DurationParser.maximumSeconds) {
+            problems.append("\(key): must be more than 0 and at most \(DurationParser.maximumDescription)")
+        }
         if !["caller", "listener"].contains(acceptAttribution) {
             problems.append("accept_attribution: '\(acceptAttribution)' must be caller or listener")
         }

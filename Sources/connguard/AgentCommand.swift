@@ -12,7 +12,8 @@ struct AgentCommand: AsyncParsableCommand {
         abstract: "Run the node agent: trace, attribute and store every connection; answer queries.",
         discussion: """
         Runs until SIGTERM or SIGINT, then drains the kernel's buffer, flushes the database,
-        detaches its programs and removes its socket. Every setting has a default; --config
+        detaches its tracing programs and removes its socket; enforcement stays pinned in the
+        kernel (the next agent adopts it) unless --fail-open. Every setting has a default; --config
         reads a YAML file (keys: \(AgentConfiguration.fileKeys.sorted().joined(separator: ", "))),
         and flags override it.
         """
@@ -42,10 +43,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Watch only this cgroup v2 subtree (relative to the cgroup2 mount). Default: the whole node.")
     var cgroupRoot: String?
 
-    @Option(help: "Keep individual events this long (e.g. 24h).")
+    @Option(parsing: .unconditional, help: "Keep individual events this long (e.g. 24h).", transform: Duration.parse)
     var eventRetention: Duration?
 
-    @Option(help: ArgumentHelp("Keep at most this many individual events a second as rows (default 2000; 0: all).",
+    @Option(parsing: .unconditional, help: ArgumentHelp("Keep at most this many individual events a second as rows (default 2000; 0: all).",
                                discussion: "Every event is still counted in its aggregated connection; the first event of each new connection in a second is kept up to ten times this rate."))
     var individualEventsPerSecond: Int?
 
@@ -55,10 +56,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Mode of a workload seen for the first time: learn (default), monitor or enforce.")
     var defaultMode: String?
 
-    @Option(help: "Move a workload from learn to monitor after this long (e.g. 24h), once no rule was added for --quiet-period.")
+    @Option(parsing: .unconditional, help: "Move a workload from learn to monitor after this long (e.g. 24h), once no rule was added for --quiet-period.", transform: Duration.parse)
     var learningPeriod: Duration?
 
-    @Option(help: "Quiet time before an automatic promotion (default 1h).")
+    @Option(parsing: .unconditional, help: "Quiet time before an automatic promotion (default 1h).", transform: Duration.parse)
     var quietPeriod: Duration?
 
     @Flag(help: "Also promote monitor -> enforce automatically, after --quiet-period without would_deny.")

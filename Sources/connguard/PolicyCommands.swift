@@ -109,10 +109,12 @@ struct BaselineCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove rules not used for a while.")
         @OptionGroup var agent: AgentConnectionOptions
         @Argument var workload: String
-        @Option(help: "Remove rules unused for this long (e.g. 7d).") var unusedFor: String
+        @Option(parsing: .unconditional, help: "Remove rules unused for this long (e.g. 7d).") var unusedFor: String
 
         func validate() throws {
-            guard let s = DurationParser.seconds(unusedFor), s > 0 else { throw ValidationError("--unused-for: '\(unusedFor)' is not a duration like 7d") }
+            let s: Double
+            do { s = try DurationParser.parse(unusedFor) } catch { throw ValidationError("--unused-for: \(error)") }
+            guard s > 0 else { throw ValidationError("--unused-for must be more than 0") }
         }
 
         func run() async throws {
@@ -131,7 +133,7 @@ struct BaselineCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Rules added to a workload's baseline since a time.")
         @OptionGroup var agent: AgentConnectionOptions
         @Argument var workload: String
-        @Option(help: "Since this long ago (1h) or this RFC 3339 time.") var since: String
+        @Option(parsing: .unconditional, help: "Since this long ago (1h) or this RFC 3339 time.") var since: String
         @Option(name: [.short, .customLong("output")]) var output: OutputFormat = .table
 
         func run() async throws {

@@ -17,11 +17,11 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
     @OptionGroup var agent: AgentConnectionOptions
 
-    @Option(help: "Only connections since this long ago (15m, 2h) or this RFC 3339 time.")
+    @Option(parsing: .unconditional, help: "Only connections since this long ago (15m, 2h) or this RFC 3339 time.")
     var since: String?
-    @Option(help: "Only connections before this long ago or this RFC 3339 time.")
+    @Option(parsing: .unconditional, help: "Only connections before this long ago or this RFC 3339 time.")
     var until: String?
-    @Option(help: "Only the newest N.")
+    @Option(parsing: .unconditional, help: "Only the newest N.")
     var last: Int?
     @Flag(help: "Keep printing new connections as they are stored.")
     var follow = false
@@ -33,7 +33,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
     var namespace: String?
     @Option(help: "Only this pod (name, or namespace/name).")
     var pod: String?
-    @Option(help: "Only this port (either side).")
+    @Option(parsing: .unconditional, help: "Only this port (either side).")
     var port: Int?
     @Option(help: "Only this remote address or CIDR.")
     var peer: String?
@@ -48,8 +48,8 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
     func validate() throws {
         for (name, value) in [("--since", since), ("--until", until)] {
-            if let v = value, DurationParser.seconds(v) == nil, RFC3339.nanoseconds(v) == nil {
-                throw ValidationError("\(name): '\(v)' is neither a duration (15m, 2h) nor an RFC 3339 time")
+            if let v = value {
+                do { _ = try TimeArgument.nanoseconds(v, now: BootClock.now(CLOCK_REALTIME)) } catch { throw ValidationError("\(name): \(error)") }
             }
         }
         if let last, last < 1 { throw ValidationError("--last must be at least 1") }

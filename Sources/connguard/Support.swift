@@ -19,9 +19,11 @@ func installStopSignals() {
     signal(SIGPIPE, SIG_IGN)
 }
 
-/// Prints one line to stderr.
+/// Prints one line to stderr. The message often quotes what the user typed
+/// or what the agent sent: escaped, so no ESC, CR or bidi override from it
+/// reaches the terminal, and it stays one line.
 func printError(_ message: String) {
-    var line = "connguard: " + message + "\n"
+    var line = "connguard: " + HumanText.escape(message) + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
 }
 
@@ -78,7 +80,9 @@ struct OutputBuffer {
     }
 }
 
-/// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m.
+/// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m; at most
+/// DurationParser.maximumDescription. A bad one is a usage error that says
+/// why (too long: the limit), not swift-argument-parser's bare "invalid".
 struct Duration: ExpressibleByArgument, Sendable {
     let seconds: Double
 
@@ -86,6 +90,19 @@ struct Duration: ExpressibleByArgument, Sendable {
         guard let s = DurationParser.seconds(argument) else { return nil }
         seconds = s
     }
+
+    /// For `@Option(transform: Duration.parse)`.
+    static func parse(_ argument: String) throws -> Duration {
+        do {
+            return Duration(seconds: try DurationParser.parse(argument))
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    private init(seconds: Double) { self.seconds = seconds }
+
+    var nanoseconds: Int64 { DurationParser.nanoseconds(seconds) }
 
     static var defaultCompletionKind: CompletionKind { .default }
 }

@@ -1,0 +1,103 @@
+import ConnGuardCore
+import Foundation
+import Glibc
+import ConnGuardTestSupport
+import XCTest
+
+/// Issue 13, hostile input and faults, as a user meets them: the real CLI,
+/// the real agent on its own subtree, socket, database and pin root.
+extension AgentTests {
+    /// One line on stderr, a non-zero exit, no crash.
+    func assertOneLineRefusal(_ r: (stdout: String, stderr: String, status: Int32), saying text: String,
+                              file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertNotEqual(r.status, 0, r.stderr, file: file, line: line)
+        XCTAssertTrue(r.status == 1 || r.status == 64, "exit \(r.status) (a crash is 132/134): \(r.stderr)", file: file, line: line)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr, file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(text), "expected '\(text)' in: \(r.stderr)", file: file, line: line)
+        XCTAssertFalse(r.stderr.contains("Fatal error"), r.stderr, file: file, line: line)
+    }
+
+    /// An HTTP request on the agent's socket, any method, optional body.
+    func unixHTTP(_ method: String, _ path: String, body: [UInt8] = []) throws -> (status: Int, body: String) {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socket.utf8) + [0]) }
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(ok, 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: \(body.count)\r\n\r\n"
+        let request = Array(head.utf8) + body
+        var sent = 0
+        while sent < request.count {
+            let n = request[sent...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            sent += n
+        }
+        var data: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            data += buf[0..<n]
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        return (status, text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    /// A small baseline for `workload`, imported through the CLI.
+    func importBaseline(_ workload: String, mode: String = "learn", port: Int = 5432, extra: [String] = []) throws
+        -> (stdout: String, stderr: String, status: Int32) {
+        let file = scratch + "/import-\(UInt32.random(in: 0...UInt32.max)).yaml"
+        try "workload: \"\(workload)\"\nmode: \(mode)\nrules:\n  - direction: out\n    peer: 10.1.2.3\n    port: \(port)\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        return try cli(["baseline", "import", file, "--socket", socket] + extra)
+    }
+
+    // MARK: - 1. Durations range-checked where they are parsed
+
+    func testDurationsPastTheLimitAreOneLineAndTheLimitItselfWorks() throws {
+        for d in ["20000w", "200000d", "10000000000"] {
+            assertOneLineRefusal(try cli(["trace", "--duration", d]), saying: "100 years")
+            assertOneLineRefusal(try cli(["baseline", "prune", "W", "--unused-for", d, "--socket", socket]), saying: "100 years")
+            assertOneLineRefusal(try cli(["connections", "--since", d, "--socket", socket]), saying: "100 years")
+        }
+        for flag in ["--learning-period", "--quiet-period", "--event-retention"] {
+            assertOneLineRefusal(try cli(["agent", "--db", db, "--socket", socket, "--pin-root", pinRoot, flag, "20000w"]),
+                                 saying: "100 years")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: db), "a refused agent made its database")
+        let config = scratch + "/long.yaml"
+        try "learning_period: 20000w\n".write(toFile: config, atomically: true, encoding: .utf8)
+        assertOneLineRefusal(try cli(["agent", "--config", config, "--db", db, "--socket", socket, "--pin-root", pinRoot]),
+                             saying: "learning_period: '20000w' is longer than the longest duration allowed, 100 years")
+        // "-5m": said to be negative, not "Missing value".
+        let negative = try cli(["connections", "--since", "-5m", "--socket", socket])
+        assertOneLineRefusal(negative, saying: "negative")
+
+        // At the limit: accepted, and nothing traps. trace keeps running
+        // until told to stop.
+        let trace = try Child(binary, ["trace", "--duration", "5200w", "-o", "json", "--pid", "1"])
+        usleep(1_500_000)
+        XCTAssertTrue(trace.process.isRunning, "trace with a 100-year duration died")
+        trace.stop(signal: SIGTERM)
+        XCTAssertEqual(trace.process.terminationStatus, 0)
+        // The agent with 100-year periods runs, and prunes with a 100-year age
+        // (the API's own check too).
+        let agent = try startAgent(extra: ["--learning-period", "5200w", "--quiet-period", "5200w"])
+        defer { agent.stop(signal: SIGKILL) }
+        let workload = root.relativePath + "/imported"
+        XCTAssertEqual(try importBaseline(workload).status, 0)
+        let pruned = try cli(["baseline", "prune", workload, "--unused-for", "5200w", "--socket", socket])
+        XCTAssertEqual(pruned.status, 0, pruned.stderr)
+        XCTAssertTrue(pruned.stdout.contains("removed 0 rules"), pruned.stdout)
+        let api = try unixHTTP("POST", "/v1/baseline/prune?workload=\(workload)&unused_for=20000w")
+        XCTAssertEqual(api.status, 400)
+        XCTAssertTrue(api.body.contains("100 years"), api.body)
+        XCTAssertTrue(agent.process.isRunning, "the agent survived")
+    }
+}
