@@ -3,6 +3,7 @@ import ConnGuardStore
 import Foundation
 import Hummingbird
 import NIOCore
+import ServiceLifecycle
 
 /// The local API the CLI talks to, HTTP over the agent's Unix socket, so that
 /// `curl --unix-socket /run/connguard/api.sock http://localhost/v1/status`
@@ -212,7 +213,10 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
             live.until = nil
             live.last = nil
             live.afterID = startID
-            while !Task.isCancelled {
+            // Until the client goes away or the agent is told to stop: then
+            // the stream ends properly (its last chunk), so a follower learns
+            // that the agent stopped and SIGTERM is not held up by it.
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 let rows = try store.query(live)
                 var out: [UInt8] = []
                 for c in rows { c.appendJSONLine(using: &jsonWriter, to: &out) }
@@ -220,7 +224,7 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
                 // With nothing new, a bare newline (a blank line that JSON-lines
                 // readers skip) is how we learn that the client went away.
                 try await writer.write(ByteBuffer(bytes: out.isEmpty ? [UInt8(ascii: "\n")] : out))
-                try await Task.sleep(for: .milliseconds(250))
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(250)) }
             }
             try await writer.finish(nil)
         }

@@ -350,7 +350,9 @@ struct EnforcementService: Service {
         birthThread.start()
         var lastLost: UInt64 = (try? agent.tracer.lossCounts().lostEvents) ?? 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(2))
+            // Woken by SIGTERM too: shutdown must not wait out the 2 s.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(2)) }
+            if Task.isShuttingDownGracefully { break }
             let lost = ((try? agent.tracer.lossCounts().lostEvents) ?? 0) + agent.writer.snapshot.lost
             agent.policy.tick(eventsLostSinceLastTick: lost > lastLost)
             lastLost = lost

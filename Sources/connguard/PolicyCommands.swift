@@ -28,14 +28,14 @@ struct BaselineCommand: AsyncParsableCommand {
                 return true
             } }
             guard output == .table else { return }
-            print(pad("WORKLOAD", 48) + pad("MODE", 9) + pad("RULES", 7) + "LAST CHANGE")
+            say(pad("WORKLOAD", 48) + pad("MODE", 9) + pad("RULES", 7) + "LAST CHANGE")
             for r in rows {
                 let mode = (r["mode"] as? String ?? "") + ((r["incomplete"] as? Bool) == true ? "*" : "")
-                print(pad(TableWriter.printable(r["workload"] as? String ?? ""), 48) + pad(mode, 9)
+                say(pad(HumanText.escape(r["workload"] as? String ?? ""), 48) + pad(mode, 9)
                       + pad("\((r["rules"] as? Int) ?? 0)", 7) + (r["last_change"] as? String ?? ""))
             }
             if rows.contains(where: { ($0["incomplete"] as? Bool) == true }) {
-                print("* learnt while events were lost: not promoted automatically")
+                say("* learnt while events were lost: not promoted automatically")
             }
         }
     }
@@ -59,10 +59,10 @@ struct BaselineCommand: AsyncParsableCommand {
             let text = try await callAgent { try await client.send(.GET, "/v1/baseline", query: [("workload", workload)]) }
             if output == "json" { print(text); return }
             guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { throw Failure("the agent's answer was not JSON") }
-            print("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
-            print(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
+            say("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
+            say(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
             for r in o["rules"] as? [[String: Any]] ?? [] {
-                print(pad(r["direction"] as? String ?? "", 5) + pad(TableWriter.printable(r["peer"] as? String ?? ""), 44)
+                say(pad(r["direction"] as? String ?? "", 5) + pad(HumanText.escape(r["peer"] as? String ?? ""), 44)
                       + pad("\(r["port"] ?? "")", 7) + pad("\(r["hits"] ?? "")", 10) + pad(r["first_seen"] as? String ?? "", 22)
                       + (r["last_seen"] as? String ?? ""))
             }
@@ -100,7 +100,7 @@ struct BaselineCommand: AsyncParsableCommand {
                 try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", query: [("who", operatorName())], body: Array(data))
             }
             if let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
-                print("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
+                say("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
             }
         }
     }
@@ -124,8 +124,8 @@ struct BaselineCommand: AsyncParsableCommand {
             }
             let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             let pruned = o?["pruned"] as? [[String: Any]] ?? []
-            print("removed \(pruned.count) rules from \(workload)")
-            for r in pruned { print("  \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (last seen \(r["last_seen"] ?? ""))") }
+            say("removed \(pruned.count) rules from \(workload)")
+            for r in pruned { say("  \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (last seen \(r["last_seen"] ?? ""))") }
         }
     }
 
@@ -143,8 +143,8 @@ struct BaselineCommand: AsyncParsableCommand {
             if output == .json { print(text); return }
             let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             let added = o?["added"] as? [[String: Any]] ?? []
-            print("\(added.count) rules added to \(workload) since \(since)")
-            for r in added { print("+ \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (first seen \(r["first_seen"] ?? ""))") }
+            say("\(added.count) rules added to \(workload) since \(since)")
+            for r in added { say("+ \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (first seen \(r["first_seen"] ?? ""))") }
         }
     }
 }
@@ -167,7 +167,7 @@ struct ModeCommand: AsyncParsableCommand {
         _ = try await callAgent {
             try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode), ("who", operatorName())])
         }
-        print("\(workload): \(mode)")
+        say("\(workload): \(mode)")
     }
 }
 

@@ -155,8 +155,8 @@ struct TraceCommand: ParsableCommand {
                     switch format {
                     case .json: json.append(e, identity: identity, to: &out.bytes)
                     case .table:
-                        table.append(e, extra: [TableWriter.printable(identity.workload),
-                                                TableWriter.printable(identity.containerColumn)], to: &out.bytes)
+                        table.append(e, extra: [HumanText.escape(identity.workload),
+                                                HumanText.escape(identity.containerColumn)], to: &out.bytes)
                     }
                     out.flushIfLarge()
                 }

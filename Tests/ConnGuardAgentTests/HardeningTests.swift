@@ -101,3 +101,63 @@ extension AgentTests {
         XCTAssertTrue(agent.process.isRunning, "the agent survived")
     }
 }
+
+extension AgentTests {
+    // MARK: - 4. A cut-short answer is an error
+
+    /// A server on a real Unix socket that answers like an agent dying
+    /// mid-answer: a head, part of the body, then the connection closes.
+    func startDyingServer(_ path: String, answer: String) throws -> Child {
+        try Child("/usr/bin/python3", ["-c", """
+            import socket, os, sys
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+            print("ready", flush=True)
+            while True:
+                c, _ = s.accept(); c.recv(65536); c.sendall(sys.argv[2].encode()); c.close()
+            """, path, answer])
+    }
+
+    func testAnAnswerCutShortIsOneLineAndExit1() throws {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"version\": \"0.1", ["status"]),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n{\"workload\": \"a\", \"mode\": \"learn\", \"rules\": 1}\n", ["baseline", "list"]),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", ["connections"]),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", ["mode", "w", "enforce"]),
+        ]
+        for (i, (answer, args)) in cases.enumerated() {
+            let path = scratch + "/dying\(i).sock"
+            let server = try startDyingServer(path, answer: answer)
+            defer { server.stop(signal: SIGKILL) }
+            XCTAssertEqual(server.readLine(), "ready")
+            let r = try cli(args + ["--socket", path])
+            assertOneLineRefusal(r, saying: "before its answer was complete")
+            XCTAssertEqual(r.stdout, "", "\(args): nothing printed from a cut-short answer (no table header either)")
+        }
+    }
+
+    // MARK: - 5. SIGTERM with followers open
+
+    func testSIGTERMWithFollowersStopsWithinASecondAndFollowersSayTheAgentStopped() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let followers = try (0..<3).map { i in
+            try Child(binary, ["connections", "--follow", "--socket", socket] + (i == 0 ? ["-o", "json"] : []))
+        }
+        defer { followers.forEach { $0.stop(signal: SIGKILL) } }
+        usleep(1_000_000)  // connected and streaming
+        XCTAssertTrue(followers.allSatisfy { $0.process.isRunning })
+        let start = Date()
+        agent.stop(signal: SIGTERM)
+        let took = Date().timeIntervalSince(start)
+        XCTAssertLessThan(took, 1.0, "SIGTERM took \(took) s with followers open")
+        XCTAssertEqual(agent.process.terminationStatus, 0)
+        for f in followers {
+            f.process.waitUntilExit()
+            let err = String(decoding: f.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            XCTAssertEqual(f.process.terminationStatus, 1, err)
+            XCTAssertEqual(err.split(separator: "\n").count, 1, err)
+            XCTAssertTrue(err.contains("the agent stopped"), err)
+        }
+        print("SIGTERM with 3 followers: \(took) s")
+    }
+}
