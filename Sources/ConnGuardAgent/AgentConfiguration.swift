@@ -70,7 +70,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     public static func load(yaml text: String, over base: AgentConfiguration = .init()) throws -> AgentConfiguration {
         let node: Any?
         do {
-            node = try Yams.load(yaml: text)
+            node = try LimitedYAML.load(text)
+        } catch let e as LimitedYAML.Refused {
+            throw ConfigurationError(problems: [e.description])
         } catch {
             throw ConfigurationError(problems: ["not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")"])
         }

@@ -161,3 +161,56 @@ extension AgentTests {
         print("SIGTERM with 3 followers: \(took) s")
     }
 }
+
+extension AgentTests {
+    // MARK: - 2. YAML with limits
+
+    /// "Billion laughs": `levels` anchors, each a list of 10 aliases of the
+    /// one before, 10^levels nodes from a few hundred bytes.
+    static func aliasBomb(levels: Int = 8) -> String {
+        var text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for i in 1...levels {
+            text += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 10).joined(separator: ", ") + "]\n"
+        }
+        return text
+    }
+
+    func testAnAliasBombIsRefusedQuicklyWithOneLine() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let bomb = Self.aliasBomb()
+        XCTAssertLessThan(bomb.utf8.count, 600)
+        let file = scratch + "/bomb.yaml"
+        try bomb.write(toFile: file, atomically: true, encoding: .utf8)
+        let start = Date()
+        let r = try cli(["baseline", "import", file, "--socket", socket])
+        let took = Date().timeIntervalSince(start)
+        assertOneLineRefusal(r, saying: "expands to more than 2000000 nodes")
+        XCTAssertLessThan(took, 5, "the refusal took \(took) s")
+        print("alias bomb (\(bomb.utf8.count) bytes) refused in \(took) s")
+        // Nested too deep, within libyaml's own limit.
+        let deep = scratch + "/deep.yaml"
+        try ("workload: w\nmode: learn\nrules: " + String(repeating: "[", count: 100) + String(repeating: "]", count: 100) + "\n")
+            .write(toFile: deep, atomically: true, encoding: .utf8)
+        assertOneLineRefusal(try cli(["baseline", "import", deep, "--socket", socket]), saying: "nested deeper than 32 levels")
+        // The agent is unharmed, and an honest file with an alias imports.
+        let honest = scratch + "/alias.yaml"
+        let workload = root.relativePath + "/aliased"
+        try """
+            workload: "\(workload)"
+            mode: learn
+            rules:
+              - &r {direction: out, peer: 10.1.2.3, port: 443}
+              - {direction: out, peer: 10.1.2.4, port: 443}
+            """.write(toFile: honest, atomically: true, encoding: .utf8)
+        let ok = try cli(["baseline", "import", honest, "--socket", socket])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("imported 2 rules"), ok.stdout)
+        XCTAssertEqual(try rules(workload, "out", port: 443).count, 2)
+        // A config file is read the same way.
+        let config = scratch + "/bomb-config.yaml"
+        try bomb.write(toFile: config, atomically: true, encoding: .utf8)
+        assertOneLineRefusal(try cli(["agent", "--config", config, "--db", scratch + "/c.db", "--socket", scratch + "/c.sock",
+                                      "--pin-root", pinRoot + "-c"]), saying: "expands to more than")
+    }
+}
