@@ -40,7 +40,8 @@ public final class Agent: @unchecked Sendable {
         self.logger = logger
         let problems = configuration.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
-        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath)
+        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath,
+                                             databasePath: configuration.databasePath)
 
         // Scope: the watched cgroup subtree.
         var scope: CgroupSubtree?
@@ -279,16 +280,27 @@ public final class Agent: @unchecked Sendable {
         ])
     }
 
-    /// /run/connguard: root-only (0700), or 0750 owned by the socket group.
+    /// The socket's folder: made root-only (0700) if missing, and with a
+    /// socket group 0750 owned by that group, but only if it is the agent's
+    /// own: the default /run/connguard, or one it made just now. A folder
+    /// that was there already (`--socket /tmp/x.sock`: /tmp) belongs to
+    /// someone else and is left exactly as it is.
     private func prepareSocketDirectory() throws {
         let dir = (configuration.socketPath as NSString).deletingLastPathComponent
-        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+        let created = mkdir(dir, 0o700) == 0
+        if !created && errno != EEXIST {
             throw AgentError("cannot create \(dir): \(String(cString: strerror(errno)))")
         }
+        let ownsDirectory = created || dir == (AgentConfiguration().socketPath as NSString).deletingLastPathComponent
         if let groupName = configuration.socketGroup {
             guard let g = getgrnam(groupName) else { throw AgentError("--socket-group: no group named '\(groupName)'") }
-            chown(dir, 0, g.pointee.gr_gid)
-            chmod(dir, 0o750)
+            if ownsDirectory {
+                chown(dir, 0, g.pointee.gr_gid)
+                chmod(dir, 0o750)
+            } else {
+                logger.notice("the socket's folder was not made by the agent: its owner and mode are left as they are; the socket group needs search permission on it",
+                              metadata: ["folder": "\(dir)"])
+            }
         }
     }
 

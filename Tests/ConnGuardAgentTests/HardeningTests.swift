@@ -214,3 +214,71 @@ extension AgentTests {
                                       "--pin-root", pinRoot + "-c"]), saying: "expands to more than")
     }
 }
+
+extension AgentTests {
+    // MARK: - 6. --socket-group leaves a folder it did not make alone
+
+    func testSocketGroupChangesOnlyAFolderTheAgentMade() throws {
+        // A folder that was there: the agent must not chown or chmod it.
+        let shared = scratch + "/shared"
+        XCTAssertEqual(mkdir(shared, 0o1777), 0)
+        chmod(shared, 0o1777)
+        var before = stat()
+        XCTAssertEqual(stat(shared, &before), 0)
+        let sharedSocket = shared + "/api.sock"
+        let agent = try Child(binary, ["agent", "--db", db, "--socket", sharedSocket, "--socket-group", "nogroup",
+                                       "--cgroup-root", root.relativePath, "--log-level", "warning", "--pin-root", pinRoot])
+        defer { agent.stop(signal: SIGKILL) }
+        try waitFor("the socket") { (try? cli(["status", "--socket", sharedSocket]).status) == 0 }
+        var after = stat()
+        XCTAssertEqual(stat(shared, &after), 0)
+        XCTAssertEqual(after.st_mode, before.st_mode, "mode of a folder the agent did not make changed")
+        XCTAssertEqual(after.st_uid, before.st_uid)
+        XCTAssertEqual(after.st_gid, before.st_gid, "group of a folder the agent did not make changed")
+        // The socket itself is the agent's: 0660, the group's.
+        var sock = stat()
+        XCTAssertEqual(stat(sharedSocket, &sock), 0)
+        XCTAssertEqual(sock.st_mode & 0o777, 0o660)
+        XCTAssertEqual(sock.st_gid, getgrnam("nogroup").pointee.gr_gid)
+        agent.stop(signal: SIGTERM)
+
+        // A folder the agent makes is its own: 0750 and the group's.
+        let made = scratch + "/made"
+        let second = try Child(binary, ["agent", "--db", db, "--socket", made + "/api.sock", "--socket-group", "nogroup",
+                                        "--cgroup-root", root.relativePath, "--log-level", "warning", "--pin-root", pinRoot])
+        defer { second.stop(signal: SIGKILL) }
+        try waitFor("the socket") { (try? cli(["status", "--socket", made + "/api.sock"]).status) == 0 }
+        var m = stat()
+        XCTAssertEqual(stat(made, &m), 0)
+        XCTAssertEqual(m.st_mode & 0o777, 0o750)
+        XCTAssertEqual(m.st_gid, getgrnam("nogroup").pointee.gr_gid)
+        second.stop(signal: SIGTERM)
+    }
+
+    // MARK: - 10. One database, one agent
+
+    func testASecondAgentOnTheSameDatabaseIsRefusedBeforeItChangesAnything() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let otherPins = pinRoot + "-db"
+        let otherSocket = scratch + "/other.sock"
+        var before = stat()
+        XCTAssertEqual(stat(db, &before), 0)
+        let r = try cli(["agent", "--db", db, "--socket", otherSocket, "--pin-root", otherPins, "--cgroup-root", root.relativePath])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("another agent is running with the database \(db)"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPins), "the refused agent left its pin root")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherSocket), "the refused agent made a socket")
+        var after = stat()
+        XCTAssertEqual(stat(db, &after), 0)
+        XCTAssertEqual(after.st_mtim.tv_sec, before.st_mtim.tv_sec)
+        XCTAssertEqual(after.st_size, before.st_size)
+        XCTAssertEqual(try cli(["status", "--socket", socket]).status, 0, "the first agent still answers")
+        // Once the first has stopped (even by kill -9), the database is free.
+        agent.stop(signal: SIGKILL)
+        let next = try startAgent()
+        next.stop(signal: SIGTERM)
+        XCTAssertEqual(next.process.terminationStatus, 0)
+    }
+}
