@@ -282,3 +282,46 @@ extension AgentTests {
         XCTAssertEqual(next.process.terminationStatus, 0)
     }
 }
+
+extension AgentTests {
+    // MARK: - 11. Control characters and bidi overrides never reach the terminal raw
+
+    func testHostileNamesAreEscapedInTablesStatusAndErrors() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        // C1 CSI (U+009B) and a right-to-left override: allowed in a name, shown escaped.
+        let workload = root.relativePath + "/evil\u{9b}2J\u{202e}txt.exe"
+        // YAML takes these only as escapes in a double-quoted scalar.
+        let imported = try importBaseline(root.relativePath + "/evil\\u009b2J\\u202etxt.exe")
+        XCTAssertEqual(imported.status, 0, imported.stderr)
+        let hostile: [Unicode.Scalar] = ["\u{1b}", "\r", "\u{9b}", "\u{7f}", "\u{202a}", "\u{202e}", "\u{2066}", "\u{2069}"]
+        func assertClean(_ text: String, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+            for c in hostile { XCTAssertFalse(text.unicodeScalars.contains(c), "\(what) shows U+\(String(c.value, radix: 16)) raw: \(text.debugDescription)", file: file, line: line) }
+        }
+        let list = try cli(["baseline", "list", "--socket", socket])
+        XCTAssertEqual(list.status, 0, list.stderr)
+        assertClean(list.stdout, "baseline list")
+        XCTAssertTrue(list.stdout.contains("evil\\u{9b}2J\\u{202e}txt.exe"), list.stdout)
+        let show = try cli(["baseline", "show", workload, "--socket", socket])
+        assertClean(show.stdout, "baseline show")
+        let status = try cli(["status", "--socket", socket])
+        XCTAssertEqual(status.status, 0, status.stderr)
+        assertClean(status.stdout, "status (its audit line names the workload)")
+        XCTAssertTrue(status.stdout.contains("\\u{202e}"), status.stdout)
+        // JSON keeps the name exactly (JSON may carry these characters; its
+        // escaper escapes what RFC 8259 requires).
+        let json = try cli(["baseline", "list", "--socket", socket, "-o", "json"])
+        let names = json.stdout.split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["workload"] as? String
+        }
+        XCTAssertTrue(names.contains(workload), json.stdout)
+        // Errors that quote what the user typed: ESC and CR are not echoed.
+        for args in [["mode", "x\u{1b}[31mred\rforged", "enforce"], ["baseline", "show", "x\u{1b}]0;title\u{7}"],
+                     ["connections", "--since", "\u{1b}[2J"], ["connections", "--workload", "\u{9b}1;1H", "--peer", "1.2.3.4/99"]] {
+            let r = try cli(args + ["--socket", socket])
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+            assertClean(r.stderr, "error for \(args)")
+        }
+    }
+}
