@@ -88,11 +88,13 @@ public struct ConnectionsRequest: Sendable, Equatable {
 public enum APIError: Error, CustomStringConvertible {
     case badRequest(String)
     case notFound(String)
+    case forbidden(String)
 
     public var description: String {
         switch self {
         case let .badRequest(m): return m
         case let .notFound(m): return m
+        case let .forbidden(m): return m
         }
     }
 }

@@ -7,18 +7,29 @@ import ServiceLifecycle
 
 /// The local API the CLI talks to, HTTP over the agent's Unix socket, so that
 /// `curl --unix-socket /run/connguard/api.sock http://localhost/v1/status`
-/// works too. Read-only in this version.
+/// works too.
 ///
 ///   GET /v1/status                  JSON object
 ///   GET /v1/connections?...         JSON lines (application/x-ndjson)
 ///   GET /v1/connections?follow=true JSON lines, streamed as they are stored
 ///
-/// Errors are `{"error": "..."}` with status 400 (bad request) or 404.
+/// Errors are `{"error": "..."}` with status 400 (bad request), 403 (not
+/// allowed: see APIAccess), 404 (no such path or workload), 405 (wrong
+/// method) or 500. Who asks is the peer's kernel credentials (APIGate).
 enum APIRoutes {
     static let ndjson = "application/x-ndjson"
 
-    static func build(agent: Agent) -> Router<BasicRequestContext> {
-        let router = Router()
+    /// Every path and its method; APIGate answers 404 and 405 from it, and
+    /// GET needs the right to read, POST the right to change.
+    static let methods: [String: HTTPRequest.Method] = [
+        "/v1/status": .get, "/v1/connections": .get, "/v1/baselines": .get, "/v1/baseline": .get,
+        "/v1/baseline/diff": .get, "/v1/audit": .get,
+        "/v1/baseline/import": .post, "/v1/baseline/prune": .post, "/v1/mode": .post,
+    ]
+
+    static func build(agent: Agent, access: APIAccess) -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
+        router.add(middleware: APIGate(access: access))
         router.get("/v1/status") { _, _ -> Response in
             json(agent.status())
         }
@@ -59,11 +70,12 @@ enum APIRoutes {
     ///   GET  /v1/baselines                              list
     ///   GET  /v1/baseline?workload=W[&format=yaml]      show / export
     ///   GET  /v1/baseline/diff?workload=W&since=1h      rules added since
-    ///   POST /v1/baseline/import?who=U                  body: YAML; all or nothing
-    ///   POST /v1/baseline/prune?workload=W&unused_for=7d&who=U
-    ///   POST /v1/mode?workload=W&mode=M&who=U
+    ///   POST /v1/baseline/import                        body: YAML; all or nothing
+    ///   POST /v1/baseline/prune?workload=W&unused_for=7d
+    ///   POST /v1/mode?workload=W&mode=M
     ///   GET  /v1/audit?limit=N
-    static func addPolicyRoutes(_ router: Router<BasicRequestContext>, agent: Agent) {
+    /// Changes are audited under the peer's kernel credentials (user, uid, pid).
+    static func addPolicyRoutes(_ router: Router<APIRequestContext>, agent: Agent) {
         router.get("/v1/baselines") { request, _ -> Response in
             handle {
                 _ = try params(request, allowed: [])
@@ -102,9 +114,9 @@ enum APIRoutes {
                 return json(.object([("workload", .string(w)), ("added", .array(b.added(since: t).map(ruleJSON)))]))
             }
         }
-        router.post("/v1/baseline/import") { request, _ -> Response in
-            let p: [String: String]
-            do { p = try params(request, allowed: ["who"]) } catch { return errorResponse(.badRequest, "\(error)") }
+        router.post("/v1/baseline/import") { request, context -> Response in
+            do { _ = try params(request, allowed: []) } catch { return errorResponse(.badRequest, "\(error)") }
+            let who = context.peer?.auditName ?? "unknown"
             let body: ByteBuffer
             do {
                 body = try await request.body.collect(upTo: BaselineFile.maximumBytes + 1)
@@ -113,27 +125,32 @@ enum APIRoutes {
             }
             return handle {
                 let b = try BaselineFile.parse(String(buffer: body), now: EventStore.now())
-                try agent.policy.importBaseline(b, who: p["who"] ?? "unknown")
+                let before = agent.policy.baseline(b.workload)?.mode
+                try agent.policy.importBaseline(b, who: who)
+                if before != b.mode {
+                    // Audited as a mode change too, by the store, in the import's transaction.
+                    agent.logger.notice("mode changed", metadata: ["workload": "\(b.workload)", "mode": "\(b.mode.rawValue)", "by": "\(who)", "reason": "import"])
+                }
                 return json(.object([("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)), ("rules", .int(Int64(b.rules.count)))]))
             }
         }
-        router.post("/v1/baseline/prune") { request, _ -> Response in
+        router.post("/v1/baseline/prune") { request, context -> Response in
             handle {
-                let p = try params(request, allowed: ["workload", "unused_for", "who"])
+                let p = try params(request, allowed: ["workload", "unused_for"])
                 guard let w = p["workload"], let u = p["unused_for"] else { throw APIError.badRequest("workload and unused_for are required") }
                 let seconds: Double
                 do { seconds = try DurationParser.parse(u) } catch { throw APIError.badRequest("unused_for: \(error)") }
                 guard seconds > 0 else { throw APIError.badRequest("unused_for: must be more than 0") }
-                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: p["who"] ?? "unknown")
+                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: context.peer?.auditName ?? "unknown")
                 return json(.object([("workload", .string(w)), ("pruned", .array(pruned.map(ruleJSON)))]))
             }
         }
-        router.post("/v1/mode") { request, _ -> Response in
+        router.post("/v1/mode") { request, context -> Response in
             handle {
-                let p = try params(request, allowed: ["workload", "mode", "who"])
+                let p = try params(request, allowed: ["workload", "mode"])
                 guard let w = p["workload"], let m = p["mode"] else { throw APIError.badRequest("workload and mode are required") }
                 guard let mode = Mode(rawValue: m) else { throw APIError.badRequest("mode must be learn, monitor or enforce") }
-                try agent.policy.setMode(w, mode, who: p["who"] ?? "unknown", reason: "operator")
+                try agent.policy.setMode(w, mode, who: context.peer?.auditName ?? "unknown", reason: "operator")
                 return json(.object([("workload", .string(w)), ("mode", .string(mode.rawValue))]))
             }
         }
@@ -167,6 +184,7 @@ static func handle(_ body: () throws -> Response) -> Response {
             switch e {
             case let .badRequest(m): return errorResponse(.badRequest, m)
             case let .notFound(m): return errorResponse(.notFound, m)
+            case let .forbidden(m): return errorResponse(.forbidden, m)
             }
         } catch let e as BaselineFile.Problems {
             return errorResponse(.badRequest, e.description)

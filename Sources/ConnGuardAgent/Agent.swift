@@ -28,6 +28,8 @@ public final class Agent: @unchecked Sendable {
     let logger: Logger
     let startedAt = Date()
     private let instanceLock: AgentInstanceLock
+    /// Who may read and who may change, from the socket and admin groups.
+    let access: APIAccess
     let version: String
     private var statsToken: Int32 = -1
 
@@ -40,6 +42,7 @@ public final class Agent: @unchecked Sendable {
         self.logger = logger
         let problems = configuration.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
+        access = try APIAccess(socketGroup: configuration.socketGroup, adminGroup: configuration.adminGroup)
         instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath,
                                              databasePath: configuration.databasePath)
 
@@ -130,11 +133,16 @@ public final class Agent: @unchecked Sendable {
         // Connections that were open before the tracer attached, stored and
         // learnt like the rest, before any live event.
         let seeded = pipeline.feed(tracer.takeConnectionSnapshot())
+        // Idle connections are closed, so that clients that connect and send
+        // nothing (or half a request) cannot pile up; a response in progress
+        // (a --follow stream) is never idle.
+        let idle = TimeAmount.nanoseconds(DurationParser.nanoseconds(configuration.apiIdleTimeoutSeconds))
         let api = Application(
-            router: APIRoutes.build(agent: self),
+            router: APIRoutes.build(agent: self, access: access),
+            server: .http1(configuration: .init(idleTimeout: idle)),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
-            onServerRunning: { [configuration, logger] _ in
-                Agent.secureSocket(configuration, logger: logger)
+            onServerRunning: { [configuration, access, logger] _ in
+                Agent.secureSocket(configuration, gid: access.socketGID, logger: logger)
             },
             logger: logger)
         var services: [any Service] = [PipelineService(agent: self), EnforcementService(agent: self), api]
@@ -292,10 +300,9 @@ public final class Agent: @unchecked Sendable {
             throw AgentError("cannot create \(dir): \(String(cString: strerror(errno)))")
         }
         let ownsDirectory = created || dir == (AgentConfiguration().socketPath as NSString).deletingLastPathComponent
-        if let groupName = configuration.socketGroup {
-            guard let g = getgrnam(groupName) else { throw AgentError("--socket-group: no group named '\(groupName)'") }
+        if let gid = access.socketGID {
             if ownsDirectory {
-                chown(dir, 0, g.pointee.gr_gid)
+                chown(dir, 0, gid)
                 chmod(dir, 0o750)
             } else {
                 logger.notice("the socket's folder was not made by the agent: its owner and mode are left as they are; the socket group needs search permission on it",
@@ -304,10 +311,11 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
-    /// The socket: 0600 root-only, or 0660 with the socket group.
-    static func secureSocket(_ c: AgentConfiguration, logger: Logger) {
-        if let groupName = c.socketGroup, let g = getgrnam(groupName) {
-            chown(c.socketPath, 0, g.pointee.gr_gid)
+    /// The socket: 0600 root-only, or 0660 with the socket group (the admin
+    /// group if there is no socket group). What each may do is APIAccess's.
+    static func secureSocket(_ c: AgentConfiguration, gid: gid_t?, logger: Logger) {
+        if let gid {
+            chown(c.socketPath, 0, gid)
             chmod(c.socketPath, 0o660)
         } else {
             chmod(c.socketPath, 0o600)

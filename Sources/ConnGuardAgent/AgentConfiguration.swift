@@ -10,8 +10,13 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var databasePath = "/var/lib/connguard/connguard.db"
     /// The local API for the CLI: a Unix socket, mode 0600 (0660 with socketGroup).
     public var socketPath = "/run/connguard/api.sock"
-    /// A group allowed to query the API (read-only in this version).
+    /// A group allowed to query the API (read only).
     public var socketGroup: String?
+    /// A group allowed to query and to change modes and baselines.
+    public var adminGroup: String?
+    /// API connections idle this long (no request in progress) are closed;
+    /// a `--follow` stream that is sending is not idle.
+    public var apiIdleTimeoutSeconds: Double = 60
     /// "127.0.0.1:9090" to serve Prometheus metrics; nil: off.
     public var metricsAddress: String?
     /// Only events from this cgroup v2 subtree (relative to the cgroup2 mount)
@@ -59,7 +64,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// individual_events_per_second, aggregate_retention, ring_buffer_mib,
     /// write_queue_capacity, log_level, ...
     public static let fileKeys: Set<String> = [
-        "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
+        "database", "socket", "socket_group", "admin_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
         "accept_attribution",
@@ -111,6 +116,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = string("database") { c.databasePath = v }
         if let v = string("socket") { c.socketPath = v }
         if let v = string("socket_group") { c.socketGroup = v }
+        if let v = string("admin_group") { c.adminGroup = v }
         if let v = string("metrics_address") { c.metricsAddress = v }
         if let v = string("cgroup_root") { c.cgroupRoot = v }
         if let v = duration("event_retention") { c.eventRetentionSeconds = v }

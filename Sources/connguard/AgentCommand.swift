@@ -28,8 +28,15 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Unix socket for the CLI (default /run/connguard/api.sock).")
     var socket: String?
 
-    @Option(help: "Group allowed to query the agent (socket mode 0660).")
+    @Option(help: "Group allowed to query the agent, read only (socket mode 0660, owned by this group).")
     var socketGroup: String?
+
+    @Option(help: "Group allowed to query and to change modes and baselines (import, prune, mode). Its members reach the socket through --socket-group, or this group if there is none.")
+    var adminGroup: String?
+
+    @Option(help: ArgumentHelp("Close API connections idle this long (default 60s); a --follow stream that is sending is not idle.", visibility: .hidden),
+            transform: Duration.parse)
+    var apiIdleTimeout: Duration?
 
     @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows).")
     var hooks: HookRung?
@@ -88,6 +95,8 @@ struct AgentCommand: AsyncParsableCommand {
         if let db { c.databasePath = absolute(db) }
         if let socket { c.socketPath = absolute(socket) }
         if let socketGroup { c.socketGroup = socketGroup }
+        if let adminGroup { c.adminGroup = adminGroup }
+        if let apiIdleTimeout { c.apiIdleTimeoutSeconds = apiIdleTimeout.seconds }
         if let metricsAddress { c.metricsAddress = metricsAddress }
         if let hooks { c.hooks = hooks.rawValue }
         if let acceptAttribution { c.acceptAttribution = acceptAttribution.rawValue }

@@ -2,13 +2,6 @@ import ArgumentParser
 import ConnGuardCore
 import Foundation
 
-/// Who is asking, for the audit log: the user behind sudo if any.
-func operatorName() -> String {
-    if let s = ProcessInfo.processInfo.environment["SUDO_USER"], !s.isEmpty { return s }
-    if let pw = getpwuid(getuid()) { return String(cString: pw.pointee.pw_name) }
-    return "uid \(getuid())"
-}
-
 struct BaselineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baseline",
@@ -97,7 +90,7 @@ struct BaselineCommand: AsyncParsableCommand {
                 data = d
             }
             let text = try await callAgent {
-                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", query: [("who", operatorName())], body: Array(data))
+                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", body: Array(data))
             }
             if let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
                 say("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
@@ -120,7 +113,7 @@ struct BaselineCommand: AsyncParsableCommand {
         func run() async throws {
             let text = try await callAgent {
                 try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/prune",
-                                                                   query: [("workload", workload), ("unused_for", unusedFor), ("who", operatorName())])
+                                                                   query: [("workload", workload), ("unused_for", unusedFor)])
             }
             let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             let pruned = o?["pruned"] as? [[String: Any]] ?? []
@@ -153,7 +146,7 @@ struct ModeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mode",
         abstract: "Set a workload's mode: learn, monitor (report what would be blocked) or enforce (block it).",
-        discussion: "Recorded, with who and when, in the audit log that `connguard status` shows."
+        discussion: "Recorded in the audit log that `connguard status` shows, with when and who: the user, uid and pid the kernel gives for the connection (root, or a member of the agent's --admin-group)."
     )
     @OptionGroup var agent: AgentConnectionOptions
     @Argument var workload: String
@@ -165,7 +158,7 @@ struct ModeCommand: AsyncParsableCommand {
 
     func run() async throws {
         _ = try await callAgent {
-            try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode), ("who", operatorName())])
+            try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode)])
         }
         say("\(workload): \(mode)")
     }

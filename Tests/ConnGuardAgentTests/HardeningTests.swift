@@ -325,3 +325,145 @@ extension AgentTests {
         }
     }
 }
+
+/// A real unprivileged user (and groups) in the user database, for the
+/// length of a test.
+final class TestUser {
+    let name: String
+    let uid: uid_t
+    let gid: gid_t
+    private var groups: [String] = []
+
+    static func run(_ args: [String]) throws {
+        let c = try Child(args[0], Array(args.dropFirst()))
+        c.process.waitUntilExit()
+        guard c.process.terminationStatus == 0 else {
+            throw FileError(path: args.joined(separator: " "), errno: EINVAL)
+        }
+    }
+
+    static func makeGroup() throws -> String {
+        let name = "cgt\(UInt32.random(in: 0...99_999_999))"
+        try run(["/usr/sbin/groupadd", name])
+        return name
+    }
+
+    static func removeGroup(_ name: String) { try? run(["/usr/sbin/groupdel", name]) }
+
+    /// A user whose supplementary groups (in /etc/group) are `groups`.
+    init(groups: [String]) throws {
+        name = "cgu\(UInt32.random(in: 0...99_999_999))"
+        var args = ["/usr/sbin/useradd", "-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin"]
+        if !groups.isEmpty { args += ["-G", groups.joined(separator: ",")] }
+        try Self.run(args + [name])
+        let pw = try XCTUnwrap(getpwnam(name))
+        uid = pw.pointee.pw_uid
+        gid = pw.pointee.pw_gid
+    }
+
+    func remove() { try? Self.run(["/usr/sbin/userdel", name]) }
+
+    /// argv that runs `command` as this user: its own uid and primary group,
+    /// and its supplementary groups from the group database, or `kernelGroups`
+    /// instead (what the kernel sees, whatever the database says).
+    func argv(_ command: [String], kernelGroups: [String]? = nil) -> [String] {
+        let groups = kernelGroups.map { $0.isEmpty ? ["--clear-groups"] : ["--groups=" + $0.joined(separator: ",")] } ?? ["--init-groups"]
+        return ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(gid)"] + groups + ["--inh-caps=-all", "--"] + command
+    }
+}
+
+extension AgentTests {
+    // MARK: - 7. Who is asking comes from the kernel; readers and admins
+
+    func cliAs(_ user: TestUser, _ args: [String], kernelGroups: [String]? = nil) throws -> (stdout: String, stderr: String, status: Int32) {
+        let argv = user.argv([binary] + args + ["--socket", socket], kernelGroups: kernelGroups)
+        return try cliArgv(argv)
+    }
+
+    func cliArgv(_ argv: [String]) throws -> (stdout: String, stderr: String, status: Int32) {
+        let c = try Child(argv[0], Array(argv.dropFirst()))
+        let out = c.stdout.fileHandleForReading.readDataToEndOfFile()
+        let err = c.stderr.fileHandleForReading.readDataToEndOfFile()
+        c.process.waitUntilExit()
+        return (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self), c.process.terminationStatus)
+    }
+
+    func testReadersQueryAdminsChangeAndTheAuditNamesTheKernelsUser() throws {
+        let readers = try TestUser.makeGroup()
+        defer { TestUser.removeGroup(readers) }
+        let admins = try TestUser.makeGroup()
+        defer { TestUser.removeGroup(admins) }
+        let reader = try TestUser(groups: [readers])
+        defer { reader.remove() }
+        let admin = try TestUser(groups: [readers, admins])  // readers: to reach the socket
+        defer { admin.remove() }
+        let outsider = try TestUser(groups: [])
+        defer { outsider.remove() }
+
+        let agent = try startAgent(extra: ["--socket-group", readers, "--admin-group", admins])
+        defer { agent.stop(signal: SIGKILL) }
+        let workload = root.relativePath + "/guarded"
+        XCTAssertEqual(try importBaseline(workload).status, 0)
+
+        // A reader: queries work; changes are refused with 403 and one line.
+        for args in [["status"], ["baseline", "list"], ["baseline", "show", workload], ["connections", "--last", "5"]] {
+            let r = try cliAs(reader, args)
+            XCTAssertEqual(r.status, 0, "\(args): \(r.stderr)")
+        }
+        let file = scratch + "/reader.yaml"
+        try "workload: \"\(workload)\"\nmode: enforce\nrules: []\n".write(toFile: file, atomically: true, encoding: .utf8)
+        chmod(file, 0o644)
+        for args in [["mode", workload, "monitor"], ["baseline", "import", file], ["baseline", "prune", workload, "--unused-for", "1s"]] {
+            let r = try cliAs(reader, args)
+            assertOneLineRefusal(r, saying: "may not change modes or baselines")
+            XCTAssertTrue(r.stderr.contains(admins), r.stderr)
+        }
+        XCTAssertEqual(try rules(workload, "out", port: 5432).count, 1, "the refused import and prune changed nothing")
+        let raw = try reader.argv(["/usr/bin/python3", "-c", """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+            s.sendall(b"POST /v1/mode?workload=x&mode=enforce HTTP/1.1\\r\\nHost: l\\r\\nConnection: close\\r\\nContent-Length: 0\\r\\n\\r\\n")
+            print(s.makefile("rb").read().decode())
+            """, socket])
+        let http = try cliArgv(raw)
+        XCTAssertTrue(http.stdout.hasPrefix("HTTP/1.1 403"), http.stdout)
+        XCTAssertTrue(http.stdout.contains("{\"error\":"), http.stdout)
+
+        // Claiming to be someone else in the request is refused, not believed.
+        let claim = try unixHTTP("POST", "/v1/mode?workload=\(workload)&mode=learn&who=mallory")
+        XCTAssertEqual(claim.status, 400, claim.body)
+        XCTAssertTrue(claim.body.contains("unknown parameter 'who'"), claim.body)
+
+        // Kernel groups that the database does not back: the socket lets it
+        // in, the agent does not.
+        let sneaky = try cliAs(outsider, ["status"], kernelGroups: [readers])
+        assertOneLineRefusal(sneaky, saying: "may not query the agent")
+        // No group at all: the socket itself refuses.
+        let locked = try cliAs(outsider, ["status"], kernelGroups: [])
+        assertOneLineRefusal(locked, saying: "no permission")
+
+        // An admin: allowed, and audited under the kernel's uid, name and pid.
+        // SUDO_USER is no longer believed.
+        let argv = ["/usr/bin/env", "SUDO_USER=mallory"] + [binary, "mode", workload, "monitor", "--socket", socket]
+        let changed = try cliArgv(admin.argv(argv))
+        XCTAssertEqual(changed.status, 0, changed.stderr)
+        try "workload: \"\(workload)\"\nmode: enforce\nrules:\n  - {direction: out, peer: 10.9.9.9, port: 80}\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let imported = try cliAs(admin, ["baseline", "import", file])
+        XCTAssertEqual(imported.status, 0, imported.stderr)
+        let pruned = try cliAs(admin, ["baseline", "prune", workload, "--unused-for", "100w"])
+        XCTAssertEqual(pruned.status, 0, pruned.stderr)
+        _ = try cli(["mode", workload, "learn", "--socket", socket])  // root; and nothing left enforced
+
+        let (status, body) = try unixHTTPGet(socket: socket, path: "/v1/audit?limit=20&workload=" + workload)
+        XCTAssertEqual(status, 200, body)
+        let entries = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]])
+        let byAdmin = entries.filter { ($0["who"] as? String)?.hasPrefix("\(admin.name) (uid \(admin.uid), pid ") == true }
+        XCTAssertEqual(Set(byAdmin.compactMap { $0["action"] as? String }), ["mode", "import", "prune"], "\(entries)")
+        // The import changed monitor -> enforce: audited as a mode change too.
+        XCTAssertTrue(byAdmin.contains { $0["action"] as? String == "mode" && ($0["detail"] as? String ?? "").contains("monitor -> enforce (import)") },
+                      "\(byAdmin)")
+        XCTAssertFalse(body.contains("mallory"), body)
+        XCTAssertTrue(entries.contains { ($0["who"] as? String)?.hasPrefix("root (uid 0, pid ") == true }, "\(entries)")
+    }
+}
