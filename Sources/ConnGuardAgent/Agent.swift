@@ -36,26 +36,37 @@ public final class Agent: @unchecked Sendable {
     /// Everything that can fail at start fails here, with one clear message,
     /// before anything is left half-done.
     public init(configuration: AgentConfiguration, identity: IdentitySource, version: String, logger: Logger) throws {
-        self.configuration = configuration
+        var configuration = configuration
         self.identity = identity
         self.version = version
         self.logger = logger
         let problems = configuration.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
         access = try APIAccess(socketGroup: configuration.socketGroup, adminGroup: configuration.adminGroup)
-        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath,
-                                             databasePath: configuration.databasePath)
+        // Whatever is at the socket path is replaced at start and removed at
+        // exit: only ever a socket (a typo must not cost a file).
+        var st = stat()
+        if lstat(configuration.socketPath, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw AgentError("--socket: \(configuration.socketPath) exists and is not a socket; remove it or choose another path")
+        }
 
-        // Scope: the watched cgroup subtree.
+        // Scope: the watched cgroup subtree, absolute (under the cgroup2
+        // mount) or relative to the mount, as `trace --cgroup` takes it;
+        // kept relative from here on. Checked before anything is claimed.
         var scope: CgroupSubtree?
         if configuration.cgroupRoot != "/" {
             guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted; --cgroup-root needs one") }
             do {
-                scope = try CgroupSubtree(mount: mount, path: configuration.cgroupRoot)
+                let subtree = try CgroupSubtree(mount: mount, path: configuration.cgroupRoot)
+                configuration.cgroupRoot = subtree.relativePath
+                if subtree.relativePath != "/" { scope = subtree }
             } catch {
                 throw AgentError("--cgroup-root: \(error)")
             }
         }
+        self.configuration = configuration
+        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath,
+                                             databasePath: configuration.databasePath)
 
         do {
             store = try EventStore(path: configuration.databasePath, options: .init(migrations: [BaselineSchema.migration]))
@@ -369,6 +380,7 @@ struct EnforcementService: Service {
         denialThread.start()
         birthThread.start()
         var lastLost: UInt64 = (try? agent.tracer.lossCounts().lostEvents) ?? 0
+        var lastFailed: UInt64 = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             // Woken by SIGTERM too: shutdown must not wait out the 2 s.
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(2)) }
@@ -376,6 +388,14 @@ struct EnforcementService: Service {
             let lost = ((try? agent.tracer.lossCounts().lostEvents) ?? 0) + agent.writer.snapshot.lost
             agent.policy.tick(eventsLostSinceLastTick: lost > lastLost)
             lastLost = lost
+            // Failed writes are counted in status and the metrics; the log
+            // says why, at most once per tick (a full disk by name).
+            let w = agent.writer.snapshot
+            if w.failed > lastFailed {
+                agent.logger.error("events could not be stored", metadata: [
+                    "events_lost": "\(w.failed - lastFailed)", "error": "\(w.lastError ?? "unknown")"])
+                lastFailed = w.failed
+            }
         }
         stop.set()
         _ = (denials, births)

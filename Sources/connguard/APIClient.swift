@@ -125,6 +125,9 @@ struct APIClient {
             }
             throw Failure(description: "the agent is not running (no socket at \(socketPath)); start it with `connguard agent`, or pass --socket")
         }
+        if (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw Failure(description: "\(socketPath) is not a socket (is --socket right? the agent's is \(Self.defaultSocket) unless it was started with --socket)")
+        }
         if access(socketPath, R_OK | W_OK) != 0 {
             throw Failure(description: "no permission to use \(socketPath): run as root, or start the agent with --socket-group and join that group")
         }

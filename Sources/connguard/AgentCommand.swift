@@ -47,7 +47,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9090). Off by default.")
     var metricsAddress: String?
 
-    @Option(help: "Watch only this cgroup v2 subtree (relative to the cgroup2 mount). Default: the whole node.")
+    @Option(help: "Watch only this cgroup v2 subtree (absolute, or relative to the cgroup2 mount). Default: the whole node.")
     var cgroupRoot: String?
 
     @Option(parsing: .unconditional, help: "Keep individual events this long (e.g. 24h).", transform: Duration.parse)

@@ -467,3 +467,135 @@ extension AgentTests {
         XCTAssertTrue(entries.contains { ($0["who"] as? String)?.hasPrefix("root (uid 0, pid ") == true }, "\(entries)")
     }
 }
+
+extension AgentTests {
+    // MARK: - 12. Smaller fixes
+
+    /// An agent with exactly these arguments, up when `status` answers on `socketPath`.
+    func startAgent(arguments: [String], socket socketPath: String) throws -> Child {
+        let agent = try Child(binary, ["agent"] + arguments)
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if (try? cli(["status", "--socket", socketPath, "-o", "json"]).status) == 0 { return agent }
+            if !agent.process.isRunning { break }
+            usleep(50_000)
+        }
+        agent.stop(signal: SIGKILL)
+        let err = String(decoding: agent.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTFail("agent did not come up: \(err)")
+        throw FileError(path: socketPath, errno: ETIMEDOUT)
+    }
+
+    func testAnAbsoluteCgroupRootIsTheSameSubtree() throws {
+        let agent = try startAgent(arguments: ["--db", db, "--socket", socket, "--cgroup-root", root.path,
+                                               "--log-level", "warning", "--pin-root", pinRoot], socket: socket)
+        defer { agent.stop(signal: SIGKILL) }
+        let status = try cli(["status", "--socket", socket, "-o", "json"])
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(s["cgroup_root"] as? String, root.relativePath)
+        XCTAssertEqual((s["enforcement"] as? [String: Any])?["cgroup"] as? String, root.path)
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        try connectFromClients(port: port)
+        try waitFor("the connect, attributed") {
+            try connections(["--port", String(port), "--direction", "out"]).first?["workload"] as? String == clients.relativePath
+        }
+        // Outside the mount: refused, one line.
+        assertOneLineRefusal(try cli(["agent", "--db", scratch + "/o.db", "--socket", scratch + "/o.sock", "--pin-root", pinRoot + "-o",
+                                      "--cgroup-root", "/etc"]), saying: "--cgroup-root")
+    }
+
+    func testSmallerHostileInputs() throws {
+        let agent = try startAgent(extra: ["--api-idle-timeout", "1s"])
+        defer { agent.stop(signal: SIGKILL) }
+        // Times far ahead, offsets past ±23:59, negative values.
+        assertOneLineRefusal(try cli(["connections", "--since", "9999-01-01T00:00:00Z", "--socket", socket]), saying: "too far ahead")
+        assertOneLineRefusal(try cli(["connections", "--since", "2026-11-27T03:09:00+24:00", "--socket", socket]),
+                             saying: "the UTC offset must be between -23:59 and +23:59")
+        assertOneLineRefusal(try cli(["connections", "--port", "-1", "--socket", socket]), saying: "--port must be from 1 to 65535")
+        assertOneLineRefusal(try cli(["baseline", "diff", "w", "--since", "-5m", "--socket", socket]), saying: "negative")
+        let api = try unixHTTP("GET", "/v1/connections?since=2026-11-27T03:09:00-25:00")
+        XCTAssertEqual(api.status, 400)
+        XCTAssertTrue(api.body.contains("UTC offset"), api.body)
+
+        // --socket at something that is not a socket.
+        let file = scratch + "/not-a-socket"
+        try "keep me\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let notSocket = try cli(["status", "--socket", file])
+        assertOneLineRefusal(notSocket, saying: "is not a socket")
+        XCTAssertFalse(notSocket.stderr.contains("Connection refused"), notSocket.stderr)
+        assertOneLineRefusal(try cli(["agent", "--db", scratch + "/n.db", "--socket", file, "--pin-root", pinRoot + "-n"]),
+                             saying: "exists and is not a socket")
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "keep me\n", "the agent left the file alone")
+
+        // 404 and 405 with JSON bodies.
+        let missing = try unixHTTP("GET", "/v2/nothing")
+        XCTAssertEqual(missing.status, 404)
+        XCTAssertTrue(missing.body.contains("\"error\""), missing.body)
+        let wrong = try unixHTTP("DELETE", "/v1/status")
+        XCTAssertEqual(wrong.status, 405)
+        XCTAssertTrue(wrong.body.contains("\"error\""), wrong.body)
+        let postToGet = try unixHTTP("POST", "/v1/connections")
+        XCTAssertEqual(postToGet.status, 405, postToGet.body)
+
+        // The agent's --help says enforcement stays pinned.
+        let help = try cli(["agent", "--help"])
+        XCTAssertTrue(help.stdout.contains("enforcement stays pinned"), help.stdout)
+        XCTAssertTrue(help.stdout.contains("unless --fail-open"), help.stdout)
+
+        // Idle API connections are closed; a --follow stream that is sending is not.
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socket.utf8) + [0]) }
+        XCTAssertEqual(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }, 0)
+        _ = "GET /v1/sta".withCString { write(fd, $0, strlen($0)) }  // half a request, then nothing
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let start = Date()
+        var byte: UInt8 = 0
+        XCTAssertEqual(read(fd, &byte, 1), 0, "the agent closes an idle connection")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        let follower = try Child(binary, ["connections", "--follow", "--socket", socket])
+        defer { follower.stop(signal: SIGKILL) }
+        usleep(3_000_000)
+        XCTAssertTrue(follower.process.isRunning, "a --follow stream was closed as idle")
+    }
+
+    func testAFullDiskIsNamedInTheLog() throws {
+        let disk = scratch + "/small"
+        XCTAssertEqual(mkdir(disk, 0o700), 0)
+        XCTAssertEqual(try Child("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk]).waitStatus(), 0)
+        defer { _ = try? Child("/bin/umount", ["-l", disk]).waitStatus() }
+        let diskSocket = scratch + "/full.sock"
+        let agent = try startAgent(arguments: ["--db", disk + "/db.sqlite", "--socket", diskSocket, "--cgroup-root", root.relativePath,
+                                               "--log-level", "warning", "--pin-root", pinRoot,
+                                               "--individual-events-per-second", "0"], socket: diskSocket)
+        defer { agent.stop(signal: SIGKILL) }
+        // Fill what is left.
+        _ = try Child("/bin/dd", ["if=/dev/zero", "of=" + disk + "/filler", "bs=64k"]).waitStatus()
+        let (server, port) = try startServer()
+        defer { server.stop(signal: SIGKILL) }
+        try connectFromClients(port: port, count: 3000)
+        var status: [String: Any] = [:]
+        try waitFor("failed writes", timeout: 20) {
+            let r = try cli(["status", "--socket", diskSocket, "-o", "json"])
+            status = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+            return ((status["lost"] as? [String: Any])?["write_failed"] as? Int ?? 0) > 0
+        }
+        usleep(2_500_000)  // the next tick logs it
+        agent.stop(signal: SIGTERM)
+        let log = String(decoding: agent.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(log.contains("the disk holding the database is full (ENOSPC"), log)
+    }
+}
+
+extension Child {
+    /// Waits for the process; its exit status.
+    func waitStatus() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
