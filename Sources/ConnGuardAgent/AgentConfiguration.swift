@@ -161,7 +161,8 @@ public struct AgentConfiguration: Sendable, Equatable {
         if !pinRoot.hasPrefix("/") { problems.append("pin_root: must be an absolute path") }
         // Also checked where they are parsed; here for values set in code.
         for (key, seconds) in [("event_retention", eventRetentionSeconds), ("aggregate_retention", aggregateRetentionSeconds),
-                               ("learning_period", learningPeriodSeconds ?? 1), ("quiet_period", quietPeriodSeconds)]
+                               ("learning_period", learningPeriodSeconds ?? 1), ("quiet_period", quietPeriodSeconds),
+                               ("api_idle_timeout", apiIdleTimeoutSeconds)]
         where !(seconds > 0 && seconds <= DurationParser.maximumSeconds) {
             problems.append("\(key): must be more than 0 and at most \(DurationParser.maximumDescription)")
         }

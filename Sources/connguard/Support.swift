@@ -83,13 +83,10 @@ struct OutputBuffer {
 /// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m; at most
 /// DurationParser.maximumDescription. A bad one is a usage error that says
 /// why (too long: the limit), not swift-argument-parser's bare "invalid".
-struct Duration: ExpressibleByArgument, Sendable {
+/// Options take it with `transform: Duration.parse` (not as an
+/// ExpressibleByArgument, whose failure cannot say why).
+struct Duration: Sendable {
     let seconds: Double
-
-    init?(argument: String) {
-        guard let s = DurationParser.seconds(argument) else { return nil }
-        seconds = s
-    }
 
     /// For `@Option(transform: Duration.parse)`.
     static func parse(_ argument: String) throws -> Duration {
@@ -103,8 +100,6 @@ struct Duration: ExpressibleByArgument, Sendable {
     private init(seconds: Double) { self.seconds = seconds }
 
     var nanoseconds: Int64 { DurationParser.nanoseconds(seconds) }
-
-    static var defaultCompletionKind: CompletionKind { .default }
 }
 
 extension OutputFormat: ExpressibleByArgument {}
