@@ -207,8 +207,3 @@ struct StatusCommand: AsyncParsableCommand {
         }
     }
 }
-
-/// One line of human output: escaped (HumanText), whatever the agent sent.
-func say(_ line: String) {
-    print(HumanText.escape(line))
-}

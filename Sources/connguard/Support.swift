@@ -27,6 +27,12 @@ func printError(_ message: String) {
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
 }
 
+/// One line of human output (tables, status): escaped (HumanText), since it
+/// shows names and values that came from processes and users.
+func say(_ line: String) {
+    print(HumanText.escape(line))
+}
+
 /// A failure already explained on stderr: exit non-zero without more output.
 struct Failure: Error {
     let message: String
