@@ -37,10 +37,11 @@ public struct ConnectionsRequest: Sendable, Equatable {
             }
             switch key {
             case "since", "until":
-                if let t = ConnectionsRequest.time(value, now: now) {
+                do {
+                    let t = try TimeArgument.nanoseconds(value, now: now)
                     if key == "since" { query.since = t } else { query.until = t }
-                } else {
-                    problems.append("\(key): '\(value)' is neither a duration (15m, 2h) nor an RFC 3339 time")
+                } catch {
+                    problems.append("\(key): \(error)")
                 }
             case "last":
                 if let n = Int(value), (1...ConnectionsRequest.maximumRows).contains(n) { query.last = n } else {
@@ -82,23 +83,18 @@ public struct ConnectionsRequest: Sendable, Equatable {
         if !problems.isEmpty { throw APIError.badRequest(problems.joined(separator: "; ")) }
     }
 
-    /// "15m" (that long before now), or an RFC 3339 time.
-    static func time(_ text: String, now: Int64) -> Int64? {
-        if let seconds = DurationParser.seconds(text) {
-            return try? ConnectionQuery.time(secondsAgo: seconds, now: now)
-        }
-        return RFC3339.nanoseconds(text)
-    }
 }
 
 public enum APIError: Error, CustomStringConvertible {
     case badRequest(String)
     case notFound(String)
+    case forbidden(String)
 
     public var description: String {
         switch self {
         case let .badRequest(m): return m
         case let .notFound(m): return m
+        case let .forbidden(m): return m
         }
     }
 }

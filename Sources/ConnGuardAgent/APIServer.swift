@@ -3,21 +3,33 @@ import ConnGuardStore
 import Foundation
 import Hummingbird
 import NIOCore
+import ServiceLifecycle
 
 /// The local API the CLI talks to, HTTP over the agent's Unix socket, so that
 /// `curl --unix-socket /run/connguard/api.sock http://localhost/v1/status`
-/// works too. Read-only in this version.
+/// works too.
 ///
 ///   GET /v1/status                  JSON object
 ///   GET /v1/connections?...         JSON lines (application/x-ndjson)
 ///   GET /v1/connections?follow=true JSON lines, streamed as they are stored
 ///
-/// Errors are `{"error": "..."}` with status 400 (bad request) or 404.
+/// Errors are `{"error": "..."}` with status 400 (bad request), 403 (not
+/// allowed: see APIAccess), 404 (no such path or workload), 405 (wrong
+/// method) or 500. Who asks is the peer's kernel credentials (APIGate).
 enum APIRoutes {
     static let ndjson = "application/x-ndjson"
 
-    static func build(agent: Agent) -> Router<BasicRequestContext> {
-        let router = Router()
+    /// Every path and its method; APIGate answers 404 and 405 from it, and
+    /// GET needs the right to read, POST the right to change.
+    static let methods: [String: HTTPRequest.Method] = [
+        "/v1/status": .get, "/v1/connections": .get, "/v1/baselines": .get, "/v1/baseline": .get,
+        "/v1/baseline/diff": .get, "/v1/audit": .get,
+        "/v1/baseline/import": .post, "/v1/baseline/prune": .post, "/v1/mode": .post,
+    ]
+
+    static func build(agent: Agent, access: APIAccess) -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
+        router.add(middleware: APIGate(access: access))
         router.get("/v1/status") { _, _ -> Response in
             json(agent.status())
         }
@@ -58,11 +70,12 @@ enum APIRoutes {
     ///   GET  /v1/baselines                              list
     ///   GET  /v1/baseline?workload=W[&format=yaml]      show / export
     ///   GET  /v1/baseline/diff?workload=W&since=1h      rules added since
-    ///   POST /v1/baseline/import?who=U                  body: YAML; all or nothing
-    ///   POST /v1/baseline/prune?workload=W&unused_for=7d&who=U
-    ///   POST /v1/mode?workload=W&mode=M&who=U
+    ///   POST /v1/baseline/import                        body: YAML; all or nothing
+    ///   POST /v1/baseline/prune?workload=W&unused_for=7d
+    ///   POST /v1/mode?workload=W&mode=M
     ///   GET  /v1/audit?limit=N
-    static func addPolicyRoutes(_ router: Router<BasicRequestContext>, agent: Agent) {
+    /// Changes are audited under the peer's kernel credentials (user, uid, pid).
+    static func addPolicyRoutes(_ router: Router<APIRequestContext>, agent: Agent) {
         router.get("/v1/baselines") { request, _ -> Response in
             handle {
                 _ = try params(request, allowed: [])
@@ -95,14 +108,15 @@ enum APIRoutes {
             handle {
                 let p = try params(request, allowed: ["workload", "since"])
                 guard let w = p["workload"], let since = p["since"] else { throw APIError.badRequest("workload and since are required") }
-                guard let t = ConnectionsRequest.time(since, now: EventStore.now()) else { throw APIError.badRequest("since: '\(since)' is neither a duration nor an RFC 3339 time") }
+                let t: Int64
+                do { t = try TimeArgument.nanoseconds(since, now: EventStore.now()) } catch { throw APIError.badRequest("since: \(error)") }
                 guard let b = agent.policy.baseline(w) else { throw APIError.notFound("no workload named '\(w)'") }
                 return json(.object([("workload", .string(w)), ("added", .array(b.added(since: t).map(ruleJSON)))]))
             }
         }
-        router.post("/v1/baseline/import") { request, _ -> Response in
-            let p: [String: String]
-            do { p = try params(request, allowed: ["who"]) } catch { return errorResponse(.badRequest, "\(error)") }
+        router.post("/v1/baseline/import") { request, context -> Response in
+            do { _ = try params(request, allowed: []) } catch { return errorResponse(.badRequest, "\(error)") }
+            let who = context.peer?.auditName ?? "unknown"
             let body: ByteBuffer
             do {
                 body = try await request.body.collect(upTo: BaselineFile.maximumBytes + 1)
@@ -111,25 +125,32 @@ enum APIRoutes {
             }
             return handle {
                 let b = try BaselineFile.parse(String(buffer: body), now: EventStore.now())
-                try agent.policy.importBaseline(b, who: p["who"] ?? "unknown")
+                let before = agent.policy.baseline(b.workload)?.mode
+                try agent.policy.importBaseline(b, who: who)
+                if before != b.mode {
+                    // Audited as a mode change too, by the store, in the import's transaction.
+                    agent.logger.notice("mode changed", metadata: ["workload": "\(b.workload)", "mode": "\(b.mode.rawValue)", "by": "\(who)", "reason": "import"])
+                }
                 return json(.object([("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)), ("rules", .int(Int64(b.rules.count)))]))
             }
         }
-        router.post("/v1/baseline/prune") { request, _ -> Response in
+        router.post("/v1/baseline/prune") { request, context -> Response in
             handle {
-                let p = try params(request, allowed: ["workload", "unused_for", "who"])
+                let p = try params(request, allowed: ["workload", "unused_for"])
                 guard let w = p["workload"], let u = p["unused_for"] else { throw APIError.badRequest("workload and unused_for are required") }
-                guard let seconds = DurationParser.seconds(u), seconds > 0 else { throw APIError.badRequest("unused_for: '\(u)' is not a duration like 7d") }
-                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: p["who"] ?? "unknown")
+                let seconds: Double
+                do { seconds = try DurationParser.parse(u) } catch { throw APIError.badRequest("unused_for: \(error)") }
+                guard seconds > 0 else { throw APIError.badRequest("unused_for: must be more than 0") }
+                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: context.peer?.auditName ?? "unknown")
                 return json(.object([("workload", .string(w)), ("pruned", .array(pruned.map(ruleJSON)))]))
             }
         }
-        router.post("/v1/mode") { request, _ -> Response in
+        router.post("/v1/mode") { request, context -> Response in
             handle {
-                let p = try params(request, allowed: ["workload", "mode", "who"])
+                let p = try params(request, allowed: ["workload", "mode"])
                 guard let w = p["workload"], let m = p["mode"] else { throw APIError.badRequest("workload and mode are required") }
                 guard let mode = Mode(rawValue: m) else { throw APIError.badRequest("mode must be learn, monitor or enforce") }
-                try agent.policy.setMode(w, mode, who: p["who"] ?? "unknown", reason: "operator")
+                try agent.policy.setMode(w, mode, who: context.peer?.auditName ?? "unknown", reason: "operator")
                 return json(.object([("workload", .string(w)), ("mode", .string(mode.rawValue))]))
             }
         }
@@ -163,6 +184,7 @@ static func handle(_ body: () throws -> Response) -> Response {
             switch e {
             case let .badRequest(m): return errorResponse(.badRequest, m)
             case let .notFound(m): return errorResponse(.notFound, m)
+            case let .forbidden(m): return errorResponse(.forbidden, m)
             }
         } catch let e as BaselineFile.Problems {
             return errorResponse(.badRequest, e.description)
@@ -209,7 +231,10 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
             live.until = nil
             live.last = nil
             live.afterID = startID
-            while !Task.isCancelled {
+            // Until the client goes away or the agent is told to stop: then
+            // the stream ends properly (its last chunk), so a follower learns
+            // that the agent stopped and SIGTERM is not held up by it.
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 let rows = try store.query(live)
                 var out: [UInt8] = []
                 for c in rows { c.appendJSONLine(using: &jsonWriter, to: &out) }
@@ -217,7 +242,7 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
                 // With nothing new, a bare newline (a blank line that JSON-lines
                 // readers skip) is how we learn that the client went away.
                 try await writer.write(ByteBuffer(bytes: out.isEmpty ? [UInt8(ascii: "\n")] : out))
-                try await Task.sleep(for: .milliseconds(250))
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(250)) }
             }
             try await writer.finish(nil)
         }

@@ -28,30 +28,45 @@ public final class Agent: @unchecked Sendable {
     let logger: Logger
     let startedAt = Date()
     private let instanceLock: AgentInstanceLock
+    /// Who may read and who may change, from the socket and admin groups.
+    let access: APIAccess
     let version: String
     private var statsToken: Int32 = -1
 
     /// Everything that can fail at start fails here, with one clear message,
     /// before anything is left half-done.
     public init(configuration: AgentConfiguration, identity: IdentitySource, version: String, logger: Logger) throws {
-        self.configuration = configuration
+        var configuration = configuration
         self.identity = identity
         self.version = version
         self.logger = logger
         let problems = configuration.validate()
         if !problems.isEmpty { throw ConfigurationError(problems: problems) }
-        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath)
+        access = try APIAccess(socketGroup: configuration.socketGroup, adminGroup: configuration.adminGroup)
+        // Whatever is at the socket path is replaced at start and removed at
+        // exit: only ever a socket (a typo must not cost a file).
+        var st = stat()
+        if lstat(configuration.socketPath, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw AgentError("--socket: \(configuration.socketPath) exists and is not a socket; remove it or choose another path")
+        }
 
-        // Scope: the watched cgroup subtree.
+        // Scope: the watched cgroup subtree, absolute (under the cgroup2
+        // mount) or relative to the mount, as `trace --cgroup` takes it;
+        // kept relative from here on. Checked before anything is claimed.
         var scope: CgroupSubtree?
         if configuration.cgroupRoot != "/" {
             guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted; --cgroup-root needs one") }
             do {
-                scope = try CgroupSubtree(mount: mount, path: configuration.cgroupRoot)
+                let subtree = try CgroupSubtree(mount: mount, path: configuration.cgroupRoot)
+                configuration.cgroupRoot = subtree.relativePath
+                if subtree.relativePath != "/" { scope = subtree }
             } catch {
                 throw AgentError("--cgroup-root: \(error)")
             }
         }
+        self.configuration = configuration
+        instanceLock = try AgentInstanceLock(pinRoot: configuration.pinRoot, socketPath: configuration.socketPath,
+                                             databasePath: configuration.databasePath)
 
         do {
             store = try EventStore(path: configuration.databasePath, options: .init(migrations: [BaselineSchema.migration]))
@@ -106,8 +121,8 @@ public final class Agent: @unchecked Sendable {
         var settings = PolicyEngine.Settings()
         settings.defaultMode = Mode(rawValue: configuration.defaultMode) ?? .learn
         settings.promotion = PromotionPolicy(
-            learningPeriod: configuration.learningPeriodSeconds.map { Int64($0 * 1e9) },
-            quietPeriod: Int64(configuration.quietPeriodSeconds * 1e9), autoEnforce: configuration.autoEnforce)
+            learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
+            quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
         do {
             policy = try PolicyEngine(settings: settings, store: BaselineStore(store: store), enforcer: enforcer,
                                       identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
@@ -129,11 +144,16 @@ public final class Agent: @unchecked Sendable {
         // Connections that were open before the tracer attached, stored and
         // learnt like the rest, before any live event.
         let seeded = pipeline.feed(tracer.takeConnectionSnapshot())
+        // Idle connections are closed, so that clients that connect and send
+        // nothing (or half a request) cannot pile up; a response in progress
+        // (a --follow stream) is never idle.
+        let idle = TimeAmount.nanoseconds(DurationParser.nanoseconds(configuration.apiIdleTimeoutSeconds))
         let api = Application(
-            router: APIRoutes.build(agent: self),
+            router: APIRoutes.build(agent: self, access: access),
+            server: .http1(configuration: .init(idleTimeout: idle)),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
-            onServerRunning: { [configuration, logger] _ in
-                Agent.secureSocket(configuration, logger: logger)
+            onServerRunning: { [configuration, access, logger] _ in
+                Agent.secureSocket(configuration, gid: access.socketGID, logger: logger)
             },
             logger: logger)
         var services: [any Service] = [PipelineService(agent: self), EnforcementService(agent: self), api]
@@ -279,23 +299,34 @@ public final class Agent: @unchecked Sendable {
         ])
     }
 
-    /// /run/connguard: root-only (0700), or 0750 owned by the socket group.
+    /// The socket's folder: made root-only (0700) if missing, and with a
+    /// socket group 0750 owned by that group, but only if it is the agent's
+    /// own: the default /run/connguard, or one it made just now. A folder
+    /// that was there already (`--socket /tmp/x.sock`: /tmp) belongs to
+    /// someone else and is left exactly as it is.
     private func prepareSocketDirectory() throws {
         let dir = (configuration.socketPath as NSString).deletingLastPathComponent
-        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+        let created = mkdir(dir, 0o700) == 0
+        if !created && errno != EEXIST {
             throw AgentError("cannot create \(dir): \(String(cString: strerror(errno)))")
         }
-        if let groupName = configuration.socketGroup {
-            guard let g = getgrnam(groupName) else { throw AgentError("--socket-group: no group named '\(groupName)'") }
-            chown(dir, 0, g.pointee.gr_gid)
-            chmod(dir, 0o750)
+        let ownsDirectory = created || dir == (AgentConfiguration().socketPath as NSString).deletingLastPathComponent
+        if let gid = access.socketGID {
+            if ownsDirectory {
+                chown(dir, 0, gid)
+                chmod(dir, 0o750)
+            } else {
+                logger.notice("the socket's folder was not made by the agent: its owner and mode are left as they are; the socket group needs search permission on it",
+                              metadata: ["folder": "\(dir)"])
+            }
         }
     }
 
-    /// The socket: 0600 root-only, or 0660 with the socket group.
-    static func secureSocket(_ c: AgentConfiguration, logger: Logger) {
-        if let groupName = c.socketGroup, let g = getgrnam(groupName) {
-            chown(c.socketPath, 0, g.pointee.gr_gid)
+    /// The socket: 0600 root-only, or 0660 with the socket group (the admin
+    /// group if there is no socket group). What each may do is APIAccess's.
+    static func secureSocket(_ c: AgentConfiguration, gid: gid_t?, logger: Logger) {
+        if let gid {
+            chown(c.socketPath, 0, gid)
             chmod(c.socketPath, 0o660)
         } else {
             chmod(c.socketPath, 0o600)
@@ -351,11 +382,22 @@ struct EnforcementService: Service {
         denialThread.start()
         birthThread.start()
         var lastLost: UInt64 = (try? agent.tracer.lossCounts().lostEvents) ?? 0
+        var lastFailed: UInt64 = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(2))
+            // Woken by SIGTERM too: shutdown must not wait out the 2 s.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(2)) }
+            if Task.isShuttingDownGracefully { break }
             let lost = ((try? agent.tracer.lossCounts().lostEvents) ?? 0) + agent.writer.snapshot.lost
             agent.policy.tick(eventsLostSinceLastTick: lost > lastLost)
             lastLost = lost
+            // Failed writes are counted in status and the metrics; the log
+            // says why, at most once per tick (a full disk by name).
+            let w = agent.writer.snapshot
+            if w.failed > lastFailed {
+                agent.logger.error("events could not be stored", metadata: [
+                    "events_lost": "\(w.failed - lastFailed)", "error": "\(w.lastError ?? "unknown")"])
+                lastFailed = w.failed
+            }
         }
         stop.set()
         _ = (denials, births)

@@ -10,8 +10,13 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var databasePath = "/var/lib/connguard/connguard.db"
     /// The local API for the CLI: a Unix socket, mode 0600 (0660 with socketGroup).
     public var socketPath = "/run/connguard/api.sock"
-    /// A group allowed to query the API (read-only in this version).
+    /// A group allowed to query the API (read only).
     public var socketGroup: String?
+    /// A group allowed to query and to change modes and baselines.
+    public var adminGroup: String?
+    /// API connections idle this long (no request in progress) are closed;
+    /// a `--follow` stream that is sending is not idle.
+    public var apiIdleTimeoutSeconds: Double = 60
     /// "127.0.0.1:9090" to serve Prometheus metrics; nil: off.
     public var metricsAddress: String?
     /// Only events from this cgroup v2 subtree (relative to the cgroup2 mount)
@@ -59,7 +64,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// individual_events_per_second, aggregate_retention, ring_buffer_mib,
     /// write_queue_capacity, log_level, ...
     public static let fileKeys: Set<String> = [
-        "database", "socket", "socket_group", "metrics_address", "cgroup_root", "event_retention",
+        "database", "socket", "socket_group", "admin_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
         "accept_attribution",
@@ -70,7 +75,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     public static func load(yaml text: String, over base: AgentConfiguration = .init()) throws -> AgentConfiguration {
         let node: Any?
         do {
-            node = try Yams.load(yaml: text)
+            node = try LimitedYAML.load(text)
+        } catch let e as LimitedYAML.Refused {
+            throw ConfigurationError(problems: [e.description])
         } catch {
             throw ConfigurationError(problems: ["not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")"])
         }
@@ -92,8 +99,14 @@ public struct AgentConfiguration: Sendable, Equatable {
         }
         func duration(_ key: String) -> Double? {
             guard let s = string(key) else { return nil }
-            guard let d = DurationParser.seconds(s), d > 0 else { problems.append("\(key): '\(s)' is not a duration like 24h or 7d"); return nil }
-            return d
+            do {
+                let d = try DurationParser.parse(s)
+                guard d > 0 else { problems.append("\(key): must be more than 0"); return nil }
+                return d
+            } catch {
+                problems.append("\(key): \(error)")
+                return nil
+            }
         }
         func int(_ key: String, _ range: ClosedRange<Int>) -> Int? {
             guard let v = dict[key] else { return nil }
@@ -103,6 +116,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = string("database") { c.databasePath = v }
         if let v = string("socket") { c.socketPath = v }
         if let v = string("socket_group") { c.socketGroup = v }
+        if let v = string("admin_group") { c.adminGroup = v }
         if let v = string("metrics_address") { c.metricsAddress = v }
         if let v = string("cgroup_root") { c.cgroupRoot = v }
         if let v = duration("event_retention") { c.eventRetentionSeconds = v }
@@ -145,6 +159,13 @@ public struct AgentConfiguration: Sendable, Equatable {
         if Mode(rawValue: defaultMode) == nil { problems.append("default_mode: '\(defaultMode)' is not one of learn, monitor, enforce") }
         if !["allow", "deny"].contains(unknownCgroups) { problems.append("unknown: '\(unknownCgroups)' must be allow or deny") }
         if !pinRoot.hasPrefix("/") { problems.append("pin_root: must be an absolute path") }
+        // Also checked where they are parsed; here for values set in code.
+        for (key, seconds) in [("event_retention", eventRetentionSeconds), ("aggregate_retention", aggregateRetentionSeconds),
+                               ("learning_period", learningPeriodSeconds ?? 1), ("quiet_period", quietPeriodSeconds),
+                               ("api_idle_timeout", apiIdleTimeoutSeconds)]
+        where !(seconds > 0 && seconds <= DurationParser.maximumSeconds) {
+            problems.append("\(key): must be more than 0 and at most \(DurationParser.maximumDescription)")
+        }
         if !["caller", "listener"].contains(acceptAttribution) {
             problems.append("accept_attribution: '\(acceptAttribution)' must be caller or listener")
         }

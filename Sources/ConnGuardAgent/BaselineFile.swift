@@ -58,7 +58,9 @@ public enum BaselineFile {
         }
         let node: Any?
         do {
-            node = try Yams.load(yaml: text)
+            node = try LimitedYAML.load(text)
+        } catch let e as LimitedYAML.Refused {
+            throw Problems(list: [e.description])
         } catch {
             let first = String(describing: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             throw Problems(list: ["not valid YAML: \(first)"])

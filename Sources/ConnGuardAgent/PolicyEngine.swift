@@ -269,7 +269,7 @@ public final class PolicyEngine: @unchecked Sendable {
         try flush()
         let pruned: [Rule]? = lock.withLock {
             guard var e = entries[workload] else { return nil }
-            let p = e.baseline.prune(unusedSince: now - Int64(unusedForSeconds * 1e9), now: now)
+            let p = e.baseline.prune(unusedSince: now - DurationParser.nanoseconds(unusedForSeconds), now: now)
             entries[workload] = e
             return p
         }

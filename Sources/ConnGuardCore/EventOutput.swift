@@ -414,7 +414,7 @@ public struct TableWriter {
         dates.appendClock(e.timeNanoseconds, to: &time)
         let outcome = e.outcome == .failed && e.error != 0 ? "failed " + ErrnoName.name(e.error) : e.outcome.rawValue
         let cells = [String(decoding: time, as: UTF8.self), e.direction.rawValue, outcome,
-                     e.processKnown ? String(e.pid) : "?", e.processKnown ? TableWriter.printable(e.comm) : "?",
+                     e.processKnown ? String(e.pid) : "?", e.processKnown ? HumanText.escape(e.comm) : "?",
                      TableWriter.endpoint(e.source, e.sourcePort), TableWriter.endpoint(e.destination, e.destinationPort)] + extra
         appendRow(cells, to: &out)
     }
@@ -437,9 +437,4 @@ public struct TableWriter {
         a.family == .ipv6 ? "[\(a)]:\(port)" : "\(a):\(port)"
     }
 
-    /// A comm with control characters shown as '?', so a hostile process name
-    /// cannot move the cursor or forge rows.
-    public static func printable(_ s: String) -> String {
-        String(s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : Character($0) })
-    }
 }

@@ -4,20 +4,43 @@ import Foundation
 /// in the wall-clock nanoseconds ConnGuard stores. One parser for the API,
 /// the CLI and policy files, so they accept the same spellings.
 public enum RFC3339 {
-    /// Nanoseconds since the epoch; nil for anything else, or a time before
-    /// 1970 or too far ahead to count in nanoseconds.
-    public static func nanoseconds(_ text: String) -> Int64? {
+    /// The latest time accepted: Int64 nanoseconds end in 2262; this leaves
+    /// room to add a duration to it.
+    public static let latestNanoseconds: Int64 = 9_000_000_000_000_000_000
+
+    /// Nanoseconds since the epoch, or an error saying what is wrong: not a
+    /// time, a UTC offset past ±23:59 (which Foundation would otherwise read
+    /// modulo a day), before 1970, or after 2255.
+    public static func parse(_ text: String) throws(InvalidInput) -> Int64 {
+        let shown = HumanText.escape(String(text.prefix(64)))
+        let bytes = Array(text.utf8)
+        // The offset: "Z", or "+HH:MM"/"-HH:MM" at the end, after the time.
+        if bytes.count >= 6, bytes.count <= 64, [UInt8(ascii: "+"), UInt8(ascii: "-")].contains(bytes[bytes.count - 6]),
+           bytes[bytes.count - 3] == UInt8(ascii: ":") {
+            let digits = bytes.suffix(5)
+            if let h = Int(String(decoding: digits.prefix(2), as: UTF8.self)),
+               let m = Int(String(decoding: digits.suffix(2), as: UTF8.self)), h > 23 || m > 59 {
+                throw InvalidInput("'\(shown)': the UTC offset must be between -23:59 and +23:59")
+            }
+        }
         let f = ISO8601DateFormatter()
         for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
             f.formatOptions = options
-            if let d = f.date(from: text) { return nanoseconds(d) }
+            guard text.utf8.count <= 64, let d = f.date(from: text) else { continue }
+            let s = d.timeIntervalSince1970
+            guard s.isFinite, s >= 0 else { throw InvalidInput("'\(shown)' is before 1970") }
+            guard s * 1e9 < Double(latestNanoseconds) else { throw InvalidInput("'\(shown)' is too far ahead: times up to 2255 are accepted") }
+            return Int64(s * 1e9)
         }
-        return nil
+        throw InvalidInput("'\(shown)' is not an RFC 3339 time like 2026-11-27T03:09:00Z")
     }
+
+    /// Nanoseconds since the epoch; nil for anything `parse` refuses.
+    public static func nanoseconds(_ text: String) -> Int64? { try? parse(text) }
 
     public static func nanoseconds(_ date: Date) -> Int64? {
         let ns = date.timeIntervalSince1970 * 1e9
-        guard ns.isFinite, ns >= 0, ns < 9e18 else { return nil }
+        guard ns.isFinite, ns >= 0, ns < Double(latestNanoseconds) else { return nil }
         return Int64(ns)
     }
 
@@ -26,5 +49,20 @@ public enum RFC3339 {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
         return f.string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
+    }
+}
+
+/// A point in time as `--since`/`--until` take it: a duration before now
+/// ("15m") or an RFC 3339 time.
+public enum TimeArgument {
+    public static func nanoseconds(_ text: String, now: Int64) throws(InvalidInput) -> Int64 {
+        // A date has a 'T' (RFC 3339 requires it); anything else is a duration.
+        guard text.contains("T") || text.contains("t") && text.utf8.count > 10 else {
+            let seconds = try DurationParser.parse(text)
+            let ago = DurationParser.nanoseconds(seconds)
+            guard ago <= now else { throw InvalidInput("'\(HumanText.escape(text))' reaches back before 1970") }
+            return now - ago
+        }
+        return try RFC3339.parse(text)
     }
 }

@@ -266,9 +266,10 @@ public final class BaselineStore: Sendable {
 
     /// Replaces a workload's baseline (rules, mode, times, flags) with `b`,
     /// atomically, creating it if new, and logs it (action "import", detail
-    /// "N rules"). last_change becomes `now`; the workload keeps its id.
+    /// "N rules"; and action "mode" when the mode changes, or a new workload's). last_change becomes `now`; the workload keeps its id.
     public func replace(_ b: Baseline, who: String, now: Int64) throws {
         try database.write { db in
+            let oldMode = try String.fetchOne(db, sql: "SELECT mode FROM baseline WHERE workload = ?", arguments: [b.workload])
             let id = try BaselineStore.upsertRow(b, lastChange: now, db)
             try db.execute(sql: "DELETE FROM baseline_rule WHERE workload_id = ?", arguments: [id])
             let insert = try db.cachedStatement(sql: BaselineStore.insertRule)
@@ -278,6 +279,11 @@ public final class BaselineStore: Sendable {
                 try insert.execute(arguments: [id, k.direction, k.peer, k.port, k.proto, rule.firstSeen, rule.lastSeen, rule.hits])
             }
             try failpoint?("replace.before-audit")
+            // Every mode change is audited as one, whatever made it.
+            if oldMode != b.mode.rawValue {
+                try BaselineStore.insertAudit(AuditEntry(time: now, who: who, workload: b.workload, action: "mode",
+                                                         detail: "\(oldMode ?? "none") -> \(b.mode.rawValue) (import)"), db)
+            }
             try BaselineStore.insertAudit(AuditEntry(time: now, who: who, workload: b.workload, action: "import",
                                                      detail: "\(b.rules.count) rules"), db)
         }

@@ -60,23 +60,12 @@ public struct ConnectionQuery: Sendable, Equatable {
             throw QueryError.invalidPod(pod)
         }
     }
-
-    /// Wall-clock nanoseconds `seconds` before `now` (for "--since 15m").
-    /// Throws for negative, non-finite or pre-1970 results rather than
-    /// overflowing.
-    public static func time(secondsAgo seconds: Double, now: Int64 = EventStore.now()) throws -> Int64 {
-        guard seconds.isFinite, seconds >= 0 else { throw QueryError.invalidDuration(seconds) }
-        let ago = seconds * 1e9
-        guard ago <= Double(now) else { throw QueryError.invalidDuration(seconds) }
-        return now - Int64(ago)
-    }
 }
 
 public enum QueryError: Error, Equatable, CustomStringConvertible {
     case invalidLast(Int)
     case invertedTimeRange(since: Int64, until: Int64)
     case timeOutOfRange(String, Int64)
-    case invalidDuration(Double)
     case invalidPort(Int)
     case invalidAfterID(Int64)
     case emptyValue(String)
@@ -89,7 +78,6 @@ public enum QueryError: Error, Equatable, CustomStringConvertible {
         case let .invertedTimeRange(since, until):
             return "the time range is inverted: since (\(RFC3339.string(since))) is after until (\(RFC3339.string(until)))"
         case let .timeOutOfRange(name, t): return "\(name) is out of range: \(t) ns (before 1970)"
-        case let .invalidDuration(s): return "a duration must be 0 or more and reach no further back than 1970, not \(s) s"
         case let .invalidPort(p): return "a port is 0 to 65535, not \(p)"
         case let .invalidAfterID(id): return "an event id is 0 or more, not \(id)"
         case let .emptyValue(name): return "--\(name) needs a value"

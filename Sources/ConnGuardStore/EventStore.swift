@@ -613,6 +613,23 @@ public final class EventStore: Sendable {
     }
 }
 
+extension StoreError {
+    /// Whether `error` is SQLite saying the disk (or the file system's
+    /// quota) is full: SQLITE_FULL, which it reports for ENOSPC and EDQUOT.
+    public static func isDiskFull(_ error: Error) -> Bool {
+        if let e = error as? DatabaseError { return e.resultCode.primaryResultCode == .SQLITE_FULL }
+        if case let .cannotCreate(_, e) = error as? StoreError { return e == ENOSPC || e == EDQUOT }
+        return false
+    }
+
+    /// `error` as one line for a log, saying so plainly when the disk is full.
+    public static func describe(_ error: Error) -> String {
+        isDiskFull(error)
+            ? "the disk holding the database is full (ENOSPC, SQLITE_FULL): free space on it; events are counted as lost meanwhile (\(error))"
+            : String(describing: error)
+    }
+}
+
 public enum StoreError: Error, Equatable, CustomStringConvertible {
     case invalidPath(String)
     case cannotCreate(String, Int32)

@@ -214,7 +214,7 @@ public final class StoreWriter: @unchecked Sendable {
                     transactions += 1
                 } catch {
                     failed += events
-                    lastError = String(describing: error)
+                    lastError = StoreError.describe(error)
                 }
                 start = end
             }
@@ -254,7 +254,7 @@ public final class StoreWriter: @unchecked Sendable {
                 condition.unlock()
             } catch {
                 condition.lock()
-                counters.lastError = "prune: \(error)"
+                counters.lastError = "prune: " + StoreError.describe(error)
                 condition.unlock()
             }
             pruneStop.lock()

@@ -51,42 +51,60 @@ struct APIClient {
         } catch {
             throw Failure(description: "cannot connect to the agent at \(socketPath): \(Self.reason(error)) (is `connguard agent` running?)")
         }
-        try await channel.executeThenClose { inbound, outbound in
-            var head = HTTPRequestHead(version: .http1_1, method: method, uri: target)
-            head.headers.add(name: "Host", value: "localhost")
-            if let body { head.headers.add(name: "Content-Length", value: String(body.count)) }
-            try await outbound.write(.head(head))
-            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
-            var status: HTTPResponseStatus = .ok
-            var pending: [UInt8] = []
-            var errorBody: [UInt8] = []
-            for try await part in inbound {
-                switch part {
-                case let .head(h):
-                    status = h.status
-                case var .body(buffer):
-                    let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-                    if status != .ok { errorBody += bytes; continue }
-                    pending += bytes
-                    while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                        let line = String(decoding: pending[..<nl], as: UTF8.self)
-                        pending.removeSubrange(...nl)
-                        if !line.isEmpty || keepBlankLines, try !onLine(line) { return }
+        // An answer is complete only with its end (the chunked body's last
+        // chunk, or the whole Content-Length): a connection that closes
+        // before it (the agent died or stopped mid-answer) is an error, not
+        // an empty or cut-short answer printed as if it were whole.
+        var complete = false
+        do {
+            try await channel.executeThenClose { inbound, outbound in
+                var head = HTTPRequestHead(version: .http1_1, method: method, uri: target)
+                head.headers.add(name: "Host", value: "localhost")
+                if let body { head.headers.add(name: "Content-Length", value: String(body.count)) }
+                try await outbound.write(.head(head))
+                if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+                try await outbound.write(.end(nil))
+                var status: HTTPResponseStatus = .ok
+                var pending: [UInt8] = []
+                var errorBody: [UInt8] = []
+                for try await part in inbound {
+                    switch part {
+                    case let .head(h):
+                        status = h.status
+                    case var .body(buffer):
+                        let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+                        if status != .ok { errorBody += bytes; continue }
+                        pending += bytes
+                        while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                            let line = String(decoding: pending[..<nl], as: UTF8.self)
+                            pending.removeSubrange(...nl)
+                            if !line.isEmpty || keepBlankLines, try !onLine(line) { complete = true; return }
+                        }
+                        // A streamed answer sends a blank line now and then even
+                        // when nothing is new, so this is checked regularly.
+                        if stop() { complete = true; return }
+                    case .end:
+                        complete = true
+                        if status != .ok {
+                            throw Failure(description: Self.errorMessage(errorBody, status: status))
+                        }
+                        if !pending.isEmpty { _ = try onLine(String(decoding: pending, as: UTF8.self)) }
+                        return
                     }
-                    // A streamed answer sends a blank line now and then even
-                    // when nothing is new, so this is checked regularly.
-                    if stop() { return }
-                case .end:
-                    if status != .ok {
-                        throw Failure(description: Self.errorMessage(errorBody, status: status))
-                    }
-                    if !pending.isEmpty { _ = try onLine(String(decoding: pending, as: UTF8.self)) }
-                    return
                 }
             }
+        } catch let e as Failure {
+            throw e
+        } catch where !complete {
+            throw Failure(description: "the connection to the agent failed before its answer was complete: \(Self.reason(error))")
+        }
+        if !complete {
+            throw Failure(description: Self.incomplete)
         }
     }
+
+    /// What a cut-short answer is called (the agent died or stopped mid-answer).
+    static let incomplete = "the agent closed the connection before its answer was complete"
 
     /// One JSON object.
     func getObject(_ path: String) async throws -> [String: Any] {
@@ -107,6 +125,9 @@ struct APIClient {
             }
             throw Failure(description: "the agent is not running (no socket at \(socketPath)); start it with `connguard agent`, or pass --socket")
         }
+        if (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw Failure(description: "\(socketPath) is not a socket (is --socket right? the agent's is \(Self.defaultSocket) unless it was started with --socket)")
+        }
         if access(socketPath, R_OK | W_OK) != 0 {
             throw Failure(description: "no permission to use \(socketPath): run as root, or start the agent with --socket-group and join that group")
         }
@@ -114,6 +135,7 @@ struct APIClient {
 
     private static func reason(_ error: Error) -> String {
         if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        if let e = error as? HTTPParserError { return "a malformed HTTP answer (\(e))" }
         return "\(error)"
     }
 

@@ -12,7 +12,8 @@ struct AgentCommand: AsyncParsableCommand {
         abstract: "Run the node agent: trace, attribute and store every connection; answer queries.",
         discussion: """
         Runs until SIGTERM or SIGINT, then drains the kernel's buffer, flushes the database,
-        detaches its programs and removes its socket. Every setting has a default; --config
+        detaches its tracing programs and removes its socket; enforcement stays pinned in the
+        kernel (the next agent adopts it) unless --fail-open. Every setting has a default; --config
         reads a YAML file (keys: \(AgentConfiguration.fileKeys.sorted().joined(separator: ", "))),
         and flags override it.
         """
@@ -27,8 +28,15 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Unix socket for the CLI (default /run/connguard/api.sock).")
     var socket: String?
 
-    @Option(help: "Group allowed to query the agent (socket mode 0660).")
+    @Option(help: "Group allowed to query the agent, read only (socket mode 0660, owned by this group).")
     var socketGroup: String?
+
+    @Option(help: "Group allowed to query and to change modes and baselines (import, prune, mode). Its members reach the socket through --socket-group, or this group if there is none.")
+    var adminGroup: String?
+
+    @Option(help: ArgumentHelp("Close API connections idle this long (default 60s); a --follow stream that is sending is not idle.", visibility: .hidden),
+            transform: Duration.parse)
+    var apiIdleTimeout: Duration?
 
     @Option(help: "Use only these hooks: fentry, kprobe or tracepoint (default: the best this kernel allows).")
     var hooks: HookRung?
@@ -39,13 +47,13 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9090). Off by default.")
     var metricsAddress: String?
 
-    @Option(help: "Watch only this cgroup v2 subtree (relative to the cgroup2 mount). Default: the whole node.")
+    @Option(help: "Watch only this cgroup v2 subtree (absolute, or relative to the cgroup2 mount). Default: the whole node.")
     var cgroupRoot: String?
 
-    @Option(help: "Keep individual events this long (e.g. 24h).")
+    @Option(parsing: .unconditional, help: "Keep individual events this long (e.g. 24h).", transform: Duration.parse)
     var eventRetention: Duration?
 
-    @Option(help: ArgumentHelp("Keep at most this many individual events a second as rows (default 2000; 0: all).",
+    @Option(parsing: .unconditional, help: ArgumentHelp("Keep at most this many individual events a second as rows (default 2000; 0: all).",
                                discussion: "Every event is still counted in its aggregated connection; the first event of each new connection in a second is kept up to ten times this rate."))
     var individualEventsPerSecond: Int?
 
@@ -55,10 +63,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Mode of a workload seen for the first time: learn (default), monitor or enforce.")
     var defaultMode: String?
 
-    @Option(help: "Move a workload from learn to monitor after this long (e.g. 24h), once no rule was added for --quiet-period.")
+    @Option(parsing: .unconditional, help: "Move a workload from learn to monitor after this long (e.g. 24h), once no rule was added for --quiet-period.", transform: Duration.parse)
     var learningPeriod: Duration?
 
-    @Option(help: "Quiet time before an automatic promotion (default 1h).")
+    @Option(parsing: .unconditional, help: "Quiet time before an automatic promotion (default 1h).", transform: Duration.parse)
     var quietPeriod: Duration?
 
     @Flag(help: "Also promote monitor -> enforce automatically, after --quiet-period without would_deny.")
@@ -87,6 +95,8 @@ struct AgentCommand: AsyncParsableCommand {
         if let db { c.databasePath = absolute(db) }
         if let socket { c.socketPath = absolute(socket) }
         if let socketGroup { c.socketGroup = socketGroup }
+        if let adminGroup { c.adminGroup = adminGroup }
+        if let apiIdleTimeout { c.apiIdleTimeoutSeconds = apiIdleTimeout.seconds }
         if let metricsAddress { c.metricsAddress = metricsAddress }
         if let hooks { c.hooks = hooks.rawValue }
         if let acceptAttribution { c.acceptAttribution = acceptAttribution.rawValue }

@@ -13,8 +13,9 @@ struct ConnGuard: AsyncParsableCommand {
 }
 
 extension ConnGuard {
-    /// Every error ends as one line on stderr and a non-zero exit; argument
-    /// errors keep swift-argument-parser's usage message.
+    /// Every error ends as one line on stderr and a non-zero exit, argument
+    /// errors too (swift-argument-parser's message, without its usage block:
+    /// `--help` shows that); --help and --version print as they are.
     static func main() async {
         do {
             var command = try parseAsRoot()
@@ -26,8 +27,14 @@ extension ConnGuard {
         } catch let failure as Failure {
             printError(failure.message)
             Foundation.exit(1)
+        } catch let code as ExitCode {
+            Foundation.exit(code.rawValue)
         } catch {
-            exit(withError: error)
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            let lines = message(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            printError(lines.filter { !$0.isEmpty }.joined(separator: "; ") + " (see --help)")
+            Foundation.exit(code.rawValue)
         }
     }
 }

@@ -2,13 +2,6 @@ import ArgumentParser
 import ConnGuardCore
 import Foundation
 
-/// Who is asking, for the audit log: the user behind sudo if any.
-func operatorName() -> String {
-    if let s = ProcessInfo.processInfo.environment["SUDO_USER"], !s.isEmpty { return s }
-    if let pw = getpwuid(getuid()) { return String(cString: pw.pointee.pw_name) }
-    return "uid \(getuid())"
-}
-
 struct BaselineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baseline",
@@ -28,14 +21,14 @@ struct BaselineCommand: AsyncParsableCommand {
                 return true
             } }
             guard output == .table else { return }
-            print(pad("WORKLOAD", 48) + pad("MODE", 9) + pad("RULES", 7) + "LAST CHANGE")
+            say(pad("WORKLOAD", 48) + pad("MODE", 9) + pad("RULES", 7) + "LAST CHANGE")
             for r in rows {
                 let mode = (r["mode"] as? String ?? "") + ((r["incomplete"] as? Bool) == true ? "*" : "")
-                print(pad(TableWriter.printable(r["workload"] as? String ?? ""), 48) + pad(mode, 9)
+                say(pad(HumanText.escape(r["workload"] as? String ?? ""), 48) + pad(mode, 9)
                       + pad("\((r["rules"] as? Int) ?? 0)", 7) + (r["last_change"] as? String ?? ""))
             }
             if rows.contains(where: { ($0["incomplete"] as? Bool) == true }) {
-                print("* learnt while events were lost: not promoted automatically")
+                say("* learnt while events were lost: not promoted automatically")
             }
         }
     }
@@ -59,10 +52,10 @@ struct BaselineCommand: AsyncParsableCommand {
             let text = try await callAgent { try await client.send(.GET, "/v1/baseline", query: [("workload", workload)]) }
             if output == "json" { print(text); return }
             guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { throw Failure("the agent's answer was not JSON") }
-            print("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
-            print(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
+            say("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
+            say(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
             for r in o["rules"] as? [[String: Any]] ?? [] {
-                print(pad(r["direction"] as? String ?? "", 5) + pad(TableWriter.printable(r["peer"] as? String ?? ""), 44)
+                say(pad(r["direction"] as? String ?? "", 5) + pad(HumanText.escape(r["peer"] as? String ?? ""), 44)
                       + pad("\(r["port"] ?? "")", 7) + pad("\(r["hits"] ?? "")", 10) + pad(r["first_seen"] as? String ?? "", 22)
                       + (r["last_seen"] as? String ?? ""))
             }
@@ -97,10 +90,10 @@ struct BaselineCommand: AsyncParsableCommand {
                 data = d
             }
             let text = try await callAgent {
-                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", query: [("who", operatorName())], body: Array(data))
+                try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/import", body: Array(data))
             }
             if let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] {
-                print("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
+                say("imported \(o["rules"] ?? 0) rules for \(o["workload"] ?? ""), mode \(o["mode"] ?? "")")
             }
         }
     }
@@ -109,21 +102,23 @@ struct BaselineCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove rules not used for a while.")
         @OptionGroup var agent: AgentConnectionOptions
         @Argument var workload: String
-        @Option(help: "Remove rules unused for this long (e.g. 7d).") var unusedFor: String
+        @Option(parsing: .unconditional, help: "Remove rules unused for this long (e.g. 7d).") var unusedFor: String
 
         func validate() throws {
-            guard let s = DurationParser.seconds(unusedFor), s > 0 else { throw ValidationError("--unused-for: '\(unusedFor)' is not a duration like 7d") }
+            let s: Double
+            do { s = try DurationParser.parse(unusedFor) } catch { throw ValidationError("--unused-for: \(error)") }
+            guard s > 0 else { throw ValidationError("--unused-for must be more than 0") }
         }
 
         func run() async throws {
             let text = try await callAgent {
                 try await APIClient(socketPath: agent.socket).send(.POST, "/v1/baseline/prune",
-                                                                   query: [("workload", workload), ("unused_for", unusedFor), ("who", operatorName())])
+                                                                   query: [("workload", workload), ("unused_for", unusedFor)])
             }
             let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             let pruned = o?["pruned"] as? [[String: Any]] ?? []
-            print("removed \(pruned.count) rules from \(workload)")
-            for r in pruned { print("  \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (last seen \(r["last_seen"] ?? ""))") }
+            say("removed \(pruned.count) rules from \(workload)")
+            for r in pruned { say("  \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (last seen \(r["last_seen"] ?? ""))") }
         }
     }
 
@@ -131,7 +126,7 @@ struct BaselineCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Rules added to a workload's baseline since a time.")
         @OptionGroup var agent: AgentConnectionOptions
         @Argument var workload: String
-        @Option(help: "Since this long ago (1h) or this RFC 3339 time.") var since: String
+        @Option(parsing: .unconditional, help: "Since this long ago (1h) or this RFC 3339 time.") var since: String
         @Option(name: [.short, .customLong("output")]) var output: OutputFormat = .table
 
         func run() async throws {
@@ -141,8 +136,8 @@ struct BaselineCommand: AsyncParsableCommand {
             if output == .json { print(text); return }
             let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             let added = o?["added"] as? [[String: Any]] ?? []
-            print("\(added.count) rules added to \(workload) since \(since)")
-            for r in added { print("+ \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (first seen \(r["first_seen"] ?? ""))") }
+            say("\(added.count) rules added to \(workload) since \(since)")
+            for r in added { say("+ \(r["direction"] ?? "") \(r["peer"] ?? "") port \(r["port"] ?? "") (first seen \(r["first_seen"] ?? ""))") }
         }
     }
 }
@@ -151,7 +146,7 @@ struct ModeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mode",
         abstract: "Set a workload's mode: learn, monitor (report what would be blocked) or enforce (block it).",
-        discussion: "Recorded, with who and when, in the audit log that `connguard status` shows."
+        discussion: "Recorded in the audit log that `connguard status` shows, with when and who: the user, uid and pid the kernel gives for the connection (root, or a member of the agent's --admin-group)."
     )
     @OptionGroup var agent: AgentConnectionOptions
     @Argument var workload: String
@@ -163,9 +158,9 @@ struct ModeCommand: AsyncParsableCommand {
 
     func run() async throws {
         _ = try await callAgent {
-            try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode), ("who", operatorName())])
+            try await APIClient(socketPath: agent.socket).send(.POST, "/v1/mode", query: [("workload", workload), ("mode", mode)])
         }
-        print("\(workload): \(mode)")
+        say("\(workload): \(mode)")
     }
 }
 

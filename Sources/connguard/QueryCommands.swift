@@ -17,11 +17,11 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
     @OptionGroup var agent: AgentConnectionOptions
 
-    @Option(help: "Only connections since this long ago (15m, 2h) or this RFC 3339 time.")
+    @Option(parsing: .unconditional, help: "Only connections since this long ago (15m, 2h) or this RFC 3339 time.")
     var since: String?
-    @Option(help: "Only connections before this long ago or this RFC 3339 time.")
+    @Option(parsing: .unconditional, help: "Only connections before this long ago or this RFC 3339 time.")
     var until: String?
-    @Option(help: "Only the newest N.")
+    @Option(parsing: .unconditional, help: "Only the newest N.")
     var last: Int?
     @Flag(help: "Keep printing new connections as they are stored.")
     var follow = false
@@ -33,7 +33,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
     var namespace: String?
     @Option(help: "Only this pod (name, or namespace/name).")
     var pod: String?
-    @Option(help: "Only this port (either side).")
+    @Option(parsing: .unconditional, help: "Only this port (either side).")
     var port: Int?
     @Option(help: "Only this remote address or CIDR.")
     var peer: String?
@@ -48,8 +48,8 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
     func validate() throws {
         for (name, value) in [("--since", since), ("--until", until)] {
-            if let v = value, DurationParser.seconds(v) == nil, RFC3339.nanoseconds(v) == nil {
-                throw ValidationError("\(name): '\(v)' is neither a duration (15m, 2h) nor an RFC 3339 time")
+            if let v = value {
+                do { _ = try TimeArgument.nanoseconds(v, now: BootClock.now(CLOCK_REALTIME)) } catch { throw ValidationError("\(name): \(error)") }
             }
         }
         if let last, last < 1 { throw ValidationError("--last must be at least 1") }
@@ -74,11 +74,15 @@ struct ConnectionsCommand: AsyncParsableCommand {
 
         var out = OutputBuffer()
         let table = ConnectionTable(aggregate: aggregate)
-        if output == .table { out.bytes += table.header().utf8 }
+        // Nothing is printed until the answer is known to be good: the header
+        // comes with the first row (or at the end), and a one-shot answer is
+        // printed only once it is complete, so an error leaves no half table.
+        var header = output == .table ? table.header() : nil
         do {
             try await APIClient(socketPath: agent.socket).get(
                 "/v1/connections", query: q, stop: { stopRequested.load(ordering: .relaxed) || out.broken }
             ) { line in
+                if let h = header { out.bytes += h.utf8; header = nil }
                 switch output {
                 case .json:
                     out.bytes += line.utf8
@@ -88,14 +92,22 @@ struct ConnectionsCommand: AsyncParsableCommand {
                         out.bytes += table.row(obj).utf8
                     }
                 }
-                if follow { out.flush() } else { out.flushIfLarge() }
+                if follow { out.flush() }
                 return !out.broken && !stopRequested.load(ordering: .relaxed)
             }
         } catch let e as APIClient.Failure {
-            out.flush()
+            if follow {
+                out.flush()
+                throw Failure("the agent stopped (\(e.description))")
+            }
             throw Failure(e.description)
         }
+        if let h = header { out.bytes += h.utf8 }
         out.flush()
+        // A followed stream ends only when the agent does (or we stop).
+        if follow && !stopRequested.load(ordering: .relaxed) && !out.broken {
+            throw Failure("the agent stopped")
+        }
     }
 }
 
@@ -115,7 +127,7 @@ struct ConnectionTable {
     func row(_ o: [String: Any]) -> String {
         func s(_ k: String) -> String {
             switch o[k] {
-            case let v as String: return TableWriter.printable(v)
+            case let v as String: return HumanText.escape(v)
             case let v as NSNumber: return v.stringValue
             default: return "-"
             }
@@ -164,33 +176,33 @@ struct StatusCommand: AsyncParsableCommand {
         let client = APIClient(socketPath: agent.socket)
         do {
             if output == .json {
-                try await client.get("/v1/status") { line in print(line); return false }
+                try await client.get("/v1/status") { line in print(line); return false }  // JSON: escaped by the agent
                 return
             }
             let s = try await client.getObject("/v1/status")
             func sub(_ k: String) -> [String: Any] { s[k] as? [String: Any] ?? [:] }
             func n(_ d: [String: Any], _ k: String) -> String { (d[k] as? NSNumber)?.stringValue ?? "-" }
-            print("agent:      up since \(s["started_at"] ?? "-") (pid \(s["pid"] ?? "-"), version \(s["version"] ?? "-"))")
-            print("watching:   cgroup \(s["cgroup_root"] ?? "/")")
-            print("hook rung:  \(s["hook_rung"] ?? "-")")
+            say("agent:      up since \(s["started_at"] ?? "-") (pid \(s["pid"] ?? "-"), version \(s["version"] ?? "-"))")
+            say("watching:   cgroup \(s["cgroup_root"] ?? "/")")
+            say("hook rung:  \(s["hook_rung"] ?? "-")")
             let hooks = sub("hooks")
-            for k in hooks.keys.sorted() { print("hook:       \(k): \(hooks[k] ?? "")") }
-            print("at start:   \(n(s, "listeners_seeded")) listeners, \(n(s, "connections_seeded")) established connections learnt from /proc")
+            for k in hooks.keys.sorted() { say("hook:       \(k): \(hooks[k] ?? "")") }
+            say("at start:   \(n(s, "listeners_seeded")) listeners, \(n(s, "connections_seeded")) established connections learnt from /proc")
             let e = sub("events")
-            print("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only, \(n(e, "counted_in_kernel")) of them counted in the kernel), \(n(e, "unattributed")) unattributed")
+            say("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only, \(n(e, "counted_in_kernel")) of them counted in the kernel), \(n(e, "unattributed")) unattributed")
             let l = sub("lost")
-            print("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed"))); possibly lost to kernel recursion: \(n(l, "possibly_lost_kernel_recursion"))")
-            print("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")
+            say("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed"))); possibly lost to kernel recursion: \(n(l, "possibly_lost_kernel_recursion"))")
+            say("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")
             let d = sub("database")
             let mb = (d["size_bytes"] as? NSNumber).map { String(format: "%.1f MiB", $0.doubleValue / 1_048_576) } ?? "-"
-            print("database:   \(d["path"] ?? "-"), \(mb), \(n(d, "events")) events, \(n(d, "connections")) aggregated connections")
+            say("database:   \(d["path"] ?? "-"), \(mb), \(n(d, "events")) events, \(n(d, "connections")) aggregated connections")
             let m = sub("modes")
-            print("modes:      \(n(m, "learn")) learn, \(n(m, "monitor")) monitor, \(n(m, "enforce")) enforce")
+            say("modes:      \(n(m, "learn")) learn, \(n(m, "monitor")) monitor, \(n(m, "enforce")) enforce")
             let enf = sub("enforcement")
             let attached = (enf["programs_attached"] as? Bool) == true ? "programs attached" : "programs not attached (nothing enforced)"
-            print("enforce:    on \(enf["cgroup"] ?? "-"), \(attached), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
-            if let a = enf["arming"] as? String { print("arming:     \(a)") }
-            if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { print("audit:      \(recent)") }
+            say("enforce:    on \(enf["cgroup"] ?? "-"), \(attached), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
+            if let a = enf["arming"] as? String { say("arming:     \(a)") }
+            if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { say("audit:      \(recent)") }
         } catch let e as APIClient.Failure {
             throw Failure(e.description)
         }

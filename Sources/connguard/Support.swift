@@ -19,10 +19,18 @@ func installStopSignals() {
     signal(SIGPIPE, SIG_IGN)
 }
 
-/// Prints one line to stderr.
+/// Prints one line to stderr. The message often quotes what the user typed
+/// or what the agent sent: escaped, so no ESC, CR or bidi override from it
+/// reaches the terminal, and it stays one line.
 func printError(_ message: String) {
-    var line = "connguard: " + message + "\n"
+    var line = "connguard: " + HumanText.escape(message) + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// One line of human output (tables, status): escaped (HumanText), since it
+/// shows names and values that came from processes and users.
+func say(_ line: String) {
+    print(HumanText.escape(line))
 }
 
 /// A failure already explained on stderr: exit non-zero without more output.
@@ -78,16 +86,26 @@ struct OutputBuffer {
     }
 }
 
-/// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m.
-struct Duration: ExpressibleByArgument, Sendable {
+/// Durations as people write them: 90, 90s, 15m, 2h, 7d, 1h30m; at most
+/// DurationParser.maximumDescription. A bad one is a usage error that says
+/// why (too long: the limit), not swift-argument-parser's bare "invalid".
+/// Options take it with `transform: Duration.parse` (not as an
+/// ExpressibleByArgument, whose failure cannot say why).
+struct Duration: Sendable {
     let seconds: Double
 
-    init?(argument: String) {
-        guard let s = DurationParser.seconds(argument) else { return nil }
-        seconds = s
+    /// For `@Option(transform: Duration.parse)`.
+    static func parse(_ argument: String) throws -> Duration {
+        do {
+            return Duration(seconds: try DurationParser.parse(argument))
+        } catch {
+            throw ValidationError(error.description)
+        }
     }
 
-    static var defaultCompletionKind: CompletionKind { .default }
+    private init(seconds: Double) { self.seconds = seconds }
+
+    var nanoseconds: Int64 { DurationParser.nanoseconds(seconds) }
 }
 
 extension OutputFormat: ExpressibleByArgument {}

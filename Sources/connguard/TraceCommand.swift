@@ -21,13 +21,13 @@ struct TraceCommand: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "Output format: table or json (one object per line).")
     var output: OutputFormat = .table
 
-    @Option(help: "Stop after this long (e.g. 30, 30s, 5m).")
+    @Option(parsing: .unconditional, help: "Stop after this long (e.g. 30, 30s, 5m; at most 100 years).", transform: Duration.parse)
     var duration: Duration?
 
-    @Option(help: "Only events of this process id.")
+    @Option(parsing: .unconditional, help: "Only events of this process id.")
     var pid: UInt32?
 
-    @Option(help: "Only events with this port on either side.")
+    @Option(parsing: .unconditional, help: "Only events with this port on either side.")
     var port: UInt16?
 
     @Option(help: "Only events whose cgroup is this cgroup v2 path or below it (absolute, or relative to the cgroup2 mount).")
@@ -125,7 +125,8 @@ struct TraceCommand: ParsableCommand {
         if output == .table { table.header(to: &out.bytes) }
         var seen: UInt64 = 0
         var shown: UInt64 = 0
-        let deadline = duration.map { BootClock.now(CLOCK_MONOTONIC) + Int64($0.seconds * 1e9) }
+        // Saturating: a 100-year duration from a monotonic clock fits in Int64.
+        let deadline = duration.map { BootClock.now(CLOCK_MONOTONIC).addingReportingOverflow($0.nanoseconds) }.map { $0.overflow ? Int64.max : $0.partialValue }
 
         try tracer.run(
             shouldStop: {
@@ -154,8 +155,8 @@ struct TraceCommand: ParsableCommand {
                     switch format {
                     case .json: json.append(e, identity: identity, to: &out.bytes)
                     case .table:
-                        table.append(e, extra: [TableWriter.printable(identity.workload),
-                                                TableWriter.printable(identity.containerColumn)], to: &out.bytes)
+                        table.append(e, extra: [HumanText.escape(identity.workload),
+                                                HumanText.escape(identity.containerColumn)], to: &out.bytes)
                     }
                     out.flushIfLarge()
                 }

@@ -89,7 +89,7 @@ final class DecodingTests: XCTestCase {
         w.append(e, to: &out)
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out)) as? [String: Any])
         XCTAssertEqual(obj["comm"] as? String, e.comm)
-        XCTAssertEqual(TableWriter.printable(e.comm), "\"\\??\u{FFFD}A")
+        XCTAssertEqual(HumanText.escape(e.comm), "\"\\\\n\\x1b\u{FFFD}A")
     }
 
     func testMalformedRecordsAreErrors() {

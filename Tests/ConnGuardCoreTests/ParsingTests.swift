@@ -74,3 +74,42 @@ final class ParsingTests: XCTestCase {
         XCTAssertFalse(s.contains(2))
     }
 }
+
+/// Hostile and extreme values: refused with one line that says why (naming
+/// the limit), never a trap.
+final class RangeTests: XCTestCase {
+    func testDurationsBeyondTheLimitAreRefusedNamingIt() {
+        for text in ["20000w", "200000d", "10000000000", "5300w", "3155760001"] {
+            XCTAssertThrowsError(try DurationParser.parse(text), text) { e in
+                XCTAssertTrue("\(e)".contains("100 years"), "\(text): \(e)")
+            }
+        }
+        XCTAssertEqual(try DurationParser.parse("5200w"), 5200 * 604800)
+        XCTAssertEqual(try DurationParser.parse("3155760000"), DurationParser.maximumSeconds)
+        XCTAssertThrowsError(try DurationParser.parse("-5m")) { XCTAssertTrue("\($0)".contains("negative"), "\($0)") }
+        XCTAssertThrowsError(try DurationParser.parse("5\u{1b}[2J")) { XCTAssertFalse("\($0)".contains("\u{1b}"), "\($0)") }
+        // The longest duration in nanoseconds, subtracted from now, is still an Int64.
+        let ns = DurationParser.nanoseconds(DurationParser.maximumSeconds)
+        XCTAssertEqual(ns, 3_155_760_000_000_000_000)
+        XCTAssertGreaterThan(Int64(1_800_000_000_000_000_000) - ns, Int64.min)
+        XCTAssertEqual(DurationParser.nanoseconds(.infinity), 0)
+        XCTAssertEqual(DurationParser.nanoseconds(1e300), Int64.max)
+    }
+
+    func testTimesFarAheadAndBadOffsetsAreRefused() {
+        let now: Int64 = 1_800_000_000_000_000_000
+        XCTAssertEqual(try TimeArgument.nanoseconds("15m", now: now), now - 900_000_000_000)
+        XCTAssertEqual(try TimeArgument.nanoseconds("2026-11-27T03:09:00Z", now: now), 1_795_748_940_000_000_000)
+        XCTAssertEqual(try TimeArgument.nanoseconds("2026-11-27T03:09:00+01:00", now: now), 1_795_745_340_000_000_000)
+        for (text, why) in [("9999-01-01T00:00:00Z", "too far ahead"), ("2300-01-01T00:00:00Z", "too far ahead"),
+                            ("2026-11-27T03:09:00+24:00", "between -23:59 and +23:59"),
+                            ("2026-11-27T03:09:00-99:30", "between -23:59 and +23:59"),
+                            ("2026-11-27T03:09:00+05:60", "between -23:59 and +23:59"),
+                            ("-5m", "negative"), ("20000w", "100 years"), ("101y", "not a duration"),
+                            ("2026-13-01T00:00:00Z", "not an RFC 3339 time")] {
+            XCTAssertThrowsError(try TimeArgument.nanoseconds(text, now: now), text) { e in
+                XCTAssertTrue("\(e)".contains(why), "\(text): \(e)")
+            }
+        }
+    }
+}

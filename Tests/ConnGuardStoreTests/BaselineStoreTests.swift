@@ -191,7 +191,9 @@ final class BaselineStoreTests: StoreTestCase {
         expected.lastChange = base + 100 * second
         XCTAssertEqual(try loaded(s)["w"], expected)
         XCTAssertEqual(try s.audit(limit: 10, workload: "w"),
-                       [AuditEntry(time: base + 100 * second, who: "op", workload: "w", action: "import", detail: "21 rules")])
+                       [AuditEntry(time: base + 100 * second, who: "op", workload: "w", action: "import", detail: "21 rules"),
+                        // The import changed the mode: audited as a mode change too.
+                        AuditEntry(time: base + 100 * second, who: "op", workload: "w", action: "mode", detail: "learn -> enforce (import)")])
         // A new workload by import gets the next id.
         try s.replace(Baseline(workload: "new", mode: .monitor, learningSince: base), who: "op", now: base + 101 * second)
         XCTAssertEqual(try s.workloadID(for: "new", now: 0), 2)
