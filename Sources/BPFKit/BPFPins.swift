@@ -14,6 +14,17 @@ extension BPFMap {
         try check(bpf_map__set_pin_path(handle, path), "set pin path of map \(name) to \(path)")
     }
 
+    /// The size (max_entries) of the map pinned at `path`, nil if none is.
+    public static func pinnedMaxEntries(at path: String) -> UInt32? {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { return nil }
+        return info.max_entries
+    }
+
     /// Whether the map was reused from, or pinned to, its pin path.
     public var isPinned: Bool { bpf_map__is_pinned(handle) }
 

@@ -89,12 +89,16 @@ public enum APIError: Error, CustomStringConvertible {
     case badRequest(String)
     case notFound(String)
     case forbidden(String)
+    /// The request is well formed but cannot be carried out now (the kernel's
+    /// rule maps are full); nothing was changed.
+    case conflict(String)
 
     public var description: String {
         switch self {
         case let .badRequest(m): return m
         case let .notFound(m): return m
         case let .forbidden(m): return m
+        case let .conflict(m): return m
         }
     }
 }

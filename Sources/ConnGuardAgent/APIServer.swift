@@ -185,6 +185,7 @@ static func handle(_ body: () throws -> Response) -> Response {
             case let .badRequest(m): return errorResponse(.badRequest, m)
             case let .notFound(m): return errorResponse(.notFound, m)
             case let .forbidden(m): return errorResponse(.forbidden, m)
+            case let .conflict(m): return errorResponse(.conflict, m)
             }
         } catch let e as BaselineFile.Problems {
             return errorResponse(.badRequest, e.description)
@@ -196,6 +197,7 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
         .object([
             ("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)),
             ("incomplete", .bool(b.incomplete)),
+            ("learning_stopped", b.learningStopped.map { .string($0) } ?? .null),
             ("last_change", .string(BaselineFile.rfc3339(b.lastChange))),
             ("rules", .array(b.sortedRules.map(ruleJSON))),
         ])

@@ -69,7 +69,7 @@ public final class Agent: @unchecked Sendable {
                                              databasePath: configuration.databasePath)
 
         do {
-            store = try EventStore(path: configuration.databasePath, options: .init(migrations: [BaselineSchema.migration]))
+            store = try EventStore(path: configuration.databasePath, options: .init(migrations: BaselineSchema.migrations))
         } catch {
             throw AgentError("cannot open the database \(configuration.databasePath): \(error)")
         }
@@ -109,7 +109,7 @@ public final class Agent: @unchecked Sendable {
         do {
             enforcer = try Enforcer.open(cgroupPath: rootPath, pinRoot: configuration.pinRoot,
                                          unknown: configuration.unknownCgroups == "deny" ? .deny : .allow,
-                                         allowRoot: configuration.cgroupRoot == "/")
+                                         allowRoot: configuration.cgroupRoot == "/", maxRules: UInt32(configuration.maxKernelRules))
         } catch {
             tracer.close()
             writer.close()
@@ -120,6 +120,7 @@ public final class Agent: @unchecked Sendable {
         }
         var settings = PolicyEngine.Settings()
         settings.defaultMode = Mode(rawValue: configuration.defaultMode) ?? .learn
+        settings.maxNewRulesPerMinute = configuration.maxNewRulesPerMinute
         settings.promotion = PromotionPolicy(
             learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
             quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
@@ -223,6 +224,7 @@ public final class Agent: @unchecked Sendable {
             guard let info = try? p.info() else { return nil }
             return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)
         })
+        metrics.update(kernelRules: policy.kernelRules)
         if let s = try? store.stats() {
             metrics.update(storedEvents: s.events, storedAggregates: s.aggregates, databaseBytes: Int(s.totalBytes),
                            cgroups: identity.trackedCgroups, queueDepth: writer.snapshot.pending)
@@ -236,6 +238,7 @@ public final class Agent: @unchecked Sendable {
         let w = writer.snapshot
         let s = try? store.stats()
         let summaries = policy.list()
+        let kernel = policy.kernelRules
         return .object([
             ("version", .string(version)),
             ("pid", .int(Int64(getpid()))),
@@ -293,6 +296,13 @@ public final class Agent: @unchecked Sendable {
                 ("unknown_cgroups", .string(configuration.unknownCgroups)),
                 ("on_exit", .string(configuration.failOpen ? "detach (fail open)" : "stay pinned")),
                 ("arming", enforcer?.armingLatency().map { .string($0.description) } ?? .null),
+                // The rules of enforced workloads in the kernel, and those
+                // that did not fit (their cgroups monitor in the kernel).
+                ("kernel_rules", .object([
+                    ("address", .int(Int64(kernel.address))), ("address_capacity", .int(Int64(kernel.addressCapacity))),
+                    ("workload", .int(Int64(kernel.workload))), ("workload_capacity", .int(Int64(kernel.workloadCapacity))),
+                ])),
+                ("held_back", .array(kernel.heldBack.map { .string($0) })),
             ])),
             ("modes", .object(Mode.allCases.map { m in (m.rawValue, .int(Int64(summaries.filter { $0.mode == m }.count))) })),
             ("audit", .object([("recent", .string((try? BaselineStore(store: store).audit(limit: 5, workload: nil).map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""))])),

@@ -56,8 +56,19 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var failOpen = false
     /// Where enforcement is pinned (bpffs).
     public var pinRoot = "/sys/fs/bpf/connguard"
+    /// Entries of each kernel rule map (address and CIDR rules; rules on
+    /// workloads): the rules of every enforced workload together must fit.
+    /// Fits the largest baseline file (BaselineFile.maximumRules).
+    public var maxKernelRules = 131_072
+    /// A workload in learn mode that adds more rules than this in a minute
+    /// stops adding (a scan is not a baseline).
+    public var maxNewRulesPerMinute = 300
 
     public init() {}
+
+    /// 1,024 to 4,194,304 entries per map (an LPM trie entry costs the
+    /// kernel about 100 bytes; 4 Mi of them about 400 MiB).
+    public static let kernelRuleRange = 1_024...4_194_304
 
     /// Keys as in the YAML file: database, socket, socket_group, metrics_address,
     /// cgroup_root, event_retention, event_retention_count,
@@ -67,7 +78,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         "database", "socket", "socket_group", "admin_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
-        "accept_attribution",
+        "accept_attribution", "max_kernel_rules", "max_new_rules_per_minute",
     ]
 
     /// Reads a YAML config file over the defaults. Unknown keys and bad values
@@ -122,6 +133,8 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = duration("event_retention") { c.eventRetentionSeconds = v }
         if let v = int("event_retention_count", 1000...1_000_000_000) { c.eventRetentionCount = v }
         if let v = int("individual_events_per_second", 0...10_000_000) { c.individualEventsPerSecond = v }
+        if let v = int("max_kernel_rules", AgentConfiguration.kernelRuleRange) { c.maxKernelRules = v }
+        if let v = int("max_new_rules_per_minute", 1...1_000_000) { c.maxNewRulesPerMinute = v }
         if let v = duration("aggregate_retention") { c.aggregateRetentionSeconds = v }
         if let v = int("ring_buffer_mib", 1...1024) {
             if v & (v - 1) != 0 { problems.append("ring_buffer_mib: must be a power of two") } else { c.ringBufferMiB = UInt32(v) }

@@ -20,6 +20,8 @@ public final class AgentMetrics: Sendable {
     private let databaseBytes: Gauge
     private let cgroupsTracked: Gauge
     private let writeQueueDepth: Gauge
+    private let kernelRules: [String: Gauge]
+    private let heldBack: Gauge
     private let programRuns: [String: Counter]
     private let programSeconds: [String: Counter]
     private let programMisses: [String: Counter]
@@ -68,6 +70,14 @@ public final class AgentMetrics: Sendable {
         databaseBytes = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_database_size_bytes", help: "Size of the database files, WAL included."))
         cgroupsTracked = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cgroups_tracked", help: "cgroups whose identity the agent knows."))
         writeQueueDepth = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_write_queue_events", help: "Events waiting to be written to the database."))
+        kernelRules = Dictionary(uniqueKeysWithValues: ["address", "workload"].flatMap { kind in
+            [("\(kind)", registry.makeGauge(descriptor: AgentMetrics.metric("connguard_kernel_rules", help: "Rules of enforced workloads in the kernel's maps, by kind of peer."),
+                                             labels: [("peer", kind)])),
+             ("\(kind)/capacity", registry.makeGauge(descriptor: AgentMetrics.metric("connguard_kernel_rules_capacity", help: "Entries of each kernel rule map."),
+                                                      labels: [("peer", kind)]))]
+        })
+        heldBack = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_workloads_held_back",
+            help: "Workloads in enforce mode whose rules do not fit the kernel's maps: monitored there, not enforced."))
         programRuns = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
             ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_runs_total", help: "Times each BPF program ran (kernel statistics)."),
                                       labels: [("program", $0)]))
@@ -107,6 +117,14 @@ public final class AgentMetrics: Sendable {
             advance("r/\(p.name)", p.runs) { programRuns[p.name]?.increment(by: $0) }
             advance("t/\(p.name)", p.nanoseconds) { programSeconds[p.name]?.increment(by: Double($0) / 1e9) }
         }
+    }
+
+    public func update(kernelRules k: PolicyEngine.KernelRules) {
+        kernelRules["address"]?.set(to: Double(k.address))
+        kernelRules["address/capacity"]?.set(to: Double(k.addressCapacity))
+        kernelRules["workload"]?.set(to: Double(k.workload))
+        kernelRules["workload/capacity"]?.set(to: Double(k.workloadCapacity))
+        heldBack.set(to: Double(k.heldBack.count))
     }
 
     public func update(storedEvents e: Int, storedAggregates a: Int, databaseBytes b: Int, cgroups: Int, queueDepth: Int) {

@@ -5,9 +5,14 @@ import Foundation
 import Logging
 
 /// Baselines and modes, per workload: learns from traced connections, gives
-/// each event its verdict, and keeps the kernel's enforcement maps a mirror of
-/// the baselines (rules always; cgroup policies for every cgroup of a workload
-/// in monitor or enforce mode).
+/// each event its verdict, and keeps the kernel's enforcement maps: a policy
+/// (workload and mode) for every cgroup of a known workload, and the rules of
+/// every enforced workload (learn and monitor decide nothing in the kernel,
+/// so their rules take no room there). The rules of all enforced workloads
+/// must fit the kernel's maps: a change that would not fit is refused whole,
+/// and at start an enforced workload that does not fit is held back (its
+/// cgroups monitor in the kernel) and said so, so that a node is never
+/// bricked by its own database.
 ///
 /// State lives here behind one lock; the database (BaselineStore) is written
 /// in batches by `tick()`, and at once for operator actions.
@@ -17,12 +22,22 @@ public final class PolicyEngine: @unchecked Sendable {
         let workloadID: UInt32
         /// Rules learnt or hit since the last flush to the database.
         var pending: [RuleKey: Rule] = [:]
+        /// New rules learnt in the minute that began at `windowStart` (event time).
+        var windowStart: Int64 = 0
+        var windowAdded = 0
     }
 
     public struct Settings: Sendable {
         public var defaultMode: Mode = .learn
         public var promotion = PromotionPolicy()
+        /// More new rules than this in a minute stop a workload's learning.
+        public var maxNewRulesPerMinute = 300
         public init() {}
+    }
+
+    /// The kernel's rule maps could not take a change; nothing was changed.
+    public struct KernelFull: Error, CustomStringConvertible {
+        public let description: String
     }
 
     let settings: Settings
@@ -52,6 +67,11 @@ public final class PolicyEngine: @unchecked Sendable {
     /// their workload.
     private var armedPeers: Set<UInt64> = []
     private var pendingWouldDeny: [String: Int64] = [:]
+    /// The rules in the kernel, by enforced workload.
+    private var loaded: [String: Set<EnforcementRule>] = [:]
+    /// Enforced workloads whose rules did not fit the kernel at start: their
+    /// cgroups are in monitor mode there until room is made.
+    private var heldBack: Set<String> = []
 
     public init(settings: Settings, store: BaselineStore, enforcer: Enforcer?, identity: IdentitySource,
                 cgroupRootPath: String, scope: CgroupSubtree? = nil, logger: Logger) throws {
@@ -101,7 +121,7 @@ public final class PolicyEngine: @unchecked Sendable {
         let peerWorkload = peerWorkload(of: e)
         if let w = peerWorkload, e.peerCgroupID != 0 { armPeer(cgroupID: e.peerCgroupID, workload: w) }
         guard !who.isUnknown else { return Judgement(verdict: .allowed, peerWorkload: peerWorkload) }
-        var newRule: (Rule, UInt32)?
+        var stopped: String?
         let verdict: Verdict = lock.withLock {
             // Found once by index, then changed in place: every event comes
             // here, and a copy of the entry would copy its rule table.
@@ -109,8 +129,28 @@ public final class PolicyEngine: @unchecked Sendable {
             func judge(_ entry: inout Entry) -> Verdict {
                 switch entry.baseline.mode {
                 case .learn:
-                    let (rule, isNew) = entry.baseline.learn(RuleKey(event: e, peerWorkload: peerWorkload), at: e.timeNanoseconds, hits: count)
-                    if isNew { newRule = (rule, entry.workloadID) }
+                    // A failed connect (refused, unreachable, timed out) is
+                    // not what the workload normally does: it stays in the
+                    // connections and aggregates, never in the baseline.
+                    guard e.outcome == .established else { return .allowed }
+                    let key = RuleKey(event: e, peerWorkload: peerWorkload)
+                    if entry.baseline.rules[key] == nil {
+                        guard entry.baseline.learningStopped == nil else { return .allowed }
+                        if e.timeNanoseconds - entry.windowStart >= 60_000_000_000 {
+                            entry.windowStart = e.timeNanoseconds
+                            entry.windowAdded = 0
+                        }
+                        entry.windowAdded += 1
+                        if entry.windowAdded > settings.maxNewRulesPerMinute {
+                            let why = "more than \(settings.maxNewRulesPerMinute) new rules within a minute (a scan is not a baseline); "
+                                + "`connguard mode \(who.workload) learn` starts learning again"
+                            entry.baseline.learningStopped = why
+                            entry.baseline.incomplete = true
+                            stopped = why
+                            return .allowed
+                        }
+                    }
+                    let (rule, _) = entry.baseline.learn(key, at: e.timeNanoseconds, hits: count)
                     entry.pending[rule.key] = rule
                     return .allowed
                 case .monitor:
@@ -129,8 +169,11 @@ public final class PolicyEngine: @unchecked Sendable {
             }
             return judge(&entries.values[i])
         }
-        if let (rule, id) = newRule, let k = kernelRule(rule.key, workloadID: id) {
-            do { try enforcer?.add(k) } catch { logger.warning("kernel rule not added: \(error)") }
+        if let why = stopped {
+            logger.warning("learning stopped", metadata: ["workload": "\(who.workload)", "why": "\(why)"])
+            DispatchQueue.global().async { [store] in
+                try? store.stopLearning(workload: who.workload, reason: why, now: BootClock.now(CLOCK_REALTIME))
+            }
         }
         return Judgement(verdict: verdict, peerWorkload: peerWorkload)
     }
@@ -190,8 +233,9 @@ public final class PolicyEngine: @unchecked Sendable {
         watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload)
         let entry: Entry? = lock.withLock { entries[who.workload] ?? (settings.defaultMode != .learn ? entryLocked(who.workload) : nil) }
         guard let entry else { return nil }
-        let latency = try? enforcer.arm(cgroupID: c.cgroupID, workloadID: entry.workloadID,
-                                        mode: EnforcementMode(entry.baseline.mode), createdAtWallNanoseconds: c.timeNanoseconds)
+        let mode = lock.withLock { kernelModeLocked(entry) }
+        let latency = try? enforcer.arm(cgroupID: c.cgroupID, workloadID: entry.workloadID, mode: mode,
+                                        createdAtWallNanoseconds: c.timeNanoseconds)
         return entry.baseline.mode == .learn ? nil : latency
     }
 
@@ -230,28 +274,45 @@ public final class PolicyEngine: @unchecked Sendable {
     public func setMode(_ workload: String, _ mode: Mode, who: String, reason: String) throws {
         let now = BootClock.now(CLOCK_REALTIME)
         try flush()
-        let exists = lock.withLock { entries[workload] != nil }
-        guard exists else { throw APIError.notFound("no workload named '\(workload)' (see `connguard baseline list`)") }
-        try store.setMode(workload: workload, mode: mode, who: who, now: now, reason: reason)
+        guard let (old, current) = lock.withLock({ entries[workload].map { ($0.baseline.mode, $0.baseline) } }) else {
+            throw APIError.notFound("no workload named '\(workload)' (see `connguard baseline list`)")
+        }
+        // Into enforce: its rules into the kernel first (refused whole if
+        // they do not fit), so that it is never enforced without them.
+        if mode == .enforce { try loadRules(workload, current) }
+        do {
+            try store.setMode(workload: workload, mode: mode, who: who, now: now, reason: reason)
+        } catch {
+            if old != .enforce { unloadRules(workload) }
+            throw error
+        }
         lock.withLock {
             guard var e = entries[workload] else { return }
-            let old = e.baseline.mode
             e.baseline.mode = mode
             e.baseline.lastChange = now
-            if mode == .learn && old != .learn {
+            if mode == .learn {
+                // Learning (again), on the operator's word: from now, whole.
                 e.baseline.learningSince = now
                 e.baseline.incomplete = false
+                e.baseline.learningStopped = nil
+                e.windowAdded = 0
             }
             entries[workload] = e
         }
         try armWorkload(workload)
+        if mode != .enforce { unloadRules(workload) }
         logger.notice("mode changed", metadata: ["workload": "\(workload)", "mode": "\(mode.rawValue)", "by": "\(who)", "reason": "\(reason)"])
     }
 
-    /// Replaces a workload's baseline (rules and mode) as a whole.
+    /// Replaces a workload's baseline (rules and mode) as a whole: one
+    /// transaction over the database and the kernel. What would not fit the
+    /// kernel is refused before anything changes; a failure in the kernel
+    /// puts the database (and the kernel) back as they were.
     public func importBaseline(_ b: Baseline, who: String) throws {
         let now = BootClock.now(CLOCK_REALTIME)
         try flush()
+        let before = lock.withLock { entries[b.workload] }
+        if b.mode == .enforce { try checkCapacity(b.workload, keys: Set(b.rules.keys)) }
         try store.replace(b, who: who, now: now)
         let id = try store.workloadID(for: b.workload, createWith: b.mode, now: now)
         var imported = b
@@ -260,8 +321,24 @@ public final class PolicyEngine: @unchecked Sendable {
             entries[b.workload] = Entry(baseline: imported, workloadID: id)  // nothing pending
             byID[id] = b.workload
         }
-        try syncRules(b.workload)
-        try armWorkload(b.workload)
+        do {
+            if b.mode == .enforce { try loadRules(b.workload, imported) } else { unloadRules(b.workload) }
+            try armWorkload(b.workload)
+        } catch {
+            // Back as it was: the database, the engine, the kernel.
+            logger.error("baseline import undone: the kernel refused it", metadata: ["workload": "\(b.workload)", "error": "\(error)"])
+            if let before {
+                try? store.replace(before.baseline, who: "connguard (undoing a failed import)", now: now)
+                lock.withLock { entries[b.workload] = Entry(baseline: before.baseline, workloadID: before.workloadID) }
+                if before.baseline.mode == .enforce { try? loadRules(b.workload, before.baseline) } else { unloadRules(b.workload) }
+            } else {
+                try? store.delete(workload: b.workload, who: "connguard", now: now, why: "a failed import undone")
+                lock.withLock { entries[b.workload] = nil }
+                unloadRules(b.workload)
+            }
+            try? armWorkload(b.workload)
+            throw error
+        }
     }
 
     public func prune(_ workload: String, unusedForSeconds: Double, who: String) throws -> [Rule] {
@@ -276,7 +353,7 @@ public final class PolicyEngine: @unchecked Sendable {
         guard let pruned else { throw APIError.notFound("no workload named '\(workload)'") }
         if let b = baseline(workload) { try store.save(b) }
         try store.appendAudit(AuditEntry(time: now, who: who, workload: workload, action: "prune", detail: "\(pruned.count) rules unused for \(Int(unusedForSeconds))s"))
-        try syncRules(workload)
+        if let b = baseline(workload), b.mode == .enforce, !isHeldBack(workload) { try loadRules(workload, b) }  // fewer: always fits
         return pruned
     }
 
@@ -331,27 +408,149 @@ public final class PolicyEngine: @unchecked Sendable {
 
     // MARK: - Kernel mirror
 
-    /// At start: every baseline's rules, the policies of every cgroup of a
-    /// known workload, and the workloads' addresses.
+    /// At start: the rules of every enforced workload that fits (the ones
+    /// enforced longest first; a workload's rules go in whole or not at all),
+    /// the policies of every cgroup of a known workload, and the workloads'
+    /// addresses. What the last agent left in the maps and is not wanted now
+    /// goes: first the rules of workloads no longer enforced (removing them
+    /// refuses nothing), then, once the wanted ones are in, stale ones of
+    /// enforced workloads.
     func syncKernel() throws {
         guard let enforcer else { return }
-        let workloads = lock.withLock { Array(entries.keys) }
-        for w in workloads { try syncRules(w) }
+        let enforced = lock.withLock {
+            entries.values.filter { $0.baseline.mode == .enforce }.sorted { ($0.baseline.lastChange, $0.workloadID) < ($1.baseline.lastChange, $1.workloadID) }
+        }
+        let capacity = enforcer.ruleCapacity
+        var wanted: [String: Set<EnforcementRule>] = [:]
+        var used = (address: 0, workload: 0)
+        var held: [String] = []
+        for e in enforced {
+            let rules = Set(e.baseline.rules.keys.compactMap { kernelRule($0, workloadID: e.workloadID) })
+            let n = Self.counts(rules)
+            if used.address + n.address > Int(capacity.address) || used.workload + n.workload > Int(capacity.workload) {
+                held.append(e.baseline.workload)
+                continue
+            }
+            used = (used.address + n.address, used.workload + n.workload)
+            wanted[e.baseline.workload] = rules
+        }
+        let wantedIDs = Set(enforced.filter { wanted[$0.baseline.workload] != nil }.map(\.workloadID))
+        let present = try enforcer.rules()
+        let all = wanted.values.reduce(into: Set<EnforcementRule>()) { $0.formUnion($1) }
+        for r in present where !wantedIDs.contains(r.workloadID) { _ = try enforcer.remove(r) }
+        for r in all.subtracting(present) { try enforcer.add(r) }
+        for r in present where wantedIDs.contains(r.workloadID) && !all.contains(r) { _ = try enforcer.remove(r) }
+        lock.withLock {
+            loaded = wanted
+            heldBack = Set(held)
+        }
+        for w in held {
+            logger.critical("enforced workload held back: its rules do not fit the kernel's maps, so its cgroups are in monitor mode there (see `connguard status`)",
+                            metadata: ["workload": "\(w)", "capacity": "\(capacity.address) address rules, \(capacity.workload) workload rules"])
+        }
         try armAll()
         // The pinned map may hold addresses from the last agent: exactly the
         // book's, now.
-        let wanted = lock.withLock { addresses.owners }
+        let owners = lock.withLock { addresses.owners }
         var ids: [IPAddress: UInt32] = [:]
-        for (a, w) in wanted { if let id = workloadID(w) { ids[a] = id } }
+        for (a, w) in owners { if let id = workloadID(w) { ids[a] = id } }
         for (a, id) in try enforcer.peerAddresses() where ids[a] != id { _ = try enforcer.removePeerAddress(a) }
         for (a, id) in ids { try enforcer.setPeerAddress(a, workloadID: id) }
         releaseUnusedPrograms()
     }
 
-    func syncRules(_ workload: String) throws {
-        guard let enforcer, let (b, id) = lock.withLock({ entries[workload].map { ($0.baseline, $0.workloadID) } }) else { return }
-        let rules = b.rules.keys.compactMap { kernelRule($0, workloadID: id) }
-        _ = try enforcer.replaceRules(workloadID: id, with: rules)
+    /// Address/CIDR rules and workload rules in `rules`.
+    private static func counts(_ rules: Set<EnforcementRule>) -> (address: Int, workload: Int) {
+        let address = rules.filter { if case .cidr = $0.peer { return true } else { return false } }.count
+        return (address, rules.count - address)
+    }
+
+    /// Enforced workloads' rules in the kernel, other than `workload`'s.
+    private func othersLoaded(_ workload: String) -> (address: Int, workload: Int) {
+        lock.withLock {
+            var o = (address: 0, workload: 0)
+            for (w, r) in loaded where w != workload {
+                let n = Self.counts(r)
+                o = (o.address + n.address, o.workload + n.workload)
+            }
+            return o
+        }
+    }
+
+    /// Whether the kernel can take `keys` as `workload`'s rules, beside
+    /// every other enforced workload's.
+    private func checkCapacity(_ workload: String, keys: Set<RuleKey>) throws {
+        guard let enforcer else { return }
+        let capacity = enforcer.ruleCapacity
+        let others = othersLoaded(workload)
+        var wanted = (address: 0, workload: 0)
+        for k in keys { if case .network = k.peer { wanted.address += 1 } else { wanted.workload += 1 } }
+        guard others.address + wanted.address > Int(capacity.address) || others.workload + wanted.workload > Int(capacity.workload) else { return }
+        throw KernelFull(description: "the kernel's rule maps cannot take \(workload)'s \(keys.count) rules: other enforced workloads use "
+            + "\(others.address) of \(capacity.address) address rules and \(others.workload) of \(capacity.workload) workload rules "
+            + "(this one needs \(wanted.address) and \(wanted.workload)); nothing was changed. Prune or shrink baselines, "
+            + "or start the agent with a larger --max-kernel-rules (after the kill-switch: pinned maps keep their size)")
+    }
+
+    /// Puts exactly `b`'s rules in the kernel for `workload` (checked
+    /// first). New rules go in before stale ones leave, so that nothing both
+    /// baselines allow is refused meanwhile, when there is room for both at
+    /// once; otherwise the stale ones leave first.
+    private func loadRules(_ workload: String, _ b: Baseline) throws {
+        guard let enforcer, let id = lock.withLock({ entries[workload]?.workloadID }) else { return }
+        try checkCapacity(workload, keys: Set(b.rules.keys))
+        let rules = Set(b.rules.keys.compactMap { kernelRule($0, workloadID: id) })
+        let current = lock.withLock { loaded[workload] ?? [] }
+        let others = othersLoaded(workload)
+        let peak = Self.counts(current.union(rules)), capacity = enforcer.ruleCapacity
+        do {
+            if others.address + peak.address > Int(capacity.address) || others.workload + peak.workload > Int(capacity.workload) {
+                for r in current.subtracting(rules) { _ = try enforcer.remove(r) }
+            }
+            _ = try enforcer.replaceRules(workloadID: id, with: rules)
+        } catch {
+            throw KernelFull(description: "the kernel refused \(workload)'s rules (\(error)); nothing was changed")
+        }
+        lock.withLock {
+            loaded[workload] = rules
+            heldBack.remove(workload)
+        }
+    }
+
+    /// Takes `workload`'s rules out of the kernel (it is no longer enforced).
+    private func unloadRules(_ workload: String) {
+        guard let enforcer, let id = lock.withLock({ entries[workload]?.workloadID ?? byID.first { $0.value == workload }?.key }) else { return }
+        lock.withLock { _ = loaded.removeValue(forKey: workload) }
+        do {
+            _ = try enforcer.replaceRules(workloadID: id, with: [])
+        } catch {
+            logger.warning("could not remove \(workload)'s rules from the kernel: \(error)")
+        }
+    }
+
+    private func isHeldBack(_ workload: String) -> Bool { lock.withLock { heldBack.contains(workload) } }
+
+    /// For status and metrics: rules in the kernel, its capacity, and the
+    /// enforced workloads held back for want of room.
+    public struct KernelRules: Sendable {
+        public var address: Int
+        public var workload: Int
+        public var addressCapacity: Int
+        public var workloadCapacity: Int
+        public var heldBack: [String]
+    }
+
+    public var kernelRules: KernelRules {
+        let capacity = enforcer?.ruleCapacity ?? (address: 0, workload: 0)
+        return lock.withLock {
+            var n = (address: 0, workload: 0)
+            for r in loaded.values {
+                let c = Self.counts(r)
+                n = (n.address + c.address, n.workload + c.workload)
+            }
+            return KernelRules(address: n.address, workload: n.workload, addressCapacity: Int(capacity.address),
+                               workloadCapacity: Int(capacity.workload), heldBack: heldBack.sorted())
+        }
     }
 
     /// Sets the kernel policy of every cgroup of this workload: its mode, and
@@ -359,11 +558,17 @@ public final class PolicyEngine: @unchecked Sendable {
     /// when one of its processes is another workload's local peer).
     func armWorkload(_ workload: String) throws {
         guard let enforcer else { return }
-        guard let (mode, id) = lock.withLock({ entries[workload].map { ($0.baseline.mode, $0.workloadID) } }) else { return }
+        guard let (mode, id) = lock.withLock({ entries[workload].map { (kernelModeLocked($0), $0.workloadID) } }) else { return }
         for c in walkCgroups() where c.workload == workload {
-            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: EnforcementMode(mode))
+            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: mode)
         }
         if mode != .enforce { releaseUnusedPrograms() }
+    }
+
+    /// The mode the kernel gets for a workload: its own, but monitor for an
+    /// enforced workload held back (its rules are not in the kernel).
+    private func kernelModeLocked(_ e: Entry) -> EnforcementMode {
+        e.baseline.mode == .enforce && heldBack.contains(e.baseline.workload) ? .monitor : EnforcementMode(e.baseline.mode)
     }
 
     /// With no workload enforced, the kernel's enforcement programs only cost
@@ -381,8 +586,8 @@ public final class PolicyEngine: @unchecked Sendable {
     func armAll() throws {
         guard let enforcer else { return }
         for c in walkCgroups() {
-            guard let (mode, id) = lock.withLock({ entries[c.workload].map { ($0.baseline.mode, $0.workloadID) } }) else { continue }
-            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: EnforcementMode(mode))
+            guard let (mode, id) = lock.withLock({ entries[c.workload].map { (kernelModeLocked($0), $0.workloadID) } }) else { continue }
+            try enforcer.setPolicy(cgroupID: c.id, workloadID: id, mode: mode)
         }
     }
 

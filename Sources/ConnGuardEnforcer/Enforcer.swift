@@ -28,8 +28,10 @@ public final class Enforcer: @unchecked Sendable {
         /// Attaching at the cgroup v2 root governs every process on the node.
         public var allowRoot = false
         public var maxCgroups: UInt32 = 16384
-        public var maxAddressRules: UInt32 = 65536
-        public var maxPeerRules: UInt32 = 65536
+        /// Entries of rules_cidr and rules_peer. Maps pinned by an earlier
+        /// agent keep the size they were made with (see `init`).
+        public var maxAddressRules: UInt32 = 131_072
+        public var maxPeerRules: UInt32 = 131_072
         public var maxPeerAddresses: UInt32 = 65536
         /// Denials ring buffer, bytes (a power of two, at least a page).
         public var denialRingBytes: UInt32 = 1 << 20
@@ -78,13 +80,21 @@ public final class Enforcer: @unchecked Sendable {
 
     /// Loads (or adopts) enforcement for the cgroup subtree at `cgroupPath`.
     public static func open(cgroupPath: String, pinRoot: String = defaultPinRoot,
-                            unknown: UnknownCgroups = .allow, allowRoot: Bool = false) throws -> Enforcer {
+                            unknown: UnknownCgroups = .allow, allowRoot: Bool = false,
+                            maxRules: UInt32 = Configuration().maxAddressRules) throws -> Enforcer {
         var c = Configuration()
         c.pinRoot = pinRoot
         c.unknownCgroups = unknown
         c.allowRoot = allowRoot
+        c.maxAddressRules = maxRules
+        c.maxPeerRules = maxRules
         return try Enforcer(cgroupPath: cgroupPath, configuration: c)
     }
+
+    /// How many rules each rule map holds: what was asked, or the size of the
+    /// map pinned by an earlier agent, which is adopted as it is (its rules
+    /// enforce right now; a new size takes the kill-switch and a restart).
+    public private(set) var ruleCapacity: (address: UInt32, workload: UInt32) = (0, 0)
 
     public init(cgroupPath: String, configuration: Configuration = .init()) throws {
         let dir = try CgroupDirectory(cgroupPath)
@@ -105,8 +115,11 @@ public final class Enforcer: @unchecked Sendable {
         try object.setReadOnlyGlobal("watch_level", UInt32(dir.level))
         try object.setReadOnlyGlobal("watch_root_id", dir.id)
         try object.map("cgroup_policy").setMaxEntries(configuration.maxCgroups)
-        try object.map("rules_cidr").setMaxEntries(configuration.maxAddressRules)
-        try object.map("rules_peer").setMaxEntries(configuration.maxPeerRules)
+        let addressSize = BPFMap.pinnedMaxEntries(at: "\(root)/rules_cidr") ?? configuration.maxAddressRules
+        let workloadSize = BPFMap.pinnedMaxEntries(at: "\(root)/rules_peer") ?? configuration.maxPeerRules
+        try object.map("rules_cidr").setMaxEntries(addressSize)
+        try object.map("rules_peer").setMaxEntries(workloadSize)
+        ruleCapacity = (addressSize, workloadSize)
         try object.map("peer_addresses").setMaxEntries(configuration.maxPeerAddresses)
         try object.map("denials").setMaxEntries(configuration.denialRingBytes)
         for name in Self.pinnedMaps {

@@ -8,7 +8,16 @@ import GRDB
 ///   baseline is deleted (the next one is kept in `policy_counter`).
 /// - baseline_rule: a baseline's rules; peer is `Peer.description`.
 /// - audit: who changed what, append-only.
+/// Migration "policy-v2" adds baseline.learning_stopped (why learning stopped
+/// adding rules, or NULL).
 public enum BaselineSchema {
+    /// Every migration of the policy layer, in order.
+    public static let migrations = [migration, learningStopped]
+
+    static let learningStopped = EventStore.Migration("policy-v2") { db in
+        try db.execute(sql: "ALTER TABLE baseline ADD COLUMN learning_stopped TEXT")
+    }
+
     public static let migration = EventStore.Migration("policy-v1") { db in
         try db.execute(sql: """
             CREATE TABLE baseline (
@@ -92,7 +101,7 @@ public final class BaselineStore: Sendable {
     /// rolls the transaction back.
     let failpoint: (@Sendable (String) throws -> Void)?
 
-    /// `store` must have been opened with `BaselineSchema.migration`.
+    /// `store` must have been opened with `BaselineSchema.migrations`.
     public convenience init(store: EventStore) {
         self.init(store: store, failpoint: nil)
     }
@@ -112,7 +121,7 @@ public final class BaselineStore: Sendable {
             var out: [(baseline: Baseline, workloadID: UInt32)] = []
             var index: [Int64: Int] = [:]
             let rows = try Row.fetchCursor(db, sql: """
-                SELECT workload, workload_id, mode, learning_since, last_change, incomplete, last_would_deny
+                SELECT workload, workload_id, mode, learning_since, last_change, incomplete, last_would_deny, learning_stopped
                 FROM baseline ORDER BY workload
                 """)
             while let row = try rows.next() {
@@ -124,7 +133,7 @@ public final class BaselineStore: Sendable {
                 }
                 index[id] = out.count
                 out.append((Baseline(workload: workload, mode: mode, learningSince: row[3], lastChange: row[4],
-                                     incomplete: (row[5] as Int64) != 0, lastWouldDeny: row[6]),
+                                     incomplete: (row[5] as Int64) != 0, lastWouldDeny: row[6], learningStopped: row[7]),
                             UInt32(truncatingIfNeeded: id)))
             }
             let rules = try Row.fetchCursor(db, sql: """
@@ -252,7 +261,8 @@ public final class BaselineStore: Sendable {
             }
             if mode == .learn {
                 try db.execute(sql: """
-                    UPDATE baseline SET mode = ?, last_change = ?, learning_since = ?, incomplete = 0 WHERE workload = ?
+                    UPDATE baseline SET mode = ?, last_change = ?, learning_since = ?, incomplete = 0, learning_stopped = NULL
+                    WHERE workload = ?
                     """, arguments: [mode.rawValue, now, now, workload])
             } else {
                 try db.execute(sql: "UPDATE baseline SET mode = ?, last_change = ? WHERE workload = ?",
@@ -291,6 +301,25 @@ public final class BaselineStore: Sendable {
 
     /// Flags these workloads' baselines as possibly missing rules (events
     /// were lost). Names without a baseline are ignored.
+    /// Removes a workload's baseline and rules (undoing the import that made
+    /// it); audited. Its id is never given again.
+    public func delete(workload: String, who: String, now: Int64, why: String) throws {
+        try database.write { db in
+            try db.execute(sql: "DELETE FROM baseline WHERE workload = ?", arguments: [workload])
+            try BaselineStore.insertAudit(AuditEntry(time: now, who: who, workload: workload, action: "delete", detail: why), db)
+        }
+    }
+
+    /// Learning stopped adding rules to `workload`'s baseline, for `reason`
+    /// (also marks it incomplete, and is audited).
+    public func stopLearning(workload: String, reason: String, now: Int64) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE baseline SET incomplete = 1, learning_stopped = ? WHERE workload = ?", arguments: [reason, workload])
+            try BaselineStore.insertAudit(AuditEntry(time: now, who: "connguard", workload: workload, action: "learning stopped",
+                                                     detail: reason), db)
+        }
+    }
+
     public func markIncomplete(workloads: [String]) throws {
         guard !workloads.isEmpty else { return }
         try database.write { db in
@@ -375,18 +404,20 @@ public final class BaselineStore: Sendable {
     /// Writes `b`'s row (not its rules), creating it with a new id if
     /// needed; returns the id.
     private static func upsertRow(_ b: Baseline, lastChange: Int64, _ db: Database) throws -> Int64 {
-        let arguments: StatementArguments = [b.mode.rawValue, b.learningSince, lastChange, b.incomplete ? 1 : 0, b.lastWouldDeny]
+        let arguments: StatementArguments = [b.mode.rawValue, b.learningSince, lastChange, b.incomplete ? 1 : 0, b.lastWouldDeny,
+                                             b.learningStopped]
         if let id = try existingID(b.workload, db) {
             try db.execute(sql: """
-                UPDATE baseline SET mode = ?, learning_since = ?, last_change = ?, incomplete = ?, last_would_deny = ?
+                UPDATE baseline SET mode = ?, learning_since = ?, last_change = ?, incomplete = ?, last_would_deny = ?,
+                                    learning_stopped = ?
                 WHERE workload_id = ?
                 """, arguments: arguments + [id])
             return id
         }
         let id = try allocateID(db)
         try db.execute(sql: """
-            INSERT INTO baseline (mode, learning_since, last_change, incomplete, last_would_deny, workload, workload_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO baseline (mode, learning_since, last_change, incomplete, last_would_deny, learning_stopped, workload, workload_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """, arguments: arguments + [b.workload, id])
         return id
     }

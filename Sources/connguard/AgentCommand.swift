@@ -57,6 +57,13 @@ struct AgentCommand: AsyncParsableCommand {
                                discussion: "Every event is still counted in its aggregated connection; the first event of each new connection in a second is kept up to ten times this rate."))
     var individualEventsPerSecond: Int?
 
+    @Option(help: ArgumentHelp("Entries of each kernel rule map (default 131072).",
+                               discussion: "The rules of every enforced workload together must fit: address and CIDR rules in one map, rules on workloads in the other."))
+    var maxKernelRules: Int?
+
+    @Option(help: "A workload in learn mode that adds more rules than this in a minute stops learning (default 300).")
+    var maxNewRulesPerMinute: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
@@ -107,6 +114,16 @@ struct AgentCommand: AsyncParsableCommand {
                 throw Failure("--individual-events-per-second must be between 0 and 10000000")
             }
             c.individualEventsPerSecond = individualEventsPerSecond
+        }
+        if let maxKernelRules {
+            guard AgentConfiguration.kernelRuleRange.contains(maxKernelRules) else {
+                throw Failure("--max-kernel-rules must be between \(AgentConfiguration.kernelRuleRange.lowerBound) and \(AgentConfiguration.kernelRuleRange.upperBound)")
+            }
+            c.maxKernelRules = maxKernelRules
+        }
+        if let maxNewRulesPerMinute {
+            guard (1...1_000_000).contains(maxNewRulesPerMinute) else { throw Failure("--max-new-rules-per-minute must be between 1 and 1000000") }
+            c.maxNewRulesPerMinute = maxNewRulesPerMinute
         }
         if let logLevel { c.logLevel = logLevel }
         if let defaultMode { c.defaultMode = defaultMode }

@@ -52,7 +52,9 @@ struct BaselineCommand: AsyncParsableCommand {
             let text = try await callAgent { try await client.send(.GET, "/v1/baseline", query: [("workload", workload)]) }
             if output == "json" { print(text); return }
             guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { throw Failure("the agent's answer was not JSON") }
-            say("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")\((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")")
+            let stopped = (o["learning_stopped"] as? String).map { " (learning stopped: \($0))" }
+            say("workload: \(o["workload"] ?? "")   mode: \(o["mode"] ?? "")"
+                + (stopped ?? ((o["incomplete"] as? Bool) == true ? " (learnt while events were lost)" : "")))
             say(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22) + "LAST SEEN")
             for r in o["rules"] as? [[String: Any]] ?? [] {
                 say(pad(r["direction"] as? String ?? "", 5) + pad(HumanText.escape(r["peer"] as? String ?? ""), 44)

@@ -202,6 +202,11 @@ struct StatusCommand: AsyncParsableCommand {
             let attached = (enf["programs_attached"] as? Bool) == true ? "programs attached" : "programs not attached (nothing enforced)"
             say("enforce:    on \(enf["cgroup"] ?? "-"), \(attached), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
             if let a = enf["arming"] as? String { say("arming:     \(a)") }
+            let k = enf["kernel_rules"] as? [String: Any] ?? [:]
+            say("rules:      \(n(k, "address")) of \(n(k, "address_capacity")) address rules, \(n(k, "workload")) of \(n(k, "workload_capacity")) workload rules in the kernel (enforced workloads)")
+            if let held = enf["held_back"] as? [String], !held.isEmpty {
+                say("held back:  \(held.joined(separator: ", ")): in enforce mode, but their rules do not fit the kernel, so they are only monitored there")
+            }
             if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { say("audit:      \(recent)") }
         } catch let e as APIClient.Failure {
             throw Failure(e.description)

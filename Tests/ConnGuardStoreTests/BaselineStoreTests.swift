@@ -8,7 +8,7 @@ private struct Injected: Error {}
 
 final class BaselineStoreTests: StoreTestCase {
     func open(failpoint: (@Sendable (String) throws -> Void)? = nil) throws -> BaselineStore {
-        let store = try EventStore(path: dbPath, options: .init(migrations: [BaselineSchema.migration]))
+        let store = try EventStore(path: dbPath, options: .init(migrations: BaselineSchema.migrations))
         return BaselineStore(store: store, failpoint: failpoint)
     }
 

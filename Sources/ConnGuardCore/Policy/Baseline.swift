@@ -142,9 +142,14 @@ public struct Baseline: Sendable, Equatable {
     public var incomplete: Bool
     /// Last time monitor mode saw a would_deny (for promotion to enforce).
     public var lastWouldDeny: Int64?
+    /// Why learning stopped adding rules (the workload added them faster than
+    /// a baseline grows: a scan is not a baseline); nil while it learns.
+    /// Also marks the baseline incomplete. Cleared when the operator puts
+    /// the workload in learn mode again.
+    public var learningStopped: String?
 
     public init(workload: String, mode: Mode, rules: [Rule] = [], learningSince: Int64, lastChange: Int64? = nil,
-                incomplete: Bool = false, lastWouldDeny: Int64? = nil) {
+                incomplete: Bool = false, lastWouldDeny: Int64? = nil, learningStopped: String? = nil) {
         self.workload = workload
         self.mode = mode
         self.rules = Dictionary(rules.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
@@ -152,6 +157,7 @@ public struct Baseline: Sendable, Equatable {
         self.lastChange = lastChange ?? learningSince
         self.incomplete = incomplete
         self.lastWouldDeny = lastWouldDeny
+        self.learningStopped = learningStopped
     }
 
     /// Whether some rule allows this connection.
