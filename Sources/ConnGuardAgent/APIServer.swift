@@ -205,7 +205,7 @@ static func baselineJSON(_ b: Baseline) -> JSONValue {
 
     static func ruleJSON(_ r: Rule) -> JSONValue {
         .object([
-            ("direction", .string(r.key.direction.rawValue)), ("peer", .string(r.key.peer.description)),
+            ("direction", .string(r.key.direction.ruleName)), ("peer", .string(r.key.peer.description)),
             ("port", .int(Int64(r.key.port))), ("protocol", .string(r.key.proto)),
             ("first_seen", .string(BaselineFile.rfc3339(r.firstSeen))), ("last_seen", .string(BaselineFile.rfc3339(r.lastSeen))),
             ("hits", .int(r.hits)),

@@ -359,28 +359,8 @@ struct EnforcementService: Service {
         nonisolated(unsafe) let births = try enforcer.watchNewCgroups()
         let denialThread = Thread {
             while !stop.isSet {
-                guard let events = try? denials.poll(timeoutMilliseconds: 100) else { continue }
-                for var e in events {
-                    // A socket bound before the enforcement programs attached
-                    // (on the first enforce) has no owner of theirs; the
-                    // tracer's record of listen() names it.
-                    if e.direction == .accept, !e.processKnown,
-                       let owner = agent.tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) {
-                        e.pid = owner.pid
-                        e.uid = owner.uid
-                        e.comm = owner.comm
-                        e.processKnown = true
-                    }
-                    let who = agent.identity.resolve(e)
-                    let peerWorkload = agent.policy.peerWorkload(of: e)
-                    agent.writer.submit(StoredConnection(event: e, identity: who, verdict: .denied, peerWorkload: peerWorkload))
-                    agent.metrics.countEvent(e.direction, .denied)
-                    agent.logger.notice("denied", metadata: [
-                        "event": "\(e.direction.rawValue)", "workload": "\(who.workload)",
-                        "peer": "\(e.peer)", "peer_workload": "\(peerWorkload ?? "-")",
-                        "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
-                    ])
-                }
+                guard let events = try? denials.poll(timeoutMilliseconds: 100), !events.isEmpty else { continue }
+                agent.pipeline.handleDenials(events)
             }
         }
         let birthThread = Thread {

@@ -39,7 +39,7 @@ public enum BaselineFile {
         } else {
             lines.append("rules:")
             for r in b.sortedRules {
-                lines.append("  - direction: \(r.key.direction.rawValue)")
+                lines.append("  - direction: \(r.key.direction.ruleName)")
                 lines.append("    peer: \(quote(r.key.peer.description))")
                 lines.append("    port: \(r.key.port)")
                 lines.append("    protocol: \(r.key.proto)")
@@ -87,7 +87,7 @@ public enum BaselineFile {
                 guard let r = item as? [String: Any] else { problems.append("\(at): not a mapping"); continue }
                 var ok = true
                 for k in r.keys.sorted() where !ruleKeys.contains(k) { problems.append("\(at): unknown key '\(k)'"); ok = false }
-                let direction = (r["direction"] as? String).flatMap(RuleKey.Direction.init(rawValue:))
+                let direction = (r["direction"] as? String).flatMap(ConnectionEvent.Direction.init(ruleName:))
                 if direction == nil { problems.append("\(at).direction: must be out or in"); ok = false }
                 let peer = (r["peer"] as? String).flatMap(parsePeer)
                 if peer == nil { problems.append("\(at).peer: must be an address, a CIDR, or workload:NAME"); ok = false }

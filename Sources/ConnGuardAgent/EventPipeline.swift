@@ -89,7 +89,7 @@ public final class EventPipeline: @unchecked Sendable {
     public func feed(_ snapshot: ConnectionSnapshot) -> UInt64 {
         precondition(thread == nil, "feed() after start()")
         var tally = Tally(cells: directions.count * verdicts.count)
-        for e in snapshot.events { handle(e, &tally) }
+        for e in snapshot.events { handle(ConnectionRecord(e, source: .snapshot), &tally) }
         let seeded = tally.counts.connects + tally.counts.accepts
         tally.counts.seeded = seeded
         publish(&tally)
@@ -123,32 +123,66 @@ public final class EventPipeline: @unchecked Sendable {
     /// on that thread only (so no dynamic exclusivity check).
     @exclusivity(unchecked) private var seenAtStart = ConnectionSnapshot.empty
 
-    /// One event, or (`repeats`) the kernel-counted repeats of a connection
-    /// that `e` stands for: the same path, counted that many times.
-    private func handle(_ e: ConnectionEvent, _ tally: inout Tally, repeats: UInt64? = nil) {
-        let n = repeats ?? 1
-        if repeats != nil { tally.counts.countedInKernel += n }
+    /// Denials from the enforcement programs, on their reader's thread: the
+    /// same path as every other record, with a tally of that thread's own.
+    public func handleDenials(_ events: [ConnectionEvent]) {
+        var tally = Tally(cells: directions.count * verdicts.count)
+        for e in events { handle(ConnectionRecord(e, source: .denied), &tally) }
+        publish(&tally)
+    }
+
+    /// The one path of every record: scope, identity, verdict, then the
+    /// store, the metrics and (through the verdict) the baseline.
+    private func handle(_ r: ConnectionRecord, _ tally: inout Tally) {
+        let n = r.count
+        var e = r.event
+        if case .counted = r.source { tally.counts.countedInKernel += n }
         if let scope, !scope.contains(e.cgroupID) {
             tally.counts.outOfScope += n
             return
         }
         // The time first: past the start-up window, no hashing per event.
-        if repeats == nil, e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
+        if r.source == .traced, e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
+        if r.source == .denied { nameServer(&e) }
         let who = identity.resolve(e)
         if who.isUnknown { tally.counts.unattributed += n }
-        let judged = policy?.judge(e, identity: who, count: Int64(n))
-        let verdict = judged?.verdict ?? .allowed
-        if e.direction == .connect { tally.counts.connects += n } else { tally.counts.accepts += n }
-        tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: verdict)!] += Int64(n)
-        tally.pending.append(StoredConnection(event: e, identity: who, verdict: verdict, peerWorkload: judged?.peerWorkload,
-                                              repeatCount: repeats.map { Int64($0) }))
+        let judged: PolicyEngine.Judgement
+        if r.source == .denied {
+            // The kernel decided; nothing to learn from a refusal.
+            judged = PolicyEngine.Judgement(verdict: .denied, peerWorkload: policy?.peerWorkload(of: e))
+            logger.notice("denied", metadata: [
+                "event": "\(e.direction.rawValue)", "workload": "\(who.workload)",
+                "peer": "\(e.peer)", "peer_workload": "\(judged.peerWorkload ?? "-")",
+                "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
+            ])
+        } else {
+            judged = policy?.judge(e, identity: who, count: Int64(n)) ?? PolicyEngine.Judgement(verdict: .allowed, peerWorkload: nil)
+            // Connects and accepts that happened (a denial is neither).
+            if e.direction == .connect { tally.counts.connects += n } else { tally.counts.accepts += n }
+        }
+        tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: judged.verdict)!] += Int64(n)
+        let repeatCount: Int64? = if case .counted = r.source { Int64(n) } else { nil }
+        tally.pending.append(StoredConnection(event: e, identity: who, verdict: judged.verdict, peerWorkload: judged.peerWorkload,
+                                              repeatCount: repeatCount))
         if tally.pending.count >= 1024 { submitPending(&tally) }
+    }
+
+    /// A socket bound before the enforcement programs attached (on the first
+    /// enforce) has no owner of theirs: the tracer's record of listen()
+    /// names the server of a denied accept.
+    private func nameServer(_ e: inout ConnectionEvent) {
+        guard e.direction == .accept, !e.processKnown,
+              let owner = tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) else { return }
+        e.pid = owner.pid
+        e.uid = owner.uid
+        e.comm = owner.comm
+        e.processKnown = true
     }
 
     /// Folds in what the kernel counted instead of sending (once a second,
     /// and at the end).
     private func takeRepeats(_ tally: inout Tally) throws {
-        for r in try tracer.takeRepeats() { handle(r.event, &tally, repeats: r.count) }
+        for r in try tracer.takeRepeats() { handle(r.record, &tally) }
         lastRepeatsTaken = BootClock.now(CLOCK_MONOTONIC)
     }
     @exclusivity(unchecked) private var lastRepeatsTaken: Int64 = 0
@@ -191,7 +225,7 @@ public final class EventPipeline: @unchecked Sendable {
                         self.identity.apply(c)
                         if !c.created, c.hierarchyID == 0 { self.policy?.cgroupRemoved(c.cgroupID) }
                     case let .connection(e):
-                        self.handle(e, &tally)
+                        self.handle(ConnectionRecord(e, source: .traced), &tally)
                     }
                 },
                 onIdle: {

@@ -99,6 +99,11 @@ public final class PolicyEngine: @unchecked Sendable {
         public var verdict: Verdict
         /// The workload at the other end, if ConnGuard knows it.
         public var peerWorkload: String?
+
+        public init(verdict: Verdict, peerWorkload: String?) {
+            self.verdict = verdict
+            self.peerWorkload = peerWorkload
+        }
     }
 
     /// The workload at the other end of a connection: for a peer on this node
@@ -567,8 +572,8 @@ public final class PolicyEngine: @unchecked Sendable {
 
     /// The mode the kernel gets for a workload: its own, but monitor for an
     /// enforced workload held back (its rules are not in the kernel).
-    private func kernelModeLocked(_ e: Entry) -> EnforcementMode {
-        e.baseline.mode == .enforce && heldBack.contains(e.baseline.workload) ? .monitor : EnforcementMode(e.baseline.mode)
+    private func kernelModeLocked(_ e: Entry) -> Mode {
+        e.baseline.mode == .enforce && heldBack.contains(e.baseline.workload) ? .monitor : e.baseline.mode
     }
 
     /// With no workload enforced, the kernel's enforcement programs only cost
@@ -725,7 +730,7 @@ public final class PolicyEngine: @unchecked Sendable {
                 changed.append(b)
                 for (from, to) in moved {
                     logger.warning("baseline rule now names the workload that holds its address", metadata: [
-                        "workload": "\(b.workload)", "from": "\(from.direction.rawValue) \(from.peer) port \(from.port)",
+                        "workload": "\(b.workload)", "from": "\(from.direction.ruleName) \(from.peer) port \(from.port)",
                         "to": "\(to.peer)",
                     ])
                 }
@@ -742,16 +747,6 @@ public final class PolicyEngine: @unchecked Sendable {
             guard let id = lock.withLock({ entries[w]?.workloadID }) ?? (try? store.workloadID(for: w, createWith: .learn, now: BootClock.now(CLOCK_REALTIME))) else { return nil }
             peer = .workload(id)
         }
-        return EnforcementRule(workloadID: workloadID, direction: k.direction == .outbound ? .connect : .accept, port: k.port, peer: peer)
-    }
-}
-
-extension EnforcementMode {
-    init(_ m: Mode) {
-        switch m {
-        case .learn: self = .learn
-        case .monitor: self = .monitor
-        case .enforce: self = .enforce
-        }
+        return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer)
     }
 }

@@ -165,15 +165,7 @@ extension ConnectionEvent {
             throw RecordDecodingError.badField("direction \(raw.direction)")
         }
         guard let outcome = Outcome(kernel: raw.outcome) else { throw RecordDecodingError.badField("outcome \(raw.outcome)") }
-        let hook: Hook
-        switch UInt32(raw.hook) {
-        case CG_HOOK_TP_BTF.rawValue: hook = .tracepoint
-        case CG_HOOK_FENTRY.rawValue: hook = .fentry
-        case CG_HOOK_KPROBE.rawValue: hook = .kprobe
-        case CG_HOOK_CGROUP_CONNECT.rawValue: hook = .cgroupConnect
-        case CG_HOOK_CGROUP_SKB.rawValue: hook = .cgroupSKB
-        default: hook = .unknown
-        }
+        let hook = Hook(kernel: raw.hook)
         let unknownMask = UInt8(CG_FLAG_PROCESS_UNKNOWN.rawValue | CG_FLAG_LISTENER_UNKNOWN.rawValue)
         self.init(
             timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: raw.timestamp_ns),
@@ -221,28 +213,5 @@ public struct BootClock: Sendable {
         var ts = timespec()
         clock_gettime(clock, &ts)
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-    }
-}
-
-extension ConnectionEvent.Direction {
-    /// From enum cg_direction (connguard.h).
-    public init?(kernel value: UInt8) {
-        switch UInt32(value) {
-        case CG_DIRECTION_CONNECT.rawValue: self = .connect
-        case CG_DIRECTION_ACCEPT.rawValue: self = .accept
-        default: return nil
-        }
-    }
-}
-
-extension ConnectionEvent.Outcome {
-    /// From enum cg_outcome (connguard.h).
-    public init?(kernel value: UInt8) {
-        switch UInt32(value) {
-        case CG_OUTCOME_ESTABLISHED.rawValue: self = .established
-        case CG_OUTCOME_FAILED.rawValue: self = .failed
-        case CG_OUTCOME_DENIED.rawValue: self = .denied
-        default: return nil
-        }
     }
 }

@@ -260,11 +260,11 @@ public final class Enforcer: @unchecked Sendable {
 
     /// Puts a cgroup (and its descendants without a policy of their own)
     /// under a workload's policy. Takes effect at the next connect() or SYN.
-    public func setPolicy(cgroupID: UInt64, workloadID: UInt32, mode: EnforcementMode) throws {
+    public func setPolicy(cgroupID: UInt64, workloadID: UInt32, mode: Mode) throws {
         try ensureOpen()
         var v = cg_cgroup_policy()
         v.workload_id = workloadID
-        v.mode = mode.rawValue
+        v.mode = mode.kernelValue
         // An enforce policy needs the programs: attached first, so that it is
         // enforced from the moment it is written, and under hookLock, so that
         // a release cannot come in between.
@@ -276,7 +276,7 @@ public final class Enforcer: @unchecked Sendable {
 
     /// The same, naming the cgroup by path; returns its id.
     @discardableResult
-    public func setPolicy(cgroupPath: String, workloadID: UInt32, mode: EnforcementMode) throws -> UInt64 {
+    public func setPolicy(cgroupPath: String, workloadID: UInt32, mode: Mode) throws -> UInt64 {
         let id = try CgroupDirectory(cgroupPath).id
         try setPolicy(cgroupID: id, workloadID: workloadID, mode: mode)
         return id
@@ -286,7 +286,7 @@ public final class Enforcer: @unchecked Sendable {
     /// creation (`createdAtWallNanoseconds`, e.g. CgroupEvent.timeNanoseconds)
     /// the policy was in force. Returns that latency in nanoseconds.
     @discardableResult
-    public func arm(cgroupID: UInt64, workloadID: UInt32, mode: EnforcementMode, createdAtWallNanoseconds: Int64) throws -> Int64 {
+    public func arm(cgroupID: UInt64, workloadID: UInt32, mode: Mode, createdAtWallNanoseconds: Int64) throws -> Int64 {
         try setPolicy(cgroupID: cgroupID, workloadID: workloadID, mode: mode)
         let latency = BootClock.now(CLOCK_REALTIME) - createdAtWallNanoseconds
         state.withLock { s in
@@ -311,7 +311,7 @@ public final class Enforcer: @unchecked Sendable {
     public func policy(cgroupID: UInt64) throws -> CgroupPolicy? {
         try ensureOpen()
         guard let v = try policyMap.lookup(key: cgroupID, as: cg_cgroup_policy.self) else { return nil }
-        return CgroupPolicy(workloadID: v.workload_id, mode: EnforcementMode(rawValue: v.mode) ?? .enforce)
+        return CgroupPolicy(workloadID: v.workload_id, mode: Mode(kernel: v.mode) ?? .enforce)
     }
 
     /// Every cgroup with a policy.

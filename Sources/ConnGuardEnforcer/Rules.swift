@@ -2,15 +2,6 @@ import CConnGuard
 import ConnGuardCore
 import Glibc
 
-/// A workload's mode. The kernel decides only in `enforce`; in `learn` and
-/// `monitor` it lets everything through (monitor's would-deny verdicts are
-/// computed in user space from traced events).
-public enum EnforcementMode: UInt8, Sendable, Codable, CaseIterable {
-    case learn = 0    // CG_MODE_LEARN
-    case monitor = 1  // CG_MODE_MONITOR
-    case enforce = 2  // CG_MODE_ENFORCE
-}
-
 /// What the kernel does with a connection from or to a cgroup in the watched
 /// subtree that has no policy, itself or by ancestry.
 public enum UnknownCgroups: String, Sendable, Codable {
@@ -23,9 +14,12 @@ public enum UnknownCgroups: String, Sendable, Codable {
 /// Which workload a cgroup belongs to, and the mode it is in.
 public struct CgroupPolicy: Sendable, Hashable {
     public var workloadID: UInt32
-    public var mode: EnforcementMode
+    /// The kernel decides only in `enforce`; in `learn` and `monitor` it
+    /// lets everything through (monitor's would-deny verdicts come from
+    /// traced events in user space).
+    public var mode: Mode
 
-    public init(workloadID: UInt32, mode: EnforcementMode) {
+    public init(workloadID: UInt32, mode: Mode) {
         self.workloadID = workloadID
         self.mode = mode
     }
@@ -66,23 +60,6 @@ public struct EnforcementRule: Sendable, Hashable, CustomStringConvertible {
 }
 
 // MARK: - Kernel keys (struct cg_rule_key, struct cg_peer_rule_key in connguard.h)
-
-extension ConnectionEvent.Direction {
-    var kernelValue: UInt8 {
-        switch self {
-        case .connect: return UInt8(CG_DIRECTION_CONNECT.rawValue)
-        case .accept: return UInt8(CG_DIRECTION_ACCEPT.rawValue)
-        }
-    }
-
-    init?(kernelValue: UInt8) {
-        switch UInt32(kernelValue) {
-        case CG_DIRECTION_CONNECT.rawValue: self = .connect
-        case CG_DIRECTION_ACCEPT.rawValue: self = .accept
-        default: return nil
-        }
-    }
-}
 
 /// 16 address bytes as the kernel keys them: IPv6 as is, IPv4 as ::ffff:a.b.c.d.
 typealias KernelAddress = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
@@ -133,7 +110,7 @@ extension EnforcementRule {
     }
 
     init?(_ k: cg_rule_key) {
-        guard let direction = ConnectionEvent.Direction(kernelValue: k.direction),
+        guard let direction = ConnectionEvent.Direction(kernel: k.direction),
               k.prefixlen >= UInt32(CG_RULE_KEY_FIXED_BITS), k.prefixlen <= UInt32(CG_RULE_KEY_FIXED_BITS) + 128
         else { return nil }
         var a = k.addr
@@ -154,7 +131,7 @@ extension EnforcementRule {
     }
 
     init?(_ k: cg_peer_rule_key) {
-        guard let direction = ConnectionEvent.Direction(kernelValue: k.direction) else { return nil }
+        guard let direction = ConnectionEvent.Direction(kernel: k.direction) else { return nil }
         self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .workload(k.peer_workload_id))
     }
 }

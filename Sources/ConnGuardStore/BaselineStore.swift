@@ -358,7 +358,7 @@ public final class BaselineStore: Sendable {
         }
 
         init(_ k: RuleKey) {
-            self.init(direction: k.direction.rawValue, peer: k.peer.description, port: Int64(k.port), proto: k.proto)
+            self.init(direction: k.direction.ruleName, peer: k.peer.description, port: Int64(k.port), proto: k.proto)
         }
     }
 
@@ -371,7 +371,7 @@ public final class BaselineStore: Sendable {
         let directionText: String = row[1]
         let peerText: String = row[2]
         let port: Int64 = row[3]
-        guard let direction = RuleKey.Direction(rawValue: directionText) else {
+        guard let direction = ConnectionEvent.Direction(ruleName: directionText) else {
             throw BaselineStoreError.corrupt("\(workload): rule direction \"\(directionText)\"")
         }
         guard let peer = Peer(description: peerText) else {

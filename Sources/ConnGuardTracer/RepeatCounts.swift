@@ -22,16 +22,17 @@ public struct RepeatCount: Sendable, Equatable {
     /// As in the events it stands for (`ConnectionEvent.peerCgroupID`).
     public var peerCgroupID: UInt64 = 0
 
-    /// An event that stands for all of them: the connection's fields, no
+    /// The record that stands for all of them: the connection's fields, no
     /// process, the time of the latest, and the unspecified address on this
     /// node's side (the aggregate does not keep it).
-    public var event: ConnectionEvent {
+    public var record: ConnectionRecord {
         let here = peer.family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(high: 0, low: 0)
-        return ConnectionEvent(
+        let event = ConnectionEvent(
             timeNanoseconds: lastSeenNanoseconds, direction: direction, outcome: outcome, pid: 0, comm: "", uid: 0,
             cgroupID: cgroupID, source: direction == .accept ? peer : here, sourcePort: 0,
             destination: direction == .accept ? here : peer, destinationPort: port, hook: hook, processKnown: false,
             peerCgroupID: peerCgroupID)
+        return ConnectionRecord(event, source: .counted(count))
     }
 }
 

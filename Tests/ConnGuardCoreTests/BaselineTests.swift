@@ -18,11 +18,11 @@ final class BaselineTests: XCTestCase {
         XCTAssertNil(b.learn(connect(to: "10.0.0.5", port: 5432, at: 2_000, sourcePort: 41_001), peerWorkload: nil), "same rule")
         XCTAssertNotNil(b.learn(accept(from: "10.0.0.9", toPort: 8080), peerWorkload: nil))
         XCTAssertEqual(b.rules.count, 2)
-        let out = b.rules[RuleKey(direction: .outbound, peer: .network(CIDR("10.0.0.5/32")!), port: 5432)]
+        let out = b.rules[RuleKey(direction: .connect, peer: .network(CIDR("10.0.0.5/32")!), port: 5432)]
         XCTAssertEqual(out?.hits, 2)
         XCTAssertEqual(out?.firstSeen, 1_000)
         XCTAssertEqual(out?.lastSeen, 2_000)
-        XCTAssertNotNil(b.rules[RuleKey(direction: .inbound, peer: .network(CIDR("10.0.0.9")!), port: 8080)], "inbound keyed by local port")
+        XCTAssertNotNil(b.rules[RuleKey(direction: .accept, peer: .network(CIDR("10.0.0.9")!), port: 8080)], "inbound keyed by local port")
         XCTAssertFalse(b.rules.keys.contains { $0.port == 41_000 || $0.port == 51_000 }, "ephemeral ports never become rules")
     }
 
@@ -36,8 +36,8 @@ final class BaselineTests: XCTestCase {
         XCTAssertTrue(b.allows(connect(to: "10.0.9.9", port: 6379), peerWorkload: "cache"), "the cache workload at a new address")
         XCTAssertFalse(b.allows(connect(to: "10.0.0.6", port: 6379), peerWorkload: nil), "that address no longer the cache")
         XCTAssertFalse(b.allows(accept(from: "10.0.0.5", toPort: 5432), peerWorkload: nil), "direction matters")
-        b.rules[RuleKey(direction: .outbound, peer: .network(CIDR("192.168.0.0/16")!), port: 443)] =
-            Rule(key: RuleKey(direction: .outbound, peer: .network(CIDR("192.168.0.0/16")!), port: 443), firstSeen: 0, lastSeen: 0, hits: 0)
+        b.rules[RuleKey(direction: .connect, peer: .network(CIDR("192.168.0.0/16")!), port: 443)] =
+            Rule(key: RuleKey(direction: .connect, peer: .network(CIDR("192.168.0.0/16")!), port: 443), firstSeen: 0, lastSeen: 0, hits: 0)
         XCTAssertTrue(b.allows(connect(to: "192.168.44.1", port: 443), peerWorkload: nil), "an imported block")
         XCTAssertFalse(b.allows(connect(to: "192.169.0.1", port: 443), peerWorkload: nil))
     }

@@ -84,7 +84,7 @@ final class EnforcerTests: XCTestCase {
 
         // Nothing enforced yet: no program is attached, so the subtree pays
         // nothing for enforcement.
-        for mode in [EnforcementMode.learn, .monitor] {
+        for mode in [Mode.learn, .monitor] {
             try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: mode)
             XCTAssertFalse(enforcer.hooksAttached, "\(mode)")
             XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }, [], "\(mode)")
@@ -97,7 +97,7 @@ final class EnforcerTests: XCTestCase {
         try enforcer.setPolicy(cgroupID: other.id, workloadID: client, mode: .enforce)
         XCTAssertTrue(enforcer.hooksAttached)
         XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }.count, 5)
-        for mode in [EnforcementMode.learn, .monitor] {
+        for mode in [Mode.learn, .monitor] {
             try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: mode)
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: a.port).ok, "\(mode)")
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok, "\(mode): outside the baseline, still allowed")

@@ -13,12 +13,12 @@ final class BaselineStoreTests: StoreTestCase {
     }
 
     func rule(_ peer: String, _ port: UInt16, first: Int64 = base, last: Int64 = base + second, hits: Int64 = 1,
-              direction: RuleKey.Direction = .outbound) -> Rule {
+              direction: ConnectionEvent.Direction = .connect) -> Rule {
         Rule(key: RuleKey(direction: direction, peer: Peer(description: peer)!, port: port),
              firstSeen: first, lastSeen: last, hits: hits)
     }
 
-    func inbound(_ peer: String, _ port: UInt16) -> Rule { rule(peer, port, direction: .inbound) }
+    func inbound(_ peer: String, _ port: UInt16) -> Rule { rule(peer, port, direction: .accept) }
 
     /// Every peer kind: IPv4 and IPv6 addresses, blocks of both, a workload.
     var mixedRules: [Rule] {
@@ -251,7 +251,7 @@ final class BaselineStoreTests: StoreTestCase {
         var rules: [Rule] = []
         for i in 0..<10_000 {
             let peer = i % 3 == 0 ? "workload:w\(i % 97)" : i % 3 == 1 ? "10.\(i >> 8 & 255).\(i & 255).1" : "fd00::\(String(i, radix: 16))"
-            rules.append(rule(peer, UInt16(1 + i % 60_000), hits: Int64(i), direction: i % 2 == 0 ? .outbound : .inbound))
+            rules.append(rule(peer, UInt16(1 + i % 60_000), hits: Int64(i), direction: i % 2 == 0 ? .connect : .accept))
         }
         var b = Baseline(workload: "big", mode: .learn, rules: rules, learningSince: base)
         XCTAssertEqual(b.rules.count, 10_000)

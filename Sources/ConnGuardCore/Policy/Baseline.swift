@@ -58,25 +58,34 @@ public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
     }
 }
 
+extension ConnectionEvent.Direction {
+    /// How rules say it (baseline files, the database, the API): "out" for
+    /// connect, "in" for accept.
+    public var ruleName: String { self == .connect ? "out" : "in" }
+
+    public init?(ruleName: String) {
+        switch ruleName {
+        case "out": self = .connect
+        case "in": self = .accept
+        default: return nil
+        }
+    }
+}
+
 /// One allowed kind of connection. Outbound: (remote peer, remote port);
 /// inbound: (remote peer, local port). The port on this side of an outbound
 /// connection, and the remote port of an inbound one, are ephemeral and never
 /// part of a rule.
 public struct RuleKey: Hashable, Sendable, Comparable {
-    public enum Direction: String, Sendable, Codable, CaseIterable {
-        /// This workload connects out.
-        case outbound = "out"
-        /// This workload accepts.
-        case inbound = "in"
-    }
-
-    public var direction: Direction
+    /// connect: this workload connects out ("out" in rules); accept: it
+    /// accepts ("in").
+    public var direction: ConnectionEvent.Direction
     public var peer: Peer
     public var port: UInt16
     /// Only "tcp" today.
     public var proto: String
 
-    public init(direction: Direction, peer: Peer, port: UInt16, proto: String = "tcp") {
+    public init(direction: ConnectionEvent.Direction, peer: Peer, port: UInt16, proto: String = "tcp") {
         self.direction = direction
         self.peer = peer
         self.port = port
@@ -84,7 +93,7 @@ public struct RuleKey: Hashable, Sendable, Comparable {
     }
 
     public static func < (a: RuleKey, b: RuleKey) -> Bool {
-        (a.direction.rawValue, a.port, a.peer) < (b.direction.rawValue, b.port, b.peer)
+        (a.direction.ruleName, a.port, a.peer) < (b.direction.ruleName, b.port, b.peer)
     }
 
     /// Without `proto`, which is "tcp" in every key today: hashing a string
@@ -117,7 +126,7 @@ extension RuleKey {
     /// The rule an event would need. `peerWorkload` is the workload that owns
     /// the remote address, if the agent knows one.
     public init(event: ConnectionEvent, peerWorkload: String?) {
-        let direction: Direction = event.direction == .connect ? .outbound : .inbound
+        let direction = event.direction
         let peer: Peer
         if let w = peerWorkload, w != Identity.unknownWorkload {
             peer = .workload(w)
@@ -162,7 +171,7 @@ public struct Baseline: Sendable, Equatable {
 
     /// Whether some rule allows this connection.
     public func allows(_ event: ConnectionEvent, peerWorkload: String?) -> Bool {
-        let direction: RuleKey.Direction = event.direction == .connect ? .outbound : .inbound
+        let direction = event.direction
         let port = event.direction == .connect ? event.remotePort : event.localPort
         if let w = peerWorkload, rules[RuleKey(direction: direction, peer: .workload(w), port: port)] != nil {
             return true
