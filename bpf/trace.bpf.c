@@ -4,7 +4,7 @@
  *
  * Every TCP connect and accept on the node becomes one cg_connection_event in
  * the `events` ring buffer, once its outcome is known. The hooks here are the
- * ones that work on kernels without kprobes or fentry (see ../shared/KERNEL.md):
+ * ones that work on kernels without kprobes or fentry (`connguard probe` lists what a kernel has):
  * the BTF tracepoint inet_sock_set_state, which fires on every TCP state change
  * with a typed struct sock *.
  *
@@ -29,7 +29,7 @@
  * Also cgroup_mkdir / cgroup_rmdir, so the agent learns of a container's cgroup
  * before the container's first connection.
  *
- * The attach ladder (issue 6). The tracepoint above is the bottom rung; on
+ * The attach ladder. The tracepoint above is the bottom rung; on
  * kernels that allow them, better rungs take over the process attribution:
  *   fentry:  fentry/tcp_connect records the caller (in connect(), in the
  *            caller's context) and fexit/inet_csk_accept emits the accept

@@ -2,9 +2,8 @@ import CBPFKit
 import CLibBPF
 import Glibc
 
-// Pinning (objects that outlive the process in bpffs), adopting pinned links,
-// and the map operations user space needs to edit a map it shares with the
-// kernel: lookup, delete, iterate.
+// Pinning: objects that outlive the process in bpffs, and adopting pinned
+// links.
 
 extension BPFMap {
     /// Before load: reuse the map pinned at `path` if it is there and has the
@@ -31,50 +30,6 @@ extension BPFMap {
     /// Removes the map's pin; the map lives on while something holds it.
     public func unpin() throws {
         try check(bpf_map__unpin(handle, nil), "unpin map \(name)")
-    }
-
-    /// The value at `key`, or nil if there is none.
-    public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, as: V.Type = V.self) throws -> V? {
-        var k = key
-        return try withUnsafeMutableBytes(of: &k) { kb -> V? in
-            try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<V>.size, alignment: MemoryLayout<V>.alignment) { vb -> V? in
-                let r = bpf_map_lookup_elem(fd, kb.baseAddress, vb.baseAddress)
-                if r == -ENOENT { return nil }
-                try check(r, "look up in map \(name)")
-                return vb.load(as: V.self)
-            }
-        }
-    }
-
-    /// Deletes `key`; false if it was not there.
-    @discardableResult
-    public func delete<K: BitwiseCopyable>(key: K) throws -> Bool {
-        var k = key
-        let r = withUnsafeMutableBytes(of: &k) { bpf_map_delete_elem(fd, $0.baseAddress) }
-        if r == -ENOENT { return false }
-        try check(r, "delete from map \(name)")
-        return true
-    }
-
-    /// Every key, in the map's order. A map edited meanwhile may skip or
-    /// repeat keys (the kernel's get_next_key semantics).
-    public func keys<K: BitwiseCopyable>(as: K.Type) throws -> [K] {
-        var result: [K] = []
-        try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<K>.size, alignment: MemoryLayout<K>.alignment) { cur in
-            try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<K>.size, alignment: MemoryLayout<K>.alignment) { next in
-                var prev: UnsafeMutableRawPointer? = nil
-                while true {
-                    let r = bpf_map_get_next_key(fd, prev, next.baseAddress)
-                    if r == -ENOENT { return }
-                    try check(r, "iterate map \(name)")
-                    let key = next.load(as: K.self)
-                    result.append(key)
-                    cur.storeBytes(of: key, as: K.self)
-                    prev = cur.baseAddress
-                }
-            }
-        }
-        return result
     }
 }
 

@@ -131,7 +131,7 @@ public struct Identity: Sendable, Hashable, Codable {
     }
 }
 
-/// What ConnGuard decided about a connection (issue 5 fills in the last two).
+/// What ConnGuard decided about a connection: allowed, or outside the baseline in monitor (would_deny) or enforce (denied) mode.
 public enum Verdict: String, Sendable, Hashable, Codable, CaseIterable {
     /// Allowed: learning, inside the baseline, or not under policy.
     case allowed

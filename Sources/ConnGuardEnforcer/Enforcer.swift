@@ -3,7 +3,6 @@ import CBPFKit
 import CConnGuard
 import ConnGuardCore
 import Glibc
-import Synchronization
 
 /// Enforcement in the kernel (bpf/enforce.bpf.c) for one cgroup subtree: a
 /// connection outside a workload's baseline fails with EPERM (connect) or
@@ -60,7 +59,12 @@ public final class Enforcer: @unchecked Sendable {
     private let hookLock = ConnGuardCore.Mutex()
     /// cg_enf_mkdir's attachment, while someone watches new cgroups (not pinned).
     private var birthLink: BPFLink?
-    private let state = Mutex(State())
+    /// Guarded by stateLock (one kind of lock here: hookLock's).
+    private var stateValue = State()
+    private let stateLock = ConnGuardCore.Mutex()
+    private func withState<T>(_ body: (inout State) throws -> T) rethrows -> T {
+        try stateLock.withLock { try body(&stateValue) }
+    }
 
     private struct State {
         var closed = false
@@ -233,7 +237,7 @@ public final class Enforcer: @unchecked Sendable {
     /// adopts it). failOpen: true detaches every program and removes every pin
     /// under the pin root. Idempotent.
     public func close(failOpen: Bool) throws {
-        let already = state.withLock { s -> Bool in
+        let already = withState { s -> Bool in
             defer { s.closed = true }
             return s.closed
         }
@@ -253,7 +257,7 @@ public final class Enforcer: @unchecked Sendable {
     }
 
     private func ensureOpen() throws {
-        if state.withLock({ $0.closed }) { throw EnforcerError.closed }
+        if withState({ $0.closed }) { throw EnforcerError.closed }
     }
 
     // MARK: - Policy of cgroups
@@ -289,7 +293,7 @@ public final class Enforcer: @unchecked Sendable {
     public func arm(cgroupID: UInt64, workloadID: UInt32, mode: Mode, createdAtWallNanoseconds: Int64) throws -> Int64 {
         try setPolicy(cgroupID: cgroupID, workloadID: workloadID, mode: mode)
         let latency = BootClock.now(CLOCK_REALTIME) - createdAtWallNanoseconds
-        state.withLock { s in
+        withState { s in
             s.arming.append(latency)
             if s.arming.count > 4096 { s.arming.removeFirst(s.arming.count - 4096) }
         }
@@ -298,7 +302,7 @@ public final class Enforcer: @unchecked Sendable {
 
     /// Creation-to-armed latencies recorded by `arm` (the last 4096).
     public func armingLatency() -> LatencySummary? {
-        LatencySummary(nanoseconds: state.withLock { $0.arming })
+        LatencySummary(nanoseconds: withState { $0.arming })
     }
 
     /// Removes a cgroup's policy; false if it had none.
@@ -419,7 +423,7 @@ public final class Enforcer: @unchecked Sendable {
         return EnforcementDropCounts(
             lostDenials: try n(CG_ENF_DROP_RINGBUF_FULL), ownerNotRecorded: try n(CG_ENF_DROP_OWNER_STORAGE),
             unparsedPackets: try n(CG_ENF_DROP_UNPARSED), lostNewCgroups: try n(CG_ENF_DROP_BIRTH_RINGBUF_FULL),
-            undecodable: state.withLock { $0.undecodable })
+            undecodable: withState { $0.undecodable })
     }
 
     // MARK: - Denials
@@ -450,7 +454,7 @@ public final class Enforcer: @unchecked Sendable {
         return try NewCgroupReader(enforcer: self, map: try object.map("cgroup_births"))
     }
 
-    func countUndecodable() { state.withLock { $0.undecodable += 1 } }
+    func countUndecodable() { withState { $0.undecodable += 1 } }
 
     // MARK: -
 

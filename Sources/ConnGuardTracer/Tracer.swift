@@ -450,7 +450,7 @@ public enum TracerError: Error, CustomStringConvertible {
     indirect case rungRefused(HookRung, TracerError)
     case noRung
 
-    /// Why, in a few words (for logs and `connguard probe`).
+    /// Why, in a few words (for logs and the probe).
     public var shortReason: String {
         switch self {
         case let .load(e): return "load refused (\(e))"
@@ -466,13 +466,29 @@ public enum TracerError: Error, CustomStringConvertible {
             if e.isPermissionDenied {
                 return "the kernel refused to load ConnGuard's BPF programs (\(e)): run as root, and check that kernel.unprivileged_bpf_disabled or a security module does not forbid BPF"
             }
-            return "the kernel rejected ConnGuard's BPF programs (\(e)); run with --verbose for the verifier log"
+            return "the kernel rejected ConnGuard's BPF programs (\(e)); the verifier log says why"
         case let .attach(e):
-            return "could not attach a BPF program (\(e)): this kernel may lack the hook; `connguard probe` shows what it supports"
+            return "could not attach a BPF program (\(e)): this kernel may lack the hook"
         case let .rungRefused(rung, e):
-            return "this kernel does not allow the \(rung) hooks (\(e.shortReason)); `connguard probe` shows which rungs it allows"
+            return "this kernel does not allow the \(rung) hooks (\(e.shortReason))"
         case .noRung:
-            return "no hook rung could be loaded; `connguard probe` shows why"
+            return "no hook rung could be loaded"
+        }
+    }
+
+    /// What the user can do next, in the words of the front end that shows
+    /// the error (the library names no command of its own).
+    public enum Remedy: Sendable {
+        /// Show the verifier log (`log`).
+        case showVerifierLog
+        /// See what this kernel supports (the probe).
+        case probeTheKernel
+    }
+
+    public var remedy: Remedy? {
+        switch self {
+        case let .load(e): return e.isPermissionDenied ? nil : .showVerifierLog
+        case .attach, .rungRefused, .noRung: return .probeTheKernel
         }
     }
 

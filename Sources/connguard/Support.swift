@@ -1,5 +1,6 @@
 import ArgumentParser
 import ConnGuardCore
+import ConnGuardTracer
 import Glibc
 import Synchronization
 
@@ -109,3 +110,14 @@ struct Duration: Sendable {
 }
 
 extension OutputFormat: ExpressibleByArgument {}
+
+extension TracerError {
+    /// The remedy, as this command line offers it.
+    var commandHint: String {
+        switch remedy {
+        case .showVerifierLog: return "; run with --verbose for the verifier log"
+        case .probeTheKernel: return "; `connguard probe` shows what this kernel supports"
+        case nil: return ""
+        }
+    }
+}

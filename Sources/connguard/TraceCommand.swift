@@ -104,7 +104,7 @@ struct TraceCommand: ParsableCommand {
             tracer = try Tracer(configuration: config)
         } catch let e as TracerError {
             if verbose, !e.log.isEmpty { FileHandleStderr.write(e.log) }
-            throw Failure(e.description)
+            throw Failure(e.description + e.commandHint)
         }
         defer { tracer.close() }
         if verbose {

@@ -43,7 +43,7 @@ enum cg_outcome {
     CG_OUTCOME_DENIED = 3, /* refused by ConnGuard's enforcement (bpf/enforce.bpf.c) */
 };
 
-/* Which kernel hook produced an event (the attach ladder of issue 6). */
+/* Which kernel hook produced an event (the attach ladder: the best hook the kernel allows). */
 enum cg_hook {
     CG_HOOK_TP_BTF = 1,    /* tp_btf/inet_sock_set_state */
     CG_HOOK_FENTRY = 2,    /* fentry/fexit on tcp_connect / inet_csk_accept */
