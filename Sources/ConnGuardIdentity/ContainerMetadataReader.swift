@@ -4,7 +4,9 @@ import Glibc
 
 /// Reads what one container runtime keeps on the node about its containers.
 /// No API server, no daemon socket: only the runtime's files, read once per
-/// container (IdentityResolver caches the answer).
+/// container (IdentityResolver caches the answer). Each reader fills
+/// `ContainerMetadata.cgroupPath` from those files when they say it: without
+/// it the metadata vouches for no cgroup.
 public protocol ContainerMetadataReader: Sendable {
     /// The runtimes whose containers this reader knows.
     var runtimes: Set<ContainerInfo.Runtime> { get }
@@ -24,7 +26,8 @@ public protocol ContainerMetadataReader: Sendable {
 /// The spec's annotations say which runtime made it ("io.container.manager":
 /// "libpod" for podman, io.kubernetes.cri-o.ContainerType for CRI-O) and hold
 /// the Kubernetes pod, namespace, uid and container name. CRI-O keeps the pod's
-/// labels in its sandbox's io.kubernetes.cri-o.Labels.
+/// labels in its sandbox's io.kubernetes.cri-o.Labels. The spec's
+/// linux.cgroupsPath says which cgroup is the container's.
 public final class ContainersStorageReader: ContainerMetadataReader, @unchecked Sendable {
     public let runtimes: Set<ContainerInfo.Runtime> = [.podman, .crio]
     public let graphRoot: String
@@ -158,6 +161,7 @@ public final class ContainersStorageReader: ContainerMetadataReader, @unchecked 
 /// names a nerdctl container. A container made with ctr has no annotations:
 /// its id is the name its user gave. Images of such containers are only in
 /// containerd's metadata database, which is not read (image stays empty).
+/// The bundle's linux.cgroupsPath says which cgroup is the container's.
 public final class ContainerdReader: ContainerMetadataReader, @unchecked Sendable {
     public let runtimes: Set<ContainerInfo.Runtime> = [.containerd]
     public let stateRoot: String
