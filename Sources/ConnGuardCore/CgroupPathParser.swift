@@ -21,6 +21,10 @@
 ///
 /// Never a wrong container: an id of the wrong length or alphabet where a
 /// runtime's name promises one gives `.unknown`, not a guess.
+///
+/// A `.container` result is only what the name claims: anyone who may make
+/// cgroups can name one `libpod-<id>.scope`. The identity is the runtime's
+/// only when its metadata names this cgroup (`Identity.container`).
 public enum CgroupPathParser {
     /// The containerd namespaces assumed when the caller knows of none.
     public static let defaultContainerdNamespaces: Set<String> = ["default", "k8s.io"]

@@ -4,7 +4,9 @@ import Glibc
 
 /// Reads what one container runtime keeps on the node about its containers.
 /// No API server, no daemon socket: only the runtime's files, read once per
-/// container (IdentityResolver caches the answer).
+/// container (IdentityResolver caches the answer). Each reader fills
+/// `ContainerMetadata.cgroupPath` from those files when they say it: without
+/// it the metadata vouches for no cgroup.
 public protocol ContainerMetadataReader: Sendable {
     /// The runtimes whose containers this reader knows.
     var runtimes: Set<ContainerInfo.Runtime> { get }
@@ -24,7 +26,8 @@ public protocol ContainerMetadataReader: Sendable {
 /// The spec's annotations say which runtime made it ("io.container.manager":
 /// "libpod" for podman, io.kubernetes.cri-o.ContainerType for CRI-O) and hold
 /// the Kubernetes pod, namespace, uid and container name. CRI-O keeps the pod's
-/// labels in its sandbox's io.kubernetes.cri-o.Labels.
+/// labels in its sandbox's io.kubernetes.cri-o.Labels. The spec's
+/// linux.cgroupsPath says which cgroup is the container's.
 public final class ContainersStorageReader: ContainerMetadataReader, @unchecked Sendable {
     public let runtimes: Set<ContainerInfo.Runtime> = [.podman, .crio]
     public let graphRoot: String
@@ -77,7 +80,7 @@ public final class ContainersStorageReader: ContainerMetadataReader, @unchecked 
         } else {
             runtime = ref.runtime.flatMap { runtimes.contains($0) ? $0 : nil } ?? .podman
         }
-        var m = ContainerMetadata(runtime: runtime, id: ref.id, annotations: annotations)
+        var m = ContainerMetadata(runtime: runtime, id: ref.id, annotations: annotations, cgroupPath: specCgroupPath(spec))
         m.name = record?.name ?? record?.names.first
         m.image = record?.imageName ?? KubernetesAnnotations.image(annotations)
         if runtime == .crio, let sandbox = annotations[KubernetesAnnotations.crioSandboxID],
@@ -158,6 +161,7 @@ public final class ContainersStorageReader: ContainerMetadataReader, @unchecked 
 /// names a nerdctl container. A container made with ctr has no annotations:
 /// its id is the name its user gave. Images of such containers are only in
 /// containerd's metadata database, which is not read (image stays empty).
+/// The bundle's linux.cgroupsPath says which cgroup is the container's.
 public final class ContainerdReader: ContainerMetadataReader, @unchecked Sendable {
     public let runtimes: Set<ContainerInfo.Runtime> = [.containerd]
     public let stateRoot: String
@@ -195,7 +199,7 @@ public final class ContainerdReader: ContainerMetadataReader, @unchecked Sendabl
             for dir in taskDirs {
                 guard let spec = readJSONObject("\(dir)/\(ns)/\(ref.id)/config.json") else { continue }
                 let a = (spec["annotations"] as? [String: String]) ?? [:]
-                var m = ContainerMetadata(runtime: .containerd, id: ref.id, annotations: a)
+                var m = ContainerMetadata(runtime: .containerd, id: ref.id, annotations: a, cgroupPath: specCgroupPath(spec))
                 m.name = a[KubernetesAnnotations.criContainerName] ?? a[KubernetesAnnotations.nerdctlName]
                     ?? (CgroupPathParser.isFullID(ref.id) ? nil : ref.id)
                 m.image = KubernetesAnnotations.image(a)
@@ -213,12 +217,20 @@ public final class ContainerdReader: ContainerMetadataReader, @unchecked Sendabl
 /// ("Name": "/web", "Config": {"Image": ..., "Labels": {...}}). Containers made
 /// by the kubelet through cri-dockerd carry the pod in their labels
 /// (io.kubernetes.pod.name, io.kubernetes.pod.namespace, ...).
+/// config.v2.json does not say which cgroup the container is in; the OCI
+/// spec dockerd hands containerd does, in containerd's task bundle of the
+/// "moby" namespace (`bundleRoots`: the system containerd's, and the one
+/// dockerd runs itself when there is none).
 public final class DockerReader: ContainerMetadataReader, @unchecked Sendable {
     public let runtimes: Set<ContainerInfo.Runtime> = [.docker]
     public let root: String
+    public let bundleRoots: [String]
 
-    public init(root: String = "/var/lib/docker") {
+    public init(root: String = "/var/lib/docker",
+                bundleRoots: [String] = ["/run/containerd/io.containerd.runtime.v2.task/moby",
+                                         "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby"]) {
         self.root = root
+        self.bundleRoots = bundleRoots
     }
 
     public func metadata(for ref: ContainerRef) -> ContainerMetadata? {
@@ -226,7 +238,8 @@ public final class DockerReader: ContainerMetadataReader, @unchecked Sendable {
               let c = readJSONObject("\(root)/containers/\(ref.id)/config.v2.json") else { return nil }
         let config = c["Config"] as? [String: Any] ?? [:]
         let labels = config["Labels"] as? [String: String] ?? [:]
-        var m = ContainerMetadata(runtime: .docker, id: ref.id, annotations: labels)
+        let spec = bundleRoots.lazy.compactMap { readJSONObject("\($0)/\(ref.id)/config.json") }.first
+        var m = ContainerMetadata(runtime: .docker, id: ref.id, annotations: labels, cgroupPath: specCgroupPath(spec))
         if let name = c["Name"] as? String {
             m.name = name.hasPrefix("/") ? String(name.dropFirst()) : name
         }
@@ -236,6 +249,14 @@ public final class DockerReader: ContainerMetadataReader, @unchecked Sendable {
 }
 
 // MARK: - files
+
+/// The cgroup an OCI spec (config.json) puts its container in: the one
+/// thing in a runtime's files that ties the container to a cgroup, so that
+/// a cgroup merely named after the container is not taken for it.
+func specCgroupPath(_ spec: [String: Any]?) -> String? {
+    guard let linux = spec?["linux"] as? [String: Any], let value = linux["cgroupsPath"] as? String else { return nil }
+    return ContainerMetadata.cgroupPath(ociCgroupsPath: value)
+}
 
 struct FileStamp: Equatable {
     var mtimeSeconds: Int

@@ -22,18 +22,28 @@ import Logging
 ///
 /// Events that cannot be attributed get `Identity.unknown` (with the cgroup
 /// path when known) and are counted, never dropped.
+///
+/// A container's identity comes only from its runtime's files, and only
+/// for the cgroup those files put it in: a cgroup named like a container
+/// (`libpod-<id>.scope`, `docker-<id>.scope`...) whose metadata is missing,
+/// or names another cgroup, is named by its own full path (see
+/// `Identity.container`), so a cgroup made by hand cannot take a
+/// container's workload or pollute its baseline.
 public final class IdentityResolver: @unchecked Sendable {
     public struct Statistics: Sendable, Equatable {
         /// Connection events resolved.
         public var events: UInt64 = 0
+        /// Events of containers whose runtime files name their cgroup.
         public var containerEvents: UInt64 = 0
         public var hostEvents: UInt64 = 0
         /// Events whose workload is "unknown": the cgroup id could not be
         /// turned into a path, or the path cannot be read safely.
         public var unattributed: UInt64 = 0
-        /// Container events whose runtime files were not (yet) readable:
-        /// attributed to the container id, without name, image or pod.
-        public var withoutMetadata: UInt64 = 0
+        /// Events from cgroups named like a container whose runtime files
+        /// were not found (yet), or name another cgroup for that container:
+        /// named by their cgroup path, without container or pod. Neither
+        /// container nor host events; `events` is the sum of the four kinds.
+        public var unverified: UInt64 = 0
         /// Runtime files read (one per container, plus retries).
         public var metadataReads: UInt64 = 0
         public var metadataMisses: UInt64 = 0
@@ -65,22 +75,20 @@ public final class IdentityResolver: @unchecked Sendable {
             self.identity = identity
             self.retryAt = retryAt
             self.containerID = containerID
-            category = Category(identity)
+            if identity.isUnknown {
+                category = .unattributed
+            } else if identity.container != nil {
+                category = .container
+            } else {
+                // A path that names a container but got a host's identity: its
+                // runtime's files did not vouch for it.
+                category = containerID == nil ? .host : .unverified
+            }
         }
     }
 
     private enum Category {
-        case unattributed, host, container, containerWithoutMetadata
-
-        init(_ identity: Identity) {
-            if identity.isUnknown {
-                self = .unattributed
-            } else if let c = identity.container {
-                self = c.name == nil && identity.pod == nil ? .containerWithoutMetadata : .container
-            } else {
-                self = .host
-            }
-        }
+        case unattributed, host, container, unverified
     }
 
     private struct ContainerEntry {
@@ -152,9 +160,9 @@ public final class IdentityResolver: @unchecked Sendable {
         }) {
             return hit
         }
-        let identity = identity(forCgroup: e.cgroupID)
-        lock.withLock { count(Category(identity)) }
-        return identity
+        let entry = entry(forCgroup: e.cgroupID)
+        lock.withLock { count(entry.category) }
+        return entry.identity
     }
 
     /// Call with the lock held.
@@ -164,19 +172,21 @@ public final class IdentityResolver: @unchecked Sendable {
         case .unattributed: stats.unattributed += 1
         case .host: stats.hostEvents += 1
         case .container: stats.containerEvents += 1
-        case .containerWithoutMetadata:
-            stats.containerEvents += 1
-            stats.withoutMetadata += 1
+        case .unverified: stats.unverified += 1
         }
     }
 
     /// The identity of whatever runs in a cgroup (not counted).
     public func identity(forCgroup id: UInt64) -> Identity {
+        entry(forCgroup: id).identity
+    }
+
+    private func entry(forCgroup id: UInt64) -> CgroupEntry {
         let t = now()
-        if let hit: Identity = lock.withLock({
+        if let hit: CgroupEntry = lock.withLock({
             guard let e = byCgroup[id] else { return nil }
             if let retryAt = e.retryAt, t >= retryAt { return nil }
-            return e.identity
+            return e
         }) {
             return hit
         }
@@ -185,7 +195,7 @@ public final class IdentityResolver: @unchecked Sendable {
         guard let path = cgroups.path(for: id) else {
             let entry = CgroupEntry(identity: .unknown, retryAt: t + unresolvedRetryNanoseconds)
             lock.withLock { byCgroup[id] = entry }
-            return entry.identity
+            return entry
         }
         let entry: CgroupEntry
         switch parse(path) {
@@ -196,12 +206,14 @@ public final class IdentityResolver: @unchecked Sendable {
         case let .container(ref):
             entry = lock.withLock {
                 let m = containerMetadata(ref, at: t)
+                // Named by its path until the files are found (retried); final
+                // once found, whether they name this cgroup or another.
                 let identity = Identity.container(ref, metadata: m.metadata, cgroupPath: path)
-                return CgroupEntry(identity: identity, retryAt: m.metadata == nil ? m.nextAttempt : nil, containerID: ref.id)
+                return CgroupEntry(identity: identity, retryAt: m.nextAttempt, containerID: ref.id)
             }
         }
         lock.withLock { byCgroup[id] = entry }
-        return entry.identity
+        return entry
     }
 
     public var statistics: Statistics {
@@ -245,11 +257,15 @@ public final class IdentityResolver: @unchecked Sendable {
 
     // MARK: - metadata, once per container (call with the lock held)
 
-    private func containerMetadata(_ ref: ContainerRef, at t: Int64) -> (metadata: ContainerMetadata?, nextAttempt: Int64) {
+    /// nextAttempt is nil once the metadata is complete: found, and saying
+    /// which cgroup is the container's (without that it vouches for no
+    /// cgroup, so it is read again, as missing files are).
+    private func containerMetadata(_ ref: ContainerRef, at t: Int64) -> (metadata: ContainerMetadata?, nextAttempt: Int64?) {
         if var e = containers[ref.id] {
             e.lastUsed = t
             containers[ref.id] = e
-            if e.metadata != nil || t < e.nextAttempt { return (e.metadata, e.nextAttempt) }
+            if e.metadata?.cgroupPath != nil { return (e.metadata, nil) }
+            if t < e.nextAttempt { return (e.metadata, e.nextAttempt) }
         }
         var found: ContainerMetadata?
         let ordered = readers.filter { r in ref.runtime.map { r.runtimes.contains($0) } ?? false }
@@ -262,14 +278,15 @@ public final class IdentityResolver: @unchecked Sendable {
         }
         stats.metadataReads += 1
         var e = containers[ref.id] ?? ContainerEntry(metadata: nil, nextAttempt: t, delay: metadataRetryNanoseconds / 2, lastUsed: t)
-        if let found {
-            e.metadata = found
-        } else {
-            stats.metadataMisses += 1
-            e.delay = min(e.delay * 2, metadataRetryMaximumNanoseconds)
-            e.nextAttempt = t + e.delay
-            logger.debug("container metadata not readable yet", metadata: ["id": "\(ref.id)", "retry_ms": "\(e.delay / 1_000_000)"])
+        if found != nil { e.metadata = found }
+        if e.metadata?.cgroupPath != nil {
+            containers[ref.id] = e
+            return (e.metadata, nil)
         }
+        stats.metadataMisses += 1
+        e.delay = min(e.delay * 2, metadataRetryMaximumNanoseconds)
+        e.nextAttempt = t + e.delay
+        logger.debug("container metadata not readable yet", metadata: ["id": "\(ref.id)", "retry_ms": "\(e.delay / 1_000_000)"])
         containers[ref.id] = e
         return (e.metadata, e.nextAttempt)
     }

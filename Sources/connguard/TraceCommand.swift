@@ -175,7 +175,7 @@ struct TraceCommand: ParsableCommand {
         }
         if let ids = identities?.statistics {
             summary += "; \(ids.unattributed) of \(ids.events) resolved events unattributed"
-            if ids.withoutMetadata > 0 { summary += ", \(ids.withoutMetadata) in containers whose runtime files were not readable" }
+            if ids.unverified > 0 { summary += ", \(ids.unverified) in cgroups named like containers that their runtime's files do not name (shown by path)" }
         } else {
             summary += "; \(unresolved) events unattributed (no cgroup v2 hierarchy)"
         }

@@ -74,7 +74,7 @@ final class ContainerAttributionTests: XCTestCase {
         XCTAssertEqual(accept.identity.container?.runtime, .podman)
         XCTAssertEqual(accept.identity.container?.name, server)
         XCTAssertEqual(accept.identity.workload, server)
-        XCTAssertEqual(session.resolver.statistics.withoutMetadata, 0)
+        XCTAssertEqual(session.resolver.statistics.unverified, 0)
     }
 
     /// The client's very first action is the connect, a few milliseconds
