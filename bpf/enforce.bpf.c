@@ -50,6 +50,7 @@
 #include <bpf/bpf_endian.h>
 #include "kernel_types.h"
 #include "connguard.h"
+#include "event.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -395,30 +396,16 @@ static __always_inline void report_connect(__u16 family, const __u8 addr[16], __
         count(&enforce_drops, CG_ENF_DROP_RINGBUF_FULL);
         return;
     }
-    e->kind = CG_RECORD_CONNECTION;
-    e->pid = bpf_get_current_pid_tgid() >> 32;
-    e->timestamp_ns = bpf_ktime_get_boot_ns();
-    e->cgroup_id = cgroup_id;
-    e->uid = (__u32)bpf_get_current_uid_gid();
+    fill_event(e, CG_DIRECTION_CONNECT, CG_OUTCOME_DENIED, CG_HOOK_CGROUP_CONNECT, family, cgroup_id);
     task = (struct task_struct *)bpf_get_current_task();
     e->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
     e->error = EPERM;
-    e->family = family;
+    e->flags = flags;
     e->sport = 0; /* not bound yet: the kernel picks it after this hook */
     e->dport = port;
-    e->direction = CG_DIRECTION_CONNECT;
-    e->outcome = CG_OUTCOME_DENIED;
-    e->hook = CG_HOOK_CGROUP_CONNECT;
-    e->flags = flags;
-    e->pad[0] = e->pad[1] = 0;
     __builtin_memset(e->saddr, 0, sizeof(e->saddr));
-    if (family == AF_INET) {
-        __builtin_memset(e->daddr, 0, sizeof(e->daddr));
-        __builtin_memcpy(e->daddr, addr + 12, 4);
-    } else {
-        __builtin_memcpy(e->daddr, addr, 16);
-    }
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    event_address(e->daddr, addr, family);
+    event_process_current(e);
     e->peer_cgroup_id = local->cgroup_id;
     /* Always wake: a denial is rare and the operator wants it now. */
     bpf_ringbuf_submit(e, 0);
@@ -613,29 +600,15 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
         count(&enforce_drops, CG_ENF_DROP_RINGBUF_FULL);
         return;
     }
-    e->kind = CG_RECORD_CONNECTION;
-    e->timestamp_ns = bpf_ktime_get_boot_ns();
-    e->cgroup_id = cgroup_id; /* the listener's */
-    e->netns = 0;
-    e->error = 0;
-    e->family = s->family;
+    /* The listener's cgroup. */
+    fill_event(e, CG_DIRECTION_ACCEPT, CG_OUTCOME_DENIED, CG_HOOK_CGROUP_SKB, s->family, cgroup_id);
+    e->flags = flags;
     /* Flow direction, as the tracer reports accepts: the remote is the source. */
     e->sport = s->sport;
     e->dport = s->dport;
-    e->direction = CG_DIRECTION_ACCEPT;
-    e->outcome = CG_OUTCOME_DENIED;
-    e->hook = CG_HOOK_CGROUP_SKB;
-    e->pad[0] = e->pad[1] = 0;
     e->peer_cgroup_id = local->cgroup_id;
-    __builtin_memset(e->saddr, 0, sizeof(e->saddr));
-    __builtin_memset(e->daddr, 0, sizeof(e->daddr));
-    if (s->family == AF_INET) {
-        __builtin_memcpy(e->saddr, s->saddr + 12, 4);
-        __builtin_memcpy(e->daddr, s->daddr + 12, 4);
-    } else {
-        __builtin_memcpy(e->saddr, s->saddr, 16);
-        __builtin_memcpy(e->daddr, s->daddr, 16);
-    }
+    event_address(e->saddr, s->saddr, s->family);
+    event_address(e->daddr, s->daddr, s->family);
     if (sk) {
         tp = bpf_skc_to_tcp_sock(sk);
         if (tp)
@@ -644,18 +617,10 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
         if (sk)
             o = bpf_sk_storage_get(&socket_owners, sk, 0, 0);
     }
-    if (o) {
-        e->pid = o->pid;
-        e->uid = o->uid;
-        __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
-        e->flags = flags;
-    } else {
-        /* Bound before enforcement attached: the cgroup still names it. */
-        e->pid = 0;
-        e->uid = 0;
-        __builtin_memset(e->comm, 0, sizeof(e->comm));
-        e->flags = flags | CG_FLAG_LISTENER_UNKNOWN;
-    }
+    if (o)
+        event_process_known(e, o->pid, o->uid, o->comm);
+    else
+        event_process_unknown(e, CG_FLAG_LISTENER_UNKNOWN); /* bound before enforcement attached: the cgroup still names it */
     bpf_ringbuf_submit(e, 0);
 }
 

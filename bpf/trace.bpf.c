@@ -50,6 +50,7 @@
 #include <bpf/bpf_endian.h>
 #include "kernel_types.h"
 #include "connguard.h"
+#include "event.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -444,39 +445,23 @@ static __always_inline void on_connect_done(const struct sock *sk, __u16 family,
     struct cg_connecting *who = bpf_map_lookup_elem(&connecting, &key);
     struct cg_connection_event e;
 
-    e.kind = CG_RECORD_CONNECTION;
-    e.timestamp_ns = bpf_ktime_get_boot_ns();
-    e.direction = CG_DIRECTION_CONNECT;
-    e.hook = attribution_hook;
-    e.family = family;
+    fill_event(&e, CG_DIRECTION_CONNECT, newstate == TCP_ESTABLISHED ? CG_OUTCOME_ESTABLISHED : CG_OUTCOME_FAILED,
+               attribution_hook, family, 0);
     e.netns = sock_netns(sk, direct);
-    e.pad[0] = e.pad[1] = 0;
-    if (newstate == TCP_ESTABLISHED) {
-        e.outcome = CG_OUTCOME_ESTABLISHED;
-        e.error = 0;
-    } else {
-        e.outcome = CG_OUTCOME_FAILED;
-        /* tcp_reset() / tcp_write_err() set sk_err before tcp_done() closes. */
+    /* tcp_reset() / tcp_write_err() set sk_err before tcp_done() closes. */
+    if (newstate != TCP_ESTABLISHED)
         e.error = SK_READ(direct, sk, sk_err);
-    }
     read_endpoints(sk, family, e.saddr, &e.sport, e.daddr, &e.dport, direct);
     if (who) {
-        e.pid = who->pid;
-        e.uid = who->uid;
         e.cgroup_id = who->cgroup_id;
-        __builtin_memcpy(e.comm, who->comm, sizeof(e.comm));
-        e.flags = 0;
+        event_process_known(&e, who->pid, who->uid, who->comm);
         bpf_map_delete_elem(&connecting, &key);
     } else {
         /* Began before we attached, or `connecting` was full: the socket's
          * cgroup is still right; the process is not known. */
-        e.pid = 0;
-        e.uid = 0;
         e.cgroup_id = sock_cgroup_id(sk, direct);
-        __builtin_memset(e.comm, 0, sizeof(e.comm));
-        e.flags = CG_FLAG_PROCESS_UNKNOWN;
+        event_process_unknown(&e, CG_FLAG_PROCESS_UNKNOWN);
     }
-    e.peer_cgroup_id = 0;
     if (newstate == TCP_ESTABLISHED) {
         struct cg_local_flow_key flow;
 
@@ -530,20 +515,13 @@ static __always_inline void fill_accept(struct cg_connection_event *e, const str
     struct cg_listener *owner;
     __u16 lport, rport;
 
-    e->kind = CG_RECORD_CONNECTION;
-    e->timestamp_ns = bpf_ktime_get_boot_ns();
-    e->direction = CG_DIRECTION_ACCEPT;
-    e->outcome = CG_OUTCOME_ESTABLISHED;
-    e->error = 0;
-    e->hook = attribution_hook;
-    e->family = family;
+    /* The cgroup is inherited from the listener. */
+    fill_event(e, CG_DIRECTION_ACCEPT, CG_OUTCOME_ESTABLISHED, attribution_hook, family, sock_cgroup_id(sk, !in_process));
     e->netns = sock_netns(sk, !in_process);
-    e->pad[0] = e->pad[1] = 0;
     /* Flow direction: the remote client is the source. */
     read_endpoints(sk, family, e->daddr, &lport, e->saddr, &rport, !in_process);
     e->sport = rport;
     e->dport = lport;
-    e->cgroup_id = sock_cgroup_id(sk, !in_process); /* inherited from the listener */
     {
         struct cg_local_flow_key flow;
         __u64 *client;
@@ -556,27 +534,17 @@ static __always_inline void fill_accept(struct cg_connection_event *e, const str
     }
 
     if (in_process) {
-        e->pid = bpf_get_current_pid_tgid() >> 32;
-        e->uid = (__u32)bpf_get_current_uid_gid();
-        bpf_get_current_comm(e->comm, sizeof(e->comm));
-        e->flags = 0;
+        event_process_current(e);
         return;
     }
     key.netns = e->netns;
     key.port = lport;
     key.family = family;
     owner = bpf_map_lookup_elem(&listeners, &key);
-    if (owner) {
-        e->pid = owner->pid;
-        e->uid = owner->uid;
-        __builtin_memcpy(e->comm, owner->comm, sizeof(e->comm));
-        e->flags = 0;
-    } else {
-        e->pid = 0;
-        e->uid = 0;
-        __builtin_memset(e->comm, 0, sizeof(e->comm));
-        e->flags = CG_FLAG_LISTENER_UNKNOWN;
-    }
+    if (owner)
+        event_process_known(e, owner->pid, owner->uid, owner->comm);
+    else
+        event_process_unknown(e, CG_FLAG_LISTENER_UNKNOWN);
 }
 
 /* Takes the held accept of `key` out of `accepting` into a ring-buffer
