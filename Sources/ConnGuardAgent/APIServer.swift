@@ -31,7 +31,9 @@ enum APIRoutes {
         let router = Router(context: APIRequestContext.self)
         router.add(middleware: APIGate(access: access))
         router.get("/v1/status") { _, _ -> Response in
-            json(agent.status())
+            var body = ByteBuffer(data: (try? agent.status().json()) ?? Data("{}".utf8))
+            body.writeString("\n")
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
         }
         router.get("/v1/connections") { request, _ -> Response in
             let parameters = request.uri.queryParameters.map { (String($0.key), String($0.value)) }

@@ -232,81 +232,44 @@ public final class Agent: @unchecked Sendable {
     }
 
     /// What `connguard status` shows.
-    func status() -> JSONValue {
+    func status() -> AgentStatus {
         let c = pipeline.snapshot
         let loss = (try? tracer.lossCounts()) ?? LossCounts()
         let w = writer.snapshot
         let s = try? store.stats()
         let summaries = policy.list()
         let kernel = policy.kernelRules
-        return .object([
-            ("version", .string(version)),
-            ("pid", .int(Int64(getpid()))),
-            ("started_at", .string(ISO8601DateFormatter().string(from: startedAt))),
-            ("uptime_seconds", .int(Int64(Date().timeIntervalSince(startedAt)))),
-            ("cgroup_root", .string(configuration.cgroupRoot)),
-            ("hook_rung", .string(tracer.rung.rawValue)),
-            ("hooks", .object(tracer.hooks.map { ($0.capability, .string("\($0.rung) \($0.detail)")) })),
-            // Learnt from /proc at start: listeners on the whole node (their
-            // owners, for accepts), established connections in scope.
-            ("listeners_seeded", .int(Int64(tracer.seededListeners))),
-            ("connections_seeded", .int(Int64(c.seeded))),
-            ("events", .object([
-                ("connect", .int(Int64(c.connects))), ("accept", .int(Int64(c.accepts))),
-                ("unattributed", .int(Int64(c.unattributed))), ("outside_cgroup_root", .int(Int64(c.outOfScope))),
-                ("stored", .int(Int64(w.written))),
-                // Stored in their aggregated connection only, without a row
-                // (over --individual-events-per-second).
-                ("aggregated_only", .int(Int64(w.aggregatedOnly))),
-                // Of those, counted in the kernel (repeats that never
-                // crossed the ring buffer).
-                ("counted_in_kernel", .int(Int64(c.countedInKernel))),
-            ])),
-            ("lost", .object([
-                ("total", .int(Int64(loss.lostEvents + w.lost))),
-                ("kernel_ring_buffer_full", .int(Int64(loss.ringBufferFull))),
-                ("kernel_cgroup_records", .int(Int64(loss.cgroupRingBufferFull))),
-                ("undecodable", .int(Int64(loss.undecodable))),
-                ("write_queue_full", .int(Int64(w.dropped))),
-                ("write_failed", .int(Int64(w.failed))),
-                // Not in total: a skipped run may have been a transition we ignore.
-                ("possibly_lost_kernel_recursion", .int(Int64(loss.recursionMisses))),
-            ])),
-            ("incomplete", .object([
-                ("connects_without_process", .int(Int64(loss.connectMapFull))),
-                ("listeners_without_owner", .int(Int64(loss.listenerMapFull))),
-                ("accepts_naming_listener", .int(Int64(loss.acceptMapFull))),
-            ])),
-            ("workloads", .int(Int64(s?.workloads ?? 0))),
-            ("cgroups_tracked", .int(Int64(identity.trackedCgroups))),
-            ("database", .object([
-                ("path", .string(configuration.databasePath)),
-                ("size_bytes", .int(s?.totalBytes ?? 0)),
-                ("events", .int(Int64(s?.events ?? 0))),
-                ("connections", .int(Int64(s?.aggregates ?? 0))),
-            ])),
-            ("metrics_address", configuration.metricsAddress.map { .string($0) } ?? .null),
-            ("enforcement", .object([
-                ("cgroup", .string(enforcer?.cgroupPath ?? "")),
-                ("pinned_at", .string(configuration.pinRoot)),
-                ("adopted", .bool(enforcer?.adopted ?? false)),
-                // Attached when a workload is first enforced (learn and
-                // monitor need no kernel hook).
-                ("programs_attached", .bool(enforcer?.hooksAttached ?? false)),
-                ("unknown_cgroups", .string(configuration.unknownCgroups)),
-                ("on_exit", .string(configuration.failOpen ? "detach (fail open)" : "stay pinned")),
-                ("arming", enforcer?.armingLatency().map { .string($0.description) } ?? .null),
-                // The rules of enforced workloads in the kernel, and those
-                // that did not fit (their cgroups monitor in the kernel).
-                ("kernel_rules", .object([
-                    ("address", .int(Int64(kernel.address))), ("address_capacity", .int(Int64(kernel.addressCapacity))),
-                    ("workload", .int(Int64(kernel.workload))), ("workload_capacity", .int(Int64(kernel.workloadCapacity))),
-                ])),
-                ("held_back", .array(kernel.heldBack.map { .string($0) })),
-            ])),
-            ("modes", .object(Mode.allCases.map { m in (m.rawValue, .int(Int64(summaries.filter { $0.mode == m }.count))) })),
-            ("audit", .object([("recent", .string((try? BaselineStore(store: store).audit(limit: 5, workload: nil).map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""))])),
-        ])
+        func n<T: BinaryInteger>(_ v: T) -> Int64 { Int64(clamping: v) }
+        let recent = (try? BaselineStore(store: store).audit(limit: 5, workload: nil)
+            .map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""
+        return AgentStatus(
+            version: version, pid: n(getpid()), startedAt: ISO8601DateFormatter().string(from: startedAt),
+            uptimeSeconds: Int64(Date().timeIntervalSince(startedAt)), cgroupRoot: configuration.cgroupRoot,
+            hookRung: tracer.rung.rawValue,
+            hooks: Dictionary(tracer.hooks.map { ($0.capability, "\($0.rung) \($0.detail)") }, uniquingKeysWith: { a, _ in a }),
+            listenersSeeded: n(tracer.seededListeners), connectionsSeeded: n(c.seeded),
+            events: .init(connect: n(c.connects), accept: n(c.accepts), unattributed: n(c.unattributed),
+                          outsideCgroupRoot: n(c.outOfScope), stored: n(w.written), aggregatedOnly: n(w.aggregatedOnly),
+                          countedInKernel: n(c.countedInKernel)),
+            lost: .init(total: n(loss.lostEvents + w.lost), kernelRingBufferFull: n(loss.ringBufferFull),
+                        kernelCgroupRecords: n(loss.cgroupRingBufferFull), undecodable: n(loss.undecodable),
+                        writeQueueFull: n(w.dropped), writeFailed: n(w.failed), possiblyLostKernelRecursion: n(loss.recursionMisses)),
+            incomplete: .init(connectsWithoutProcess: n(loss.connectMapFull), listenersWithoutOwner: n(loss.listenerMapFull),
+                              acceptsNamingListener: n(loss.acceptMapFull)),
+            workloads: n(s?.workloads ?? 0), cgroupsTracked: n(identity.trackedCgroups),
+            database: .init(path: configuration.databasePath, sizeBytes: s?.totalBytes ?? 0, events: n(s?.events ?? 0),
+                            connections: n(s?.aggregates ?? 0)),
+            metricsAddress: configuration.metricsAddress,
+            enforcement: .init(
+                cgroup: enforcer?.cgroupPath ?? "", pinnedAt: configuration.pinRoot, adopted: enforcer?.adopted ?? false,
+                programsAttached: enforcer?.hooksAttached ?? false, unknownCgroups: configuration.unknownCgroups,
+                onExit: configuration.failOpen ? "detach (fail open)" : "stay pinned",
+                arming: enforcer?.armingLatency()?.description,
+                kernelRules: .init(address: n(kernel.address), addressCapacity: n(kernel.addressCapacity),
+                                   workload: n(kernel.workload), workloadCapacity: n(kernel.workloadCapacity)),
+                heldBack: kernel.heldBack),
+            modes: Dictionary(uniqueKeysWithValues: Mode.allCases.map { m in (m.rawValue, n(summaries.filter { $0.mode == m }.count)) }),
+            audit: .init(recent: recent))
     }
 
     /// The socket's folder: made root-only (0700) if missing, and with a

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConnGuardAgent
 import ConnGuardCore
 import Foundation
 
@@ -179,35 +180,32 @@ struct StatusCommand: AsyncParsableCommand {
                 try await client.get("/v1/status") { line in print(line); return false }  // JSON: escaped by the agent
                 return
             }
-            let s = try await client.getObject("/v1/status")
-            func sub(_ k: String) -> [String: Any] { s[k] as? [String: Any] ?? [:] }
-            func n(_ d: [String: Any], _ k: String) -> String { (d[k] as? NSNumber)?.stringValue ?? "-" }
-            say("agent:      up since \(s["started_at"] ?? "-") (pid \(s["pid"] ?? "-"), version \(s["version"] ?? "-"))")
-            say("watching:   cgroup \(s["cgroup_root"] ?? "/")")
-            say("hook rung:  \(s["hook_rung"] ?? "-")")
-            let hooks = sub("hooks")
-            for k in hooks.keys.sorted() { say("hook:       \(k): \(hooks[k] ?? "")") }
-            say("at start:   \(n(s, "listeners_seeded")) listeners, \(n(s, "connections_seeded")) established connections learnt from /proc")
-            let e = sub("events")
-            say("events:     \(n(e, "connect")) connects, \(n(e, "accept")) accepts, \(n(e, "stored")) stored (\(n(e, "aggregated_only")) as counts only, \(n(e, "counted_in_kernel")) of them counted in the kernel), \(n(e, "unattributed")) unattributed")
-            let l = sub("lost")
-            say("lost:       \(n(l, "total")) (kernel ring buffer \(n(l, "kernel_ring_buffer_full")), write queue \(n(l, "write_queue_full")), write failed \(n(l, "write_failed"))); possibly lost to kernel recursion: \(n(l, "possibly_lost_kernel_recursion"))")
-            say("workloads:  \(n(s, "workloads")) known, \(n(s, "cgroups_tracked")) cgroups tracked")
-            let d = sub("database")
-            let mb = (d["size_bytes"] as? NSNumber).map { String(format: "%.1f MiB", $0.doubleValue / 1_048_576) } ?? "-"
-            say("database:   \(d["path"] ?? "-"), \(mb), \(n(d, "events")) events, \(n(d, "connections")) aggregated connections")
-            let m = sub("modes")
-            say("modes:      \(n(m, "learn")) learn, \(n(m, "monitor")) monitor, \(n(m, "enforce")) enforce")
-            let enf = sub("enforcement")
-            let attached = (enf["programs_attached"] as? Bool) == true ? "programs attached" : "programs not attached (nothing enforced)"
-            say("enforce:    on \(enf["cgroup"] ?? "-"), \(attached), pinned at \(enf["pinned_at"] ?? "-")\((enf["adopted"] as? Bool) == true ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf["unknown_cgroups"] ?? "-"); on exit: \(enf["on_exit"] ?? "-")")
-            if let a = enf["arming"] as? String { say("arming:     \(a)") }
-            let k = enf["kernel_rules"] as? [String: Any] ?? [:]
-            say("rules:      \(n(k, "address")) of \(n(k, "address_capacity")) address rules, \(n(k, "workload")) of \(n(k, "workload_capacity")) workload rules in the kernel (enforced workloads)")
-            if let held = enf["held_back"] as? [String], !held.isEmpty {
-                say("held back:  \(held.joined(separator: ", ")): in enforce mode, but their rules do not fit the kernel, so they are only monitored there")
+            let text = try await client.send(.GET, "/v1/status")
+            let s: AgentStatus
+            do { s = try AgentStatus.decode(Data(text.utf8)) } catch { throw Failure("the agent's status was not understood (\(error)); is it another version?") }
+            say("agent:      up since \(s.startedAt) (pid \(s.pid), version \(s.version))")
+            say("watching:   cgroup \(s.cgroupRoot)")
+            say("hook rung:  \(s.hookRung)")
+            for k in s.hooks.keys.sorted() { say("hook:       \(k): \(s.hooks[k] ?? "")") }
+            say("at start:   \(s.listenersSeeded) listeners, \(s.connectionsSeeded) established connections learnt from /proc")
+            let e = s.events
+            say("events:     \(e.connect) connects, \(e.accept) accepts, \(e.stored) stored (\(e.aggregatedOnly) as counts only, \(e.countedInKernel) of them counted in the kernel), \(e.unattributed) unattributed")
+            let l = s.lost
+            say("lost:       \(l.total) (kernel ring buffer \(l.kernelRingBufferFull), write queue \(l.writeQueueFull), write failed \(l.writeFailed)); possibly lost to kernel recursion: \(l.possiblyLostKernelRecursion)")
+            say("workloads:  \(s.workloads) known, \(s.cgroupsTracked) cgroups tracked")
+            let d = s.database
+            say("database:   \(d.path), \(String(format: "%.1f MiB", Double(d.sizeBytes) / 1_048_576)), \(d.events) events, \(d.connections) aggregated connections")
+            say("modes:      \(s.modes["learn"] ?? 0) learn, \(s.modes["monitor"] ?? 0) monitor, \(s.modes["enforce"] ?? 0) enforce")
+            let enf = s.enforcement
+            let attached = enf.programsAttached ? "programs attached" : "programs not attached (nothing enforced)"
+            say("enforce:    on \(enf.cgroup), \(attached), pinned at \(enf.pinnedAt)\(enf.adopted ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf.unknownCgroups); on exit: \(enf.onExit)")
+            if let a = enf.arming { say("arming:     \(a)") }
+            let k = enf.kernelRules
+            say("rules:      \(k.address) of \(k.addressCapacity) address rules, \(k.workload) of \(k.workloadCapacity) workload rules in the kernel (enforced workloads)")
+            if !enf.heldBack.isEmpty {
+                say("held back:  \(enf.heldBack.joined(separator: ", ")): in enforce mode, but their rules do not fit the kernel, so they are only monitored there")
             }
-            if let recent = (sub("audit")["recent"] as? String), !recent.isEmpty { say("audit:      \(recent)") }
+            if !s.audit.recent.isEmpty { say("audit:      \(s.audit.recent)") }
         } catch let e as APIClient.Failure {
             throw Failure(e.description)
         }

@@ -1,0 +1,147 @@
+import ConnGuardCore
+import Foundation
+
+/// What `connguard status` shows: the agent writes it (GET /v1/status), the
+/// CLI reads it, with this one type. The JSON keys are the properties' names
+/// in snake_case; absent values are written as null, never left out.
+public struct AgentStatus: Codable, Sendable, Equatable {
+    public var version: String
+    public var pid: Int64
+    public var startedAt: String
+    public var uptimeSeconds: Int64
+    public var cgroupRoot: String
+    public var hookRung: String
+    /// capability -> "rung detail"
+    public var hooks: [String: String]
+    /// Learnt from /proc at start: listeners on the whole node (their owners,
+    /// for accepts), established connections in scope.
+    public var listenersSeeded: Int64
+    public var connectionsSeeded: Int64
+    public var events: Events
+    public var lost: Lost
+    public var incomplete: Incomplete
+    public var workloads: Int64
+    public var cgroupsTracked: Int64
+    public var database: DatabaseStatus
+    public var metricsAddress: String?
+    public var enforcement: Enforcement
+    /// mode -> how many workloads are in it
+    public var modes: [String: Int64]
+    public var audit: Audit
+
+    public struct Events: Codable, Sendable, Equatable {
+        public var connect: Int64
+        public var accept: Int64
+        public var unattributed: Int64
+        public var outsideCgroupRoot: Int64
+        public var stored: Int64
+        /// Stored in their aggregated connection only, without a row (over
+        /// --individual-events-per-second).
+        public var aggregatedOnly: Int64
+        /// Of those, counted in the kernel (repeats that never crossed the
+        /// ring buffer).
+        public var countedInKernel: Int64
+    }
+
+    public struct Lost: Codable, Sendable, Equatable {
+        public var total: Int64
+        public var kernelRingBufferFull: Int64
+        public var kernelCgroupRecords: Int64
+        public var undecodable: Int64
+        public var writeQueueFull: Int64
+        public var writeFailed: Int64
+        /// Not in total: a skipped run may have been a transition we ignore.
+        public var possiblyLostKernelRecursion: Int64
+    }
+
+    public struct Incomplete: Codable, Sendable, Equatable {
+        public var connectsWithoutProcess: Int64
+        public var listenersWithoutOwner: Int64
+        public var acceptsNamingListener: Int64
+    }
+
+    public struct DatabaseStatus: Codable, Sendable, Equatable {
+        public var path: String
+        public var sizeBytes: Int64
+        public var events: Int64
+        public var connections: Int64
+    }
+
+    public struct Enforcement: Codable, Sendable, Equatable {
+        public var cgroup: String
+        public var pinnedAt: String
+        public var adopted: Bool
+        /// Attached when a workload is first enforced (learn and monitor need
+        /// no kernel hook).
+        public var programsAttached: Bool
+        public var unknownCgroups: String
+        public var onExit: String
+        public var arming: String?
+        /// The rules of enforced workloads in the kernel.
+        public var kernelRules: KernelRules
+        /// Enforced workloads whose rules did not fit (monitored in the kernel).
+        public var heldBack: [String]
+
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(cgroup, forKey: .cgroup)
+            try c.encode(pinnedAt, forKey: .pinnedAt)
+            try c.encode(adopted, forKey: .adopted)
+            try c.encode(programsAttached, forKey: .programsAttached)
+            try c.encode(unknownCgroups, forKey: .unknownCgroups)
+            try c.encode(onExit, forKey: .onExit)
+            try c.encode(arming, forKey: .arming)  // null when none
+            try c.encode(kernelRules, forKey: .kernelRules)
+            try c.encode(heldBack, forKey: .heldBack)
+        }
+    }
+
+    public struct KernelRules: Codable, Sendable, Equatable {
+        public var address: Int64
+        public var addressCapacity: Int64
+        public var workload: Int64
+        public var workloadCapacity: Int64
+    }
+
+    public struct Audit: Codable, Sendable, Equatable {
+        /// The last entries, "who action workload detail; ...".
+        public var recent: String
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(pid, forKey: .pid)
+        try c.encode(startedAt, forKey: .startedAt)
+        try c.encode(uptimeSeconds, forKey: .uptimeSeconds)
+        try c.encode(cgroupRoot, forKey: .cgroupRoot)
+        try c.encode(hookRung, forKey: .hookRung)
+        try c.encode(hooks, forKey: .hooks)
+        try c.encode(listenersSeeded, forKey: .listenersSeeded)
+        try c.encode(connectionsSeeded, forKey: .connectionsSeeded)
+        try c.encode(events, forKey: .events)
+        try c.encode(lost, forKey: .lost)
+        try c.encode(incomplete, forKey: .incomplete)
+        try c.encode(workloads, forKey: .workloads)
+        try c.encode(cgroupsTracked, forKey: .cgroupsTracked)
+        try c.encode(database, forKey: .database)
+        try c.encode(metricsAddress, forKey: .metricsAddress)  // null when off
+        try c.encode(enforcement, forKey: .enforcement)
+        try c.encode(modes, forKey: .modes)
+        try c.encode(audit, forKey: .audit)
+    }
+
+    /// The JSON the agent answers with: one line.
+    public func json() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return try encoder.encode(self)
+    }
+
+    /// Reads what the agent answered.
+    public static func decode(_ data: Data) throws -> AgentStatus {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(AgentStatus.self, from: data)
+    }
+}
