@@ -605,18 +605,10 @@ public final class PolicyEngine: @unchecked Sendable {
 
     /// Every cgroup under the watched root whose workload is known.
     private func walkCgroups() -> [WatchedCgroup] {
-        var result: [WatchedCgroup] = []
-        var stack = [cgroupRootPath]
-        while let dir = stack.popLast() {
-            var st = stat()
-            guard stat(dir, &st) == 0 else { continue }
-            let who = identity.identity(forCgroup: UInt64(st.st_ino))
-            if !who.isUnknown { result.append(WatchedCgroup(id: UInt64(st.st_ino), path: dir, workload: who.workload)) }
-            if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
-                for n in names where access(dir + "/" + n + "/cgroup.procs", F_OK) == 0 { stack.append(dir + "/" + n) }
-            }
+        ConnGuardCore.walkCgroups(cgroupRootPath).compactMap { c in
+            let who = identity.identity(forCgroup: c.id)
+            return who.isUnknown ? nil : WatchedCgroup(id: c.id, path: c.path, workload: who.workload)
         }
-        return result
     }
 
     // MARK: - Workloads' addresses

@@ -58,22 +58,5 @@ public final class CgroupSubtree: @unchecked Sendable {
     }
 
     /// Inode numbers (cgroup ids) of `dir` and every directory below it.
-    static func walk(_ dir: String) -> Set<UInt64> {
-        var result: Set<UInt64> = []
-        var stack = [dir]
-        while let d = stack.popLast() {
-            var st = stat()
-            guard lstat(d, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
-            result.insert(UInt64(st.st_ino))
-            guard let handle = opendir(d) else { continue }
-            while let entry = readdir(handle) {
-                guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { cString(from: $0) }
-                if name == "." || name == ".." { continue }
-                stack.append(d + "/" + name)
-            }
-            closedir(handle)
-        }
-        return result
-    }
+    static func walk(_ dir: String) -> Set<UInt64> { Set(walkCgroups(dir).map(\.id)) }
 }

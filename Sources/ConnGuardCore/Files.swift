@@ -30,3 +30,49 @@ public func readFile(_ path: String) throws -> String {
     }
     return String(decoding: out, as: UTF8.self)
 }
+
+/// One entry of a directory.
+public struct DirectoryEntry: Sendable, Equatable {
+    public var name: String
+    public var isDirectory: Bool
+}
+
+/// The entries of `dir` ("." and ".." left out), or nil when it cannot be
+/// opened. Names are decoded as UTF-8, repaired rather than dropped.
+public func listDirectory(_ dir: String) -> [DirectoryEntry]? {
+    guard let handle = opendir(dir) else { return nil }
+    defer { closedir(handle) }
+    var entries: [DirectoryEntry] = []
+    while let entry = readdir(handle) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { cString(from: $0) }
+        if name == "." || name == ".." { continue }
+        entries.append(DirectoryEntry(name: name, isDirectory: entry.pointee.d_type == UInt8(DT_DIR)))
+    }
+    return entries
+}
+
+/// One cgroup directory found by `walkCgroups`.
+public struct CgroupDirectoryEntry: Sendable, Equatable {
+    /// The cgroup id: the inode of its directory.
+    public var id: UInt64
+    /// Absolute path.
+    public var path: String
+    /// Relative to the walk's root ("/" for the root itself).
+    public var relativePath: String
+}
+
+/// `root` and every cgroup directory below it (a cgroup's children are the
+/// subdirectories of its directory).
+public func walkCgroups(_ root: String) -> [CgroupDirectoryEntry] {
+    var result: [CgroupDirectoryEntry] = []
+    var stack: [(path: String, relative: String)] = [(root, "/")]
+    while let (dir, relative) = stack.popLast() {
+        var st = stat()
+        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+        result.append(CgroupDirectoryEntry(id: UInt64(st.st_ino), path: dir, relativePath: relative))
+        for e in listDirectory(dir) ?? [] where e.isDirectory {
+            stack.append((dir + "/" + e.name, relative == "/" ? "/" + e.name : relative + "/" + e.name))
+        }
+    }
+    return result
+}

@@ -477,13 +477,7 @@ public final class Enforcer: @unchecked Sendable {
     }
 
     static func pinRootHasEntries(_ root: String) -> Bool {
-        guard let d = opendir(root) else { return false }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if name != "." && name != ".." { return true }
-        }
-        return false
+        !(listDirectory(root) ?? []).isEmpty
     }
 }
 

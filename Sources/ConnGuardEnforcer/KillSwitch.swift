@@ -1,3 +1,4 @@
+import ConnGuardCore
 import BPFKit
 import Glibc
 
@@ -71,15 +72,12 @@ extension Enforcer {
         var dirs: [String] = []
         var stack = [root]
         while let dir = stack.popLast() {
-            guard let d = opendir(dir) else { continue }
+            guard let entries = listDirectory(dir) else { continue }
             dirs.append(dir)
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name == "." || name == ".." { continue }
-                let path = dir + "/" + name
-                if e.pointee.d_type == UInt8(DT_DIR) { stack.append(path) } else { files.append(path) }
+            for e in entries {
+                let path = dir + "/" + e.name
+                if e.isDirectory { stack.append(path) } else { files.append(path) }
             }
-            closedir(d)
         }
         return (files, dirs)
     }

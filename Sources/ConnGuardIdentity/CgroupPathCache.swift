@@ -232,24 +232,6 @@ public final class CgroupPathCache: @unchecked Sendable {
 
     /// id -> path of every cgroup under `mount`.
     static func walk(mount: String) -> [UInt64: String] {
-        var result: [UInt64: String] = [:]
-        var stack: [(abs: String, rel: String)] = [(mount, "/")]
-        while let (d, rel) = stack.popLast() {
-            var st = stat()
-            guard lstat(d, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
-            result[UInt64(st.st_ino)] = rel
-            guard let handle = opendir(d) else { continue }
-            while let entry = readdir(handle) {
-                guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> String in
-                    let end = raw.firstIndex(of: 0) ?? raw.count
-                    return String(decoding: raw[0..<end], as: UTF8.self)
-                }
-                if name == "." || name == ".." { continue }
-                stack.append((d + "/" + name, rel == "/" ? "/" + name : rel + "/" + name))
-            }
-            closedir(handle)
-        }
-        return result
+        Dictionary(walkCgroups(mount).map { ($0.id, $0.relativePath) }, uniquingKeysWith: { a, _ in a })
     }
 }

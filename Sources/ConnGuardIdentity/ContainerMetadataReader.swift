@@ -180,7 +180,7 @@ public final class ContainerdReader: ContainerMetadataReader, @unchecked Sendabl
         var found: Set<String> = []
         var any = false
         for dir in taskDirs {
-            guard let names = listDirectory(dir) else { continue }
+            guard let names = subdirectories(dir) else { continue }
             any = true
             found.formUnion(names)
         }
@@ -286,17 +286,6 @@ func readJSONObject(_ path: String) -> [String: Any]? {
 }
 
 /// Names of the subdirectories of `dir`, or nil when it does not exist.
-func listDirectory(_ dir: String) -> [String]? {
-    guard let handle = opendir(dir) else { return nil }
-    defer { closedir(handle) }
-    var names: [String] = []
-    while let entry = readdir(handle) {
-        guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> String in
-            let end = raw.firstIndex(of: 0) ?? raw.count
-            return String(decoding: raw[0..<end], as: UTF8.self)
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
+func subdirectories(_ dir: String) -> [String]? {
+    listDirectory(dir).map { $0.filter(\.isDirectory).map(\.name) }
 }

@@ -39,16 +39,14 @@ struct ProcSockets {
         // lowest; stop once every socket has one.
         for pid in pids where !ownerless.isEmpty {
             let fdDir = "\(proc)/\(pid)/fd"
-            guard let dir = opendir(fdDir) else { continue }
+            guard let entries = listDirectory(fdDir) else { continue }
             var held: [UInt64] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                guard name.first?.isNumber == true,
-                      let link = readLink("\(fdDir)/\(name)"), let inode = ProcNetTCP.socketInode(fromLink: link),
+            for entry in entries {
+                guard entry.name.first?.isNumber == true,
+                      let link = readLink("\(fdDir)/\(entry.name)"), let inode = ProcNetTCP.socketInode(fromLink: link),
                       ownerless.remove(inode) != nil else { continue }
                 held.append(inode)
             }
-            closedir(dir)
             guard !held.isEmpty else { continue }
             let owner = self.owner(pid: pid, proc: proc, cgroupMount: cgroupMount)
             for inode in held { result.owners[inode] = owner }
@@ -71,14 +69,7 @@ struct ProcSockets {
     }
 
     static func listPIDs(_ proc: String) -> [Int32] {
-        guard let dir = opendir(proc) else { return [] }
-        defer { closedir(dir) }
-        var pids: [Int32] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if let pid = Int32(name) { pids.append(pid) }
-        }
-        return pids.sorted()
+        (listDirectory(proc) ?? []).compactMap { Int32($0.name) }.sorted()
     }
 
     static func readLink(_ path: String) -> String? {
