@@ -6,22 +6,24 @@ func fuzzCgroupPath(_ data: UnsafeRawBufferPointer) {
     let s = text(data)
     let origin = CgroupPathParser.parse(s)
     require(CgroupPathParser.parse(s) == origin, "not deterministic")
-    let components = s.split(separator: "/")
+    // Split as the kernel does, at "/" bytes (Characters would glue "/\u{301}").
+    func split(_ p: String) -> [Substring] { p.unicodeScalars.split(separator: "/").map(Substring.init) }
+    let components = split(s)
     switch origin {
     case let .container(ref):
         require(!ref.id.isEmpty && s.contains(ref.id), "\(s.debugDescription): id \(ref.id)")
         require(CgroupPathParser.isFullID(ref.id) || CgroupPathParser.isContainerdID(ref.id), "\(s.debugDescription): id \(ref.id)")
         // The container's own cgroup is a prefix of the path, and names the
         // same container; so does any cgroup below it.
-        let own = ref.cgroupPath.split(separator: "/")
-        require(ref.cgroupPath.hasPrefix("/") && own.count <= components.count && Array(components.prefix(own.count)) == own,
+        let own = split(ref.cgroupPath)
+        require(ref.cgroupPath.utf8.first == UInt8(ascii: "/") && own.count <= components.count && Array(components.prefix(own.count)) == own,
                 "\(s.debugDescription): cgroup \(ref.cgroupPath)")
         require(CgroupPathParser.parse(ref.cgroupPath) == origin, "\(ref.cgroupPath) is not the same container as \(s.debugDescription)")
         require(CgroupPathParser.parse(ref.cgroupPath + "/init.scope") == origin, "below \(ref.cgroupPath) is another origin")
         require((ref.podUID == nil) == (ref.qos == nil), "\(s.debugDescription): pod uid without qos or the reverse")
         if let ns = ref.containerdNamespace { require(CgroupPathParser.defaultContainerdNamespaces.contains(ns), "namespace \(ns)") }
     case let .host(p):
-        require(p.hasPrefix("/") && p.split(separator: "/") == components, "\(s.debugDescription): host \(p)")
+        require(p.utf8.first == UInt8(ascii: "/") && split(p) == components, "\(s.debugDescription): host \(p)")
     case let .unknown(p):
         require(p == s, "\(s.debugDescription): unknown \(p)")
     }
