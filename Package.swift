@@ -138,6 +138,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "ConnGuardAgentInputTests",
+            dependencies: ["ConnGuardAgentInput", "ConnGuardCore"]
+        ),
+        .testTarget(
             name: "ConnGuardAgentTests",
             dependencies: ["ConnGuardAgent", "ConnGuardCore", "ConnGuardStore", "ConnGuardTestSupport", "connguard"]
         ),
