@@ -9,9 +9,12 @@
 //   ConnGuardTracer      loads the embedded trace programs and turns ring-buffer records into events
 //   ConnGuardIdentity    cgroup id -> container, pod and workload, from the runtimes' files on the node
 //   ConnGuardStore       the embedded SQLite database (GRDB, WAL): recent events, aggregates
+//   ConnGuardAgentInput  what reaches the agent from outside: config and baseline files, API queries
 //   ConnGuardAgent       the node agent: event pipeline, local API, metrics, lifecycle
 //   ConnGuardEnforcer    enforcement in the kernel: pinned cgroup programs, policy and baseline maps
 //   connguard            the command line
+//   Fuzz/                libFuzzer targets, declared only with CONNGUARD_FUZZ=1 (scripts/fuzz)
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -70,9 +73,13 @@ let package = Package(
             ]
         ),
         .target(
+            name: "ConnGuardAgentInput",
+            dependencies: ["ConnGuardCore", .product(name: "Yams", package: "Yams")]
+        ),
+        .target(
             name: "ConnGuardAgent",
             dependencies: [
-                "BPFKit", "ConnGuardCore", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore", "ConnGuardEnforcer",
+                "BPFKit", "ConnGuardCore", "ConnGuardAgentInput", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore", "ConnGuardEnforcer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -131,6 +138,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "ConnGuardAgentInputTests",
+            dependencies: ["ConnGuardAgentInput", "ConnGuardCore"]
+        ),
+        .testTarget(
             name: "ConnGuardAgentTests",
             dependencies: ["ConnGuardAgent", "ConnGuardCore", "ConnGuardStore", "ConnGuardTestSupport", "connguard"]
         ),
@@ -145,3 +156,19 @@ let package = Package(
         ),
     ]
 )
+
+// The fuzz targets (scripts/fuzz): built with -sanitize=fuzzer, which gives
+// them libFuzzer's main, so they cannot be part of an ordinary build; declared
+// only when CONNGUARD_FUZZ=1, so `swift build` and `swift test` never see them.
+// They need only ConnGuardCore and ConnGuardAgentInput (and Yams).
+if ProcessInfo.processInfo.environment["CONNGUARD_FUZZ"] == "1" {
+    package.targets += [
+        .target(name: "CConnGuardFuzz", path: "Fuzz/Sources/CConnGuardFuzz"),
+        .executableTarget(
+            name: "connguard-fuzz",
+            dependencies: ["ConnGuardCore", "ConnGuardAgentInput", "CConnGuardFuzz"],
+            path: "Fuzz/Sources/connguard-fuzz",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ),
+    ]
+}

@@ -36,9 +36,12 @@ public enum CgroupPathParser {
 
     public static func parse(_ path: String, containerdNamespaces: Set<String> = defaultContainerdNamespaces) -> CgroupOrigin {
         guard !path.isEmpty, path.utf8.count <= maximumPathLength else { return .unknown(path) }
-        let components = path.split(separator: "/", omittingEmptySubsequences: true)
+        // Split at every "/" byte, as the kernel does: a String splits by
+        // Characters, and "/" followed by a combining mark is one Character,
+        // which would glue a sub-cgroup named "\u{301}x" to its parent.
+        let components = path.unicodeScalars.split(separator: "/").map(Substring.init)
         if components.isEmpty { return .host("/") }
-        let host = CgroupOrigin.host(path.hasPrefix("/") ? path : "/" + path)
+        let host = CgroupOrigin.host(path.utf8.first == UInt8(ascii: "/") ? path : "/" + path)
         if components.contains(where: { $0.utf8.count > maximumNameLength || $0 == "." || $0 == ".." }) {
             return .unknown(path)
         }

@@ -63,6 +63,8 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// Parses dotted IPv4 or any IPv6 spelling; nil if it is neither.
     public init?(_ text: String) {
+        // inet_pton reads a C string: "10.0.0.1\0junk" would be 10.0.0.1.
+        guard !text.utf8.contains(0) else { return nil }
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
             self.init(ipv4: UInt32(bigEndian: v4.s_addr))

@@ -63,18 +63,28 @@ public enum NamespaceAddresses {
             // address(32 hex) ifindex prefixlen scope flags name
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
             guard f.count >= 6, f[0].utf8.count == 32, let scope = UInt8(f[3], radix: 16) else { continue }
+            // By bytes: 32 bytes that are not all ASCII are fewer than 32
+            // Characters, and stepping two Characters at a time ran off the end.
+            func hex(_ c: UInt8) -> UInt8? {
+                switch c {
+                case 0x30...0x39: return c - 0x30
+                case 0x61...0x66: return c - 0x61 + 10
+                case 0x41...0x46: return c - 0x41 + 10
+                default: return nil
+                }
+            }
+            let digits = Array(f[0].utf8)
             var bytes: [UInt8] = []
-            var i = f[0].startIndex
-            while i < f[0].endIndex {
-                let j = f[0].index(i, offsetBy: 2)
-                guard let b = UInt8(f[0][i..<j], radix: 16) else { break }
-                bytes.append(b)
-                i = j
+            for i in stride(from: 0, to: 32, by: 2) {
+                guard let high = hex(digits[i]), let low = hex(digits[i + 1]) else { break }
+                bytes.append(high << 4 | low)
             }
             guard bytes.count == 16 else { continue }
             let a = IPAddress(ipv6: bytes)
-            // Scope 0x10 is host (loopback), 0x20 link.
-            if scope == 0x10 || scope == 0x20 || a.isLoopback || a.isUnspecified { continue }
+            // Scope 0x10 is host (loopback), 0x20 link; fe80::/10 is left out by
+            // its address too, whatever scope the line gives.
+            let linkLocal = a.family == .ipv6 && a.high >> 54 == 0x3fa
+            if scope == 0x10 || scope == 0x20 || linkLocal || a.isLoopback || a.isUnspecified { continue }
             found.append(a)
         }
         return found

@@ -111,22 +111,11 @@ public struct AggregatedConnection: Sendable, Equatable {
     }
 }
 
-/// UTC timestamps with microseconds, as `connguard trace -o json` writes them.
+/// UTC timestamps with microseconds, as `connguard trace -o json` writes them
+/// (the formatter lives in ConnGuardCore, beside the parser, so that
+/// ConnectionQuery's messages use it too).
 enum RFC3339 {
-    static func string(_ nanoseconds: Int64) -> String {
-        let (q, r) = nanoseconds.quotientAndRemainder(dividingBy: 1_000_000_000)
-        let seconds = r < 0 ? q - 1 : q
-        let fraction = r < 0 ? r + 1_000_000_000 : r
-        var t = time_t(seconds)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        func pad(_ v: Int, _ w: Int) -> String {
-            let s = String(v)
-            return s.count >= w ? s : String(repeating: "0", count: w - s.count) + s
-        }
-        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
-            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(Int(fraction / 1000), 6))Z"
-    }
+    static func string(_ nanoseconds: Int64) -> String { ConnGuardCore.RFC3339.microseconds(nanoseconds) }
 }
 
 // MARK: - Codable

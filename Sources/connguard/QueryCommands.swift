@@ -34,8 +34,8 @@ struct ConnectionsCommand: AsyncParsableCommand {
     var namespace: String?
     @Option(help: "Only this pod (name, or namespace/name).")
     var pod: String?
-    @Option(parsing: .unconditional, help: "Only this port (either side).")
-    var port: Int?
+    @Option(parsing: .unconditional, help: "Only this port (either side).", transform: PortOption.parse)
+    var port: UInt16?
     @Option(help: "Only this remote address or CIDR.")
     var peer: String?
     @Option(help: "in (accepted) or out (connected).")
@@ -54,7 +54,6 @@ struct ConnectionsCommand: AsyncParsableCommand {
             }
         }
         if let last, last < 1 { throw ValidationError("--last must be at least 1") }
-        if let port, !(1...65535).contains(port) { throw ValidationError("--port must be from 1 to 65535") }
         if let peer, CIDR(peer) == nil { throw ValidationError("--peer: '\(peer)' is not an IP address or CIDR") }
         if let direction, !["in", "out"].contains(direction) { throw ValidationError("--direction must be in or out") }
         if let verdict, !["allowed", "would_deny", "denied"].contains(verdict) {

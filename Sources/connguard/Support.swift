@@ -109,6 +109,18 @@ struct Duration: Sendable {
     var nanoseconds: Int64 { DurationParser.nanoseconds(seconds) }
 }
 
+/// For `@Option(transform: PortOption.parse)`: the port parser the API uses,
+/// its message naming the flag ("--port must be from 1 to 65535, not '0'").
+enum PortOption {
+    static func parse(_ argument: String) throws -> UInt16 {
+        do {
+            return try PortArgument.parse(argument)
+        } catch {
+            throw ValidationError("--\(error)")
+        }
+    }
+}
+
 extension OutputFormat: ExpressibleByArgument {}
 
 extension TracerError {

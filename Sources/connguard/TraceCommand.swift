@@ -27,7 +27,7 @@ struct TraceCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Only events of this process id.")
     var pid: UInt32?
 
-    @Option(parsing: .unconditional, help: "Only events with this port on either side.")
+    @Option(parsing: .unconditional, help: "Only events with this port on either side.", transform: PortOption.parse)
     var port: UInt16?
 
     @Option(help: "Only events whose cgroup is this cgroup v2 path or below it (absolute, or relative to the cgroup2 mount).")
@@ -56,7 +56,6 @@ struct TraceCommand: ParsableCommand {
 
     func validate() throws {
         if let d = duration, d.seconds <= 0 { throw ValidationError("--duration must be positive") }
-        if let p = port, p == 0 { throw ValidationError("--port must be between 1 and 65535") }
         if container?.isEmpty == true { throw ValidationError("--container must not be empty") }
         if workload?.isEmpty == true { throw ValidationError("--workload must not be empty") }
         if namespace?.isEmpty == true { throw ValidationError("--namespace must not be empty") }

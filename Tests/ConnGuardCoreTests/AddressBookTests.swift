@@ -81,6 +81,22 @@ final class AddressBookTests: XCTestCase {
         XCTAssertEqual(NamespaceAddresses.ipv6(ifInet6: text), [ip("fd00::2")])
     }
 
+    // Found by reading the parser for the namespace-addresses fuzz target: 32
+    // bytes with a 2-byte character are 31 Characters, and stepping two
+    // Characters at a time ran past the end (a trap, not a skipped line).
+    func testIfInet6NonASCIIAddressFieldIsSkipped() {
+        let text = "é000000000000000000000000000002 04 40 00 82     eth0\nfd000000000000000000000000000002 04 40 00 82     eth0\n"
+        XCTAssertEqual(NamespaceAddresses.ipv6(ifInet6: text), [ip("fd00::2")])
+    }
+
+    // Found by the namespace-addresses fuzz target: link-local was left out
+    // by the scope column only, not by its fe80::/10 address as documented.
+    func testIfInet6LinkLocalIsLeftOutByAddressToo() {
+        XCTAssertEqual(NamespaceAddresses.ipv6(ifInet6: "fe800000000000000000000000000001 04 40 00 80 eth0\n"), [])
+        XCTAssertEqual(NamespaceAddresses.ipv6(ifInet6: "febf0000000000000000000000000001 04 40 00 80 eth0\n"), [])
+        XCTAssertEqual(NamespaceAddresses.ipv6(ifInet6: "fec00000000000000000000000000001 04 40 00 80 eth0\n"), [ip("fec0::1")])
+    }
+
     func testThisProcessSeesItsOwnNamespace() {
         XCTAssertNotNil(NamespaceAddresses.ownNamespace)
         XCTAssertEqual(NamespaceAddresses.namespace(ofProcess: getpid()), NamespaceAddresses.ownNamespace)

@@ -82,4 +82,12 @@ final class AddressTests: XCTestCase {
         XCTAssertTrue(IPAddress("127.9.9.9")!.isLoopback)
         XCTAssertFalse(IPAddress("128.0.0.1")!.isLoopback)
     }
+
+    // Found by the address fuzz target: inet_pton stopped at the NUL.
+    func testTextAfterANulIsNotIgnored() {
+        XCTAssertNil(IPAddress("10.0.0.1\0junk"))
+        XCTAssertNil(IPAddress("::\0"))
+        XCTAssertNil(CIDR("10.0.0.0\0/8"))
+        XCTAssertEqual(IPAddress("10.0.0.1")?.description, "10.0.0.1")
+    }
 }

@@ -109,6 +109,17 @@ final class CgroupPathParserTests: XCTestCase {
         check("/default/a b", .unknown)
     }
 
+    // Found by the cgroup-path fuzz target: split by Characters, "/" and a
+    // combining mark after it were one, so a sub-cgroup a container names
+    // "\u{301}x" hid the container (and a host path got a second "/").
+    func testASlashBeforeACombiningMarkStillSeparates() {
+        let id = Self.id
+        check("/docker/\(id)/\u{301}x", .container(.docker, id, path: "/docker/\(id)"))
+        check("/system.slice/docker-\(id).scope/\u{301}", .container(.docker, id, path: "/system.slice/docker-\(id).scope"))
+        XCTAssertEqual(CgroupPathParser.parse("\u{301}x"), .host("/\u{301}x"))
+        XCTAssertEqual(CgroupPathParser.parse("/\u{301}x"), .host("/\u{301}x"))
+    }
+
     func testMalformedAndHostilePaths() {
         let id = Self.id, uid = Self.uid
         let table: [(String, Want)] = [

@@ -1,5 +1,4 @@
 import ConnGuardCore
-import ConnGuardStore
 import Foundation
 
 /// A `GET /v1/connections` request, parsed and checked as a whole: unknown
@@ -48,9 +47,7 @@ public struct ConnectionsRequest: Sendable, Equatable {
                     problems.append("last: '\(value)' must be a whole number from 1 to \(ConnectionsRequest.maximumRows)")
                 }
             case "port":
-                if let p = Int(value), (1...65535).contains(p) { query.port = p } else {
-                    problems.append("port: '\(value)' must be from 1 to 65535")
-                }
+                do { query.port = Int(try PortArgument.parse(value)) } catch { problems.append("\(error)") }
             case "peer":
                 if let c = CIDR(value) { query.peer = c } else { problems.append("peer: '\(value)' is not an IP address or CIDR") }
             case "direction":

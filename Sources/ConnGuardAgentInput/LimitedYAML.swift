@@ -1,3 +1,4 @@
+import ConnGuardCore
 import Foundation
 import Yams
 
@@ -27,7 +28,7 @@ public enum LimitedYAML {
         guard let root = try Yams.compose(yaml: text) else { return nil }
         var budget = maximumNodes
         try check(root, depth: 1, budget: &budget, maximumNodes: maximumNodes, maximumDepth: maximumDepth)
-        return convert(root)
+        return try convert(root)
     }
 
     private static func check(_ node: Node, depth: Int, budget: inout Int, maximumNodes: Int, maximumDepth: Int) throws {
@@ -50,19 +51,47 @@ public enum LimitedYAML {
 
     /// Scalars as Yams constructs them (Int, Double, Bool, Date, NSNull,
     /// String, by tag); mappings with their keys as text.
-    private static func convert(_ node: Node) -> Any {
+    private static func convert(_ node: Node) throws -> Any {
         switch node {
-        case .scalar, .alias:
+        case let .scalar(scalar):
+            // Yams computes a base-60 int ("1:30", YAML 1.1) with arithmetic
+            // that traps on overflow: "1111111111111111111:1" would kill the
+            // agent. Such ints are computed here, with the same result when
+            // they fit, and refused when they do not.
+            if node.tag.rawValue == Tag.Name.int.rawValue, scalar.string.contains(":") {
+                if let n = try sexagesimal(scalar.string) { return n }
+            }
+            return Constructor.default.any(from: node)
+        case .alias:
             return Constructor.default.any(from: node)
         case let .mapping(m):
             var out: [String: Any] = [:]
             for (k, v) in m {
-                let key = convert(k)
-                out[key as? String ?? "\(key)"] = convert(v)
+                let key = try convert(k)
+                out[key as? String ?? "\(key)"] = try convert(v)
             }
             return out
         case let .sequence(s):
-            return s.map(convert)
+            return try s.map(convert)
         }
+    }
+
+    /// "[-+]a:b:c" as Yams reads it (a*3600 + b*60 + c), or nil where Yams
+    /// would not make an Int of it either (it then gives the text).
+    private static func sexagesimal(_ text: String) throws -> Int? {
+        var digits = Substring(text)
+        var sign = 1
+        if digits.hasPrefix("-") { sign = -1; digits = digits.dropFirst() } else if digits.hasPrefix("+") { digits = digits.dropFirst() }
+        var value = 0
+        for part in digits.split(separator: ":", omittingEmptySubsequences: false) {
+            guard let n = Int(part, radix: 10) else { return nil }
+            let (shifted, o1) = value.multipliedReportingOverflow(by: 60)
+            let (sum, o2) = shifted.addingReportingOverflow(n)
+            guard !o1, !o2 else {
+                throw Refused(description: "'\(HumanText.escape(String(text.prefix(64))))' is a base-60 number too large for 64 bits")
+            }
+            value = sum
+        }
+        return sign * value
     }
 }

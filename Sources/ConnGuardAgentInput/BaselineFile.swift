@@ -129,7 +129,7 @@ public enum BaselineFile {
         return (value as? String).flatMap(RFC3339.nanoseconds)
     }
 
-    static func rfc3339(_ ns: Int64) -> String { RFC3339.string(ns) }
+    public static func rfc3339(_ ns: Int64) -> String { RFC3339.string(ns) }
 
     /// Double-quoted YAML scalar, so names with ':' or '#' survive.
     static func quote(_ s: String) -> String {

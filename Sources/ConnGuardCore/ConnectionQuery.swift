@@ -1,4 +1,3 @@
-import ConnGuardCore
 
 /// Which stored connections to return (`connguard connections`). Every
 /// condition that is set must hold.
@@ -76,7 +75,7 @@ public enum QueryError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .invalidLast(n): return "--last must be 1 or more, not \(n)"
         case let .invertedTimeRange(since, until):
-            return "the time range is inverted: since (\(RFC3339.string(since))) is after until (\(RFC3339.string(until)))"
+            return "the time range is inverted: since (\(RFC3339.microseconds(since))) is after until (\(RFC3339.microseconds(until)))"
         case let .timeOutOfRange(name, t): return "\(name) is out of range: \(t) ns (before 1970)"
         case let .invalidPort(p): return "a port is 0 to 65535, not \(p)"
         case let .invalidAfterID(id): return "an event id is 0 or more, not \(id)"

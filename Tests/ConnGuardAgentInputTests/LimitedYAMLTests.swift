@@ -1,0 +1,31 @@
+import ConnGuardAgentInput
+import ConnGuardCore
+import XCTest
+
+/// Regressions found by the fuzz targets (Fuzz/), for the parsers of what
+/// reaches the agent from outside.
+final class LimitedYAMLTests: XCTestCase {
+    // Found by the yaml and baseline fuzz targets: Yams' base-60 ints trap on
+    // overflow, so one scalar in an imported baseline killed the agent.
+    func testBase60IntsThatDoNotFitAreRefusedNotATrap() throws {
+        XCTAssertThrowsError(try LimitedYAML.load("1111111111111111111:1")) { error in
+            XCTAssertTrue(error is LimitedYAML.Refused, "\(error)")
+            XCTAssertTrue("\(error)".contains("base-60"), "\(error)")
+        }
+        XCTAssertThrowsError(try LimitedYAML.load("x: 1:0:0:0:0:0:0:0:0:0:0:0"))
+        // The ones that fit read as Yams reads them.
+        XCTAssertEqual(try LimitedYAML.load("1:30") as? Int, 90)
+        XCTAssertEqual(try LimitedYAML.load("-1:00:01") as? Int, -3601)
+        XCTAssertEqual(try LimitedYAML.load("x: 190:20:30") as? [String: Int], ["x": 685_230])
+        let file = """
+            workload: w
+            mode: learn
+            rules:
+              - {direction: out, peer: 10.0.0.1, port: 80, hits: 3709537095161595517:7:7:7}
+            """
+        XCTAssertThrowsError(try BaselineFile.parse(file, now: 0)) { error in
+            XCTAssertTrue("\(error)".contains("base-60"), "\(error)")
+        }
+        XCTAssertThrowsError(try AgentConfiguration.load(yaml: "event_retention_count: 99999999999999:0:0"))
+    }
+}
