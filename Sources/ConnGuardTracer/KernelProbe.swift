@@ -26,7 +26,7 @@ public struct KernelProbeReport {
             ("facilities", .object(facilities.map { ($0.name, .object([("available", .bool($0.available)), ("detail", .string($0.detail))])) })),
             ("rung", rung.map { .string($0.rawValue) } ?? .null),
             ("rungs", .object(rungs.map { ($0.rung.rawValue, .object([("available", .bool($0.refused == nil)), ("detail", .string($0.refused ?? "loads and attaches"))])) })),
-            ("hooks", .object(hooks.map { ($0.capability, .object([("rung", .string($0.rung)), ("program", .string($0.detail))])) })),
+            ("hooks", .object(hooks.map { ($0.capability, .object([("rung", .string($0.rung.rawValue)), ("program", .string($0.detail))])) })),
             ("error", error.map { .string($0) } ?? .null),
         ])
     }

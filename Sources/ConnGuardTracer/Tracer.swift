@@ -36,8 +36,7 @@ public struct LossCounts: Sendable, Equatable {
 public struct HookChoice: Sendable, Equatable, CustomStringConvertible {
     /// "connect", "accept", "cgroup events".
     public let capability: String
-    /// "tracepoint", "fentry", "kprobe".
-    public let rung: String
+    public let rung: HookRung
     /// Program and attach point, e.g. "cg_tp_sock_state (tp_btf/inet_sock_set_state)".
     public let detail: String
 
@@ -66,23 +65,33 @@ public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Programs loaded and attached on this rung: (program, capabilities).
-    /// The tracepoint always runs: it gives every rung the connect outcome,
-    /// and, on the bottom rung, the caller and the accept as well.
-    var plan: [(program: String, capabilities: [String])] {
-        let cgroups: [(String, [String])] = [
-            ("cg_tp_cgroup_mkdir", ["cgroup creation"]),
-            ("cg_tp_cgroup_rmdir", ["cgroup removal"]),
+    /// The event hook that names a connection's process on this rung.
+    public var eventHook: ConnectionEvent.Hook {
+        switch self {
+        case .fentry: .fentry
+        case .kprobe: .kprobe
+        case .tracepoint: .tracepoint
+        }
+    }
+
+    /// Programs loaded and attached on this rung: (program, capabilities,
+    /// the rung the program belongs to). The tracepoint always runs: it
+    /// gives every rung the connect outcome and the cgroup events, and, on
+    /// the bottom rung, the caller and the accept as well.
+    var plan: [(program: String, capabilities: [String], rung: HookRung)] {
+        let always: [(String, [String], HookRung)] = [
+            ("cg_tp_cgroup_mkdir", ["cgroup creation"], .tracepoint),
+            ("cg_tp_cgroup_rmdir", ["cgroup removal"], .tracepoint),
         ]
         switch self {
         case .fentry:
-            return [("cg_fentry_tcp_connect", ["connect"]), ("cg_fexit_inet_csk_accept", ["accept"]),
-                    ("cg_tp_sock_state", ["connect outcome"])] + cgroups
+            return [("cg_fentry_tcp_connect", ["connect"], .fentry), ("cg_fexit_inet_csk_accept", ["accept"], .fentry),
+                    ("cg_tp_sock_state", ["connect outcome"], .tracepoint)] + always
         case .kprobe:
-            return [("cg_kprobe_tcp_connect", ["connect"]), ("cg_kretprobe_inet_csk_accept", ["accept"]),
-                    ("cg_tp_sock_state", ["connect outcome"])] + cgroups
+            return [("cg_kprobe_tcp_connect", ["connect"], .kprobe), ("cg_kretprobe_inet_csk_accept", ["accept"], .kprobe),
+                    ("cg_tp_sock_state", ["connect outcome"], .tracepoint)] + always
         case .tracepoint:
-            return [("cg_tp_sock_state", ["connect", "connect outcome", "accept"])] + cgroups
+            return [("cg_tp_sock_state", ["connect", "connect outcome", "accept"], .tracepoint)] + always
         }
     }
 
@@ -236,7 +245,7 @@ public final class Tracer {
         heldAccepts = attached.acceptViaSyscall ? try object.map("accepting") : nil
         heldCount = try object.map("held_count")
         repeatCounter = configuration.countRepeats
-            ? try RepeatCounter(object: object, clock: clock, hook: ConnectionEvent.Hook(rawValue: attached.rung.rawValue) ?? .tracepoint)
+            ? try RepeatCounter(object: object, clock: clock, hook: attached.rung.eventHook)
             : nil
 
         // unowned(unsafe): the reader belongs to this tracer and calls back
@@ -291,8 +300,8 @@ public final class Tracer {
         var plan = rung.plan
         if acceptViaSyscall {
             plan = plan.map { step in
-                (step.program, step.capabilities.filter { $0 != "accept" })
-            } + HookRung.acceptCallPrograms.map { ($0, ["accept"]) }
+                (step.program, step.capabilities.filter { $0 != "accept" }, step.rung)
+            } + HookRung.acceptCallPrograms.map { ($0, ["accept"], HookRung.tracepoint) }
         }
         let wanted = Set(plan.map(\.program))
         for p in object.programs { p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name) }
@@ -313,8 +322,7 @@ public final class Tracer {
             }
             let section = program.sectionName.hasPrefix("?") ? String(program.sectionName.dropFirst()) : program.sectionName
             for c in step.capabilities {
-                chosen.append(HookChoice(capability: c, rung: c == "connect outcome" || c.hasPrefix("cgroup") ? "tracepoint" : rung.rawValue,
-                                         detail: "\(program.name) (\(section))"))
+                chosen.append(HookChoice(capability: c, rung: step.rung, detail: "\(program.name) (\(section))"))
             }
         }
         // One line per capability: accept() and accept4() together.

@@ -30,7 +30,7 @@ struct ProbeCommand: ParsableCommand {
                 if !report.hooks.isEmpty {
                     print("")
                     print("hooks chosen (rung \(report.rung.map(\.rawValue) ?? "-")):")
-                    for h in report.hooks { print("  \(h.capability.padding(to: 18))\(h.rung.padding(to: 12))\(h.detail)") }
+                    for h in report.hooks { print("  \(h.capability.padding(to: 18))\(h.rung.rawValue.padding(to: 12))\(h.detail)") }
                 }
                 if let e = report.error { print(""); print("cannot trace here: \(e)") }
             case .json:
