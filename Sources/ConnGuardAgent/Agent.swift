@@ -73,13 +73,16 @@ public final class Agent: @unchecked Sendable {
         } catch {
             throw AgentError("cannot open the database \(configuration.databasePath): \(error)")
         }
-        writer = StoreWriter(store: store, options: .init(
+        // What start has made so far, undone in reverse if a later step fails.
+        var undo = Undo()
+        let writer = StoreWriter(store: store, options: .init(
             capacity: configuration.writeQueueCapacity,
             retention: .init(eventMaxAge: .seconds(configuration.eventRetentionSeconds),
                              maxEvents: configuration.eventRetentionCount,
                              aggregateMaxAge: .seconds(configuration.aggregateRetentionSeconds)),
             rowBudget: configuration.individualEventsPerSecond > 0
                 ? .init(eventsPerSecond: configuration.individualEventsPerSecond) : nil))
+        undo.add { writer.close() }
 
         var tracerConfig = Tracer.Configuration()
         tracerConfig.ringBufferBytes = configuration.ringBufferMiB << 20
@@ -89,32 +92,27 @@ public final class Agent: @unchecked Sendable {
         // counts the other repeats of a connection (0: every event, one by one).
         tracerConfig.countRepeats = configuration.individualEventsPerSecond > 0
         tracerConfig.repeatsSentPerSecond = configuration.individualEventsPerSecond
-        do {
+        let tracer = try undo.step("") {
             if let h = configuration.hooks {
                 guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
                 tracerConfig.forcedRung = rung
             }
-            tracer = try Tracer(configuration: tracerConfig, logger: logger)
-        } catch {
-            writer.close()
-            throw AgentError("\(error)")
+            return try Tracer(configuration: tracerConfig, logger: logger)
         }
-        metrics = AgentMetrics()
-        pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
+        undo.add { tracer.close() }
 
         // Enforcement: attached at the watched root, pinned so that it holds
         // while the agent is away; an agent that finds the pins adopts them.
-        guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted") }
-        let rootPath = configuration.cgroupRoot == "/" ? mount : mount + configuration.cgroupRoot
-        do {
-            enforcer = try Enforcer.open(cgroupPath: rootPath, pinRoot: configuration.pinRoot,
-                                         unknown: configuration.unknownCgroups == "deny" ? .deny : .allow,
-                                         allowRoot: configuration.cgroupRoot == "/", maxRules: UInt32(configuration.maxKernelRules))
-        } catch {
-            tracer.close()
-            writer.close()
-            throw AgentError("enforcement: \(error)")
+        let rootPath = try undo.step("") { () throws -> String in
+            guard let mount = CgroupMount.find() else { throw AgentError("no cgroup v2 hierarchy is mounted") }
+            return configuration.cgroupRoot == "/" ? mount : mount + configuration.cgroupRoot
         }
+        let enforcer = try undo.step("enforcement: ") {
+            try Enforcer.open(cgroupPath: rootPath, pinRoot: configuration.pinRoot,
+                              unknown: configuration.unknownCgroups == "deny" ? .deny : .allow,
+                              allowRoot: configuration.cgroupRoot == "/", maxRules: UInt32(configuration.maxKernelRules))
+        }
+        undo.add { [failOpen = configuration.failOpen] in try? enforcer.close(failOpen: failOpen) }
         if configuration.unknownCgroups == "deny" {
             logger.critical("--unknown deny: connections from cgroups ConnGuard does not know are REFUSED under \(rootPath)")
         }
@@ -124,15 +122,17 @@ public final class Agent: @unchecked Sendable {
         settings.promotion = PromotionPolicy(
             learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
             quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
-        do {
-            policy = try PolicyEngine(settings: settings, store: BaselineStore(store: store), enforcer: enforcer,
-                                      identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
-        } catch {
-            try? enforcer?.close(failOpen: configuration.failOpen)
-            tracer.close()
-            writer.close()
-            throw AgentError("baselines: \(error)")
+        let baselines = BaselineStore(store: store)
+        let policy = try undo.step("baselines: ") {
+            try PolicyEngine(settings: settings, store: baselines, enforcer: enforcer,
+                             identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
         }
+        self.writer = writer
+        self.tracer = tracer
+        self.enforcer = enforcer
+        self.policy = policy
+        metrics = AgentMetrics()
+        pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
         pipeline.policy = policy
         // Per-program run time and count, for the metrics: held while this fd is open.
         statsToken = BPFSystem.enableRunTimeStatistics()
@@ -380,4 +380,24 @@ struct PipelineService: Service {
 public struct AgentError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// What the agent's start made so far, undone in reverse order when a later
+/// step fails, so that a failed start leaves nothing behind.
+struct Undo {
+    private var steps: [() -> Void] = []
+
+    mutating func add(_ step: @escaping () -> Void) { steps.append(step) }
+
+    /// Runs `body`; if it throws, undoes everything and throws its error as
+    /// one line, after `prefix`.
+    func step<T>(_ prefix: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            for s in steps.reversed() { s() }
+            if let e = error as? AgentError, prefix.isEmpty { throw e }
+            throw AgentError("\(prefix)\(error)")
+        }
+    }
 }
