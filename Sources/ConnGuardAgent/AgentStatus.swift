@@ -3,7 +3,8 @@ import Foundation
 
 /// What `connguard status` shows: the agent writes it (GET /v1/status), the
 /// CLI reads it, with this one type. The JSON keys are the properties' names
-/// in snake_case; absent values are written as null, never left out.
+/// in snake_case; absent values are written as null (`Nullable`), never left
+/// out.
 public struct AgentStatus: Codable, Sendable, Equatable {
     public var version: String
     public var pid: Int64
@@ -23,7 +24,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var workloads: Int64
     public var cgroupsTracked: Int64
     public var database: DatabaseStatus
-    public var metricsAddress: String?
+    public var metricsAddress: Nullable<String>
     public var enforcement: Enforcement
     /// mode -> how many workloads are in it
     public var modes: [String: Int64]
@@ -76,24 +77,11 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var programsAttached: Bool
         public var unknownCgroups: String
         public var onExit: String
-        public var arming: String?
+        public var arming: Nullable<String>
         /// The rules of enforced workloads in the kernel.
         public var kernelRules: KernelRules
         /// Enforced workloads whose rules did not fit (monitored in the kernel).
         public var heldBack: [String]
-
-        public func encode(to encoder: Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(cgroup, forKey: .cgroup)
-            try c.encode(pinnedAt, forKey: .pinnedAt)
-            try c.encode(adopted, forKey: .adopted)
-            try c.encode(programsAttached, forKey: .programsAttached)
-            try c.encode(unknownCgroups, forKey: .unknownCgroups)
-            try c.encode(onExit, forKey: .onExit)
-            try c.encode(arming, forKey: .arming)  // null when none
-            try c.encode(kernelRules, forKey: .kernelRules)
-            try c.encode(heldBack, forKey: .heldBack)
-        }
     }
 
     public struct KernelRules: Codable, Sendable, Equatable {
@@ -108,29 +96,6 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var recent: String
     }
 
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(version, forKey: .version)
-        try c.encode(pid, forKey: .pid)
-        try c.encode(startedAt, forKey: .startedAt)
-        try c.encode(uptimeSeconds, forKey: .uptimeSeconds)
-        try c.encode(cgroupRoot, forKey: .cgroupRoot)
-        try c.encode(hookRung, forKey: .hookRung)
-        try c.encode(hooks, forKey: .hooks)
-        try c.encode(listenersSeeded, forKey: .listenersSeeded)
-        try c.encode(connectionsSeeded, forKey: .connectionsSeeded)
-        try c.encode(events, forKey: .events)
-        try c.encode(lost, forKey: .lost)
-        try c.encode(incomplete, forKey: .incomplete)
-        try c.encode(workloads, forKey: .workloads)
-        try c.encode(cgroupsTracked, forKey: .cgroupsTracked)
-        try c.encode(database, forKey: .database)
-        try c.encode(metricsAddress, forKey: .metricsAddress)  // null when off
-        try c.encode(enforcement, forKey: .enforcement)
-        try c.encode(modes, forKey: .modes)
-        try c.encode(audit, forKey: .audit)
-    }
-
     /// The JSON the agent answers with: one line.
     public func json() throws -> Data {
         let encoder = JSONEncoder()
@@ -143,5 +108,23 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(AgentStatus.self, from: data)
+    }
+}
+
+/// An optional value that is written as null when absent, where Codable
+/// would leave the key out: consumers of the JSON see every key, always.
+public struct Nullable<Wrapped: Codable & Sendable & Equatable>: Codable, Sendable, Equatable {
+    public var value: Wrapped?
+
+    public init(_ value: Wrapped?) { self.value = value }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        value = c.decodeNil() ? nil : try c.decode(Wrapped.self)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        if let value { try c.encode(value) } else { try c.encodeNil() }
     }
 }

@@ -38,33 +38,21 @@ extension Identity {
         w.put(#","workload":"#)
         w.string(workload)
         w.put(#","container":"#)
-        if let c = container {
-            w.put(#"{"id":"#)
-            w.string(c.id)
-            w.put(#","runtime":"#)
-            w.string(c.runtime.rawValue)
-            w.put(#","name":"#)
-            w.string(c.name)
-            w.put(#","image":"#)
-            w.string(c.image)
-            w.put("}")
-        } else {
-            w.put("null")
-        }
+        Self.putObject(&w, container.map { c -> [(key: StaticString, value: String?)] in [("id", c.id), ("runtime", c.runtime.rawValue), ("name", c.name), ("image", c.image)] })
         w.put(#","pod":"#)
-        if let p = pod {
-            w.put(#"{"namespace":"#)
-            w.string(p.namespace)
-            w.put(#","name":"#)
-            w.string(p.name)
-            w.put(#","uid":"#)
-            w.string(p.uid)
-            w.put(#","container":"#)
-            w.string(p.container)
-            w.put("}")
-        } else {
-            w.put("null")
+        Self.putObject(&w, pod.map { p -> [(key: StaticString, value: String?)] in [("namespace", p.namespace), ("name", p.name), ("uid", p.uid), ("container", p.container)] })
+    }
+
+    /// A JSON object of string fields, or null.
+    private static func putObject(_ w: inout LineCursor, _ fields: [(key: StaticString, value: String?)]?) {
+        guard let fields else { return w.put("null") }
+        for (i, f) in fields.enumerated() {
+            w.put(i == 0 ? "{\"" : ",\"")
+            w.put(f.key)
+            w.put("\":")
+            w.string(f.value)
         }
+        w.put("}")
     }
 
     /// The most bytes putJSONFields can write.

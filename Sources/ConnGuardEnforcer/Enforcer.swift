@@ -432,7 +432,10 @@ public final class Enforcer: @unchecked Sendable {
     /// no agent ran wait in the pinned ring buffer and come first.
     public func denialReader() throws -> DenialReader {
         try ensureOpen()
-        return try DenialReader(enforcer: self, map: denialMap)
+        return try DenialReader(enforcer: self, map: denialMap) { bytes, clock in
+            if case let .connection(e)? = try? TraceRecord.decode(bytes, clock: clock) { return e }
+            return nil
+        }
     }
 
     /// The loaded programs (to measure them with BPFProgram.testRun).
@@ -451,7 +454,10 @@ public final class Enforcer: @unchecked Sendable {
                 throw EnforcerError.attach(e)
             }
         }
-        return try NewCgroupReader(enforcer: self, map: try object.map("cgroup_births"))
+        return try NewCgroupReader(enforcer: self, map: try object.map("cgroup_births")) { bytes, clock in
+            if case let .cgroup(c)? = try? TraceRecord.decode(bytes, clock: clock) { return c }
+            return nil
+        }
     }
 
     func countUndecodable() { withState { $0.undecodable += 1 } }
@@ -533,61 +539,36 @@ public struct LatencySummary: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Reads refusals from the kernel as ConnectionEvents with outcome `.denied`.
-public final class DenialReader {
+/// Reads one of enforcement's ring buffers, each record decoded as a `T`;
+/// what cannot be decoded is counted, never dropped silently.
+public final class EnforcementReader<T> {
     private let enforcer: Enforcer
     private var reader: RingBufferReader!
-    private var pending: [ConnectionEvent] = []
+    private var pending: [T] = []
 
-    init(enforcer: Enforcer, map: BPFMap) throws {
+    init(enforcer: Enforcer, map: BPFMap, decode: @escaping (UnsafeRawBufferPointer, BootClock) -> T?) throws {
         self.enforcer = enforcer
         reader = try RingBufferReader(map: map) { [unowned self] bytes in
-            guard bytes.count >= MemoryLayout<cg_connection_event>.size else {
-                self.enforcer.countUndecodable()
-                return
-            }
-            let raw = bytes.loadUnaligned(as: cg_connection_event.self)
-            if let e = try? ConnectionEvent(raw, clock: self.enforcer.clock) {
-                self.pending.append(e)
+            if let value = decode(bytes, self.enforcer.clock) {
+                self.pending.append(value)
             } else {
                 self.enforcer.countUndecodable()
             }
         }
     }
 
-    /// Waits up to `timeoutMilliseconds` for denials and returns those ready.
-    public func poll(timeoutMilliseconds: Int32) throws -> [ConnectionEvent] {
+    /// Waits up to `timeoutMilliseconds` for records and returns those ready.
+    public func poll(timeoutMilliseconds: Int32) throws -> [T] {
         try reader.poll(timeoutMilliseconds: timeoutMilliseconds)
         defer { pending.removeAll() }
         return pending
     }
 }
 
-/// Reads the cgroups created in the watched subtree (paths relative to the
-/// cgroup v2 mount).
-public final class NewCgroupReader {
-    private let enforcer: Enforcer
-    private var reader: RingBufferReader!
-    private var pending: [CgroupEvent] = []
-
-    init(enforcer: Enforcer, map: BPFMap) throws {
-        self.enforcer = enforcer
-        reader = try RingBufferReader(map: map) { [unowned self] bytes in
-            if case let .cgroup(c)? = try? TraceRecord.decode(bytes, clock: self.enforcer.clock) {
-                self.pending.append(c)
-            } else {
-                self.enforcer.countUndecodable()
-            }
-        }
-    }
-
-    /// Waits up to `timeoutMilliseconds` for new cgroups and returns those ready.
-    public func poll(timeoutMilliseconds: Int32) throws -> [CgroupEvent] {
-        try reader.poll(timeoutMilliseconds: timeoutMilliseconds)
-        defer { pending.removeAll() }
-        return pending
-    }
-}
+/// Refusals, as ConnectionEvents with outcome `.denied`.
+public typealias DenialReader = EnforcementReader<ConnectionEvent>
+/// The cgroups created in the watched subtree (paths relative to the cgroup v2 mount).
+public typealias NewCgroupReader = EnforcementReader<CgroupEvent>
 
 /// A cgroup v2 directory: its id, its depth below the mount, whether it is the root.
 struct CgroupDirectory {

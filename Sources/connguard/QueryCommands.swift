@@ -198,7 +198,7 @@ struct StatusCommand: AsyncParsableCommand {
             let enf = s.enforcement
             let attached = enf.programsAttached ? "programs attached" : "programs not attached (nothing enforced)"
             say("enforce:    on \(enf.cgroup), \(attached), pinned at \(enf.pinnedAt)\(enf.adopted ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf.unknownCgroups); on exit: \(enf.onExit)")
-            if let a = enf.arming { say("arming:     \(a)") }
+            if let a = enf.arming.value { say("arming:     \(a)") }
             let k = enf.kernelRules
             say("rules:      \(k.address) of \(k.addressCapacity) address rules, \(k.workload) of \(k.workloadCapacity) workload rules in the kernel (enforced workloads)")
             if !enf.heldBack.isEmpty {
