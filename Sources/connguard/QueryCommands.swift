@@ -47,22 +47,8 @@ struct ConnectionsCommand: AsyncParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "table or json (one object per line).")
     var output: OutputFormat = .table
 
-    func validate() throws {
-        for (name, value) in [("--since", since), ("--until", until)] {
-            if let v = value {
-                do { _ = try TimeArgument.nanoseconds(v, now: BootClock.now(CLOCK_REALTIME)) } catch { throw ValidationError("\(name): \(error)") }
-            }
-        }
-        if let last, last < 1 { throw ValidationError("--last must be at least 1") }
-        if let peer, CIDR(peer) == nil { throw ValidationError("--peer: '\(peer)' is not an IP address or CIDR") }
-        if let direction, !["in", "out"].contains(direction) { throw ValidationError("--direction must be in or out") }
-        if let verdict, !["allowed", "would_deny", "denied"].contains(verdict) {
-            throw ValidationError("--verdict must be allowed, would_deny or denied")
-        }
-        if follow && aggregate { throw ValidationError("--follow and --aggregate cannot be combined") }
-    }
-
-    func run() async throws {
+    /// The request's parameters, as the API takes them.
+    var parameters: [(String, String)] {
         var q: [(String, String)] = []
         func add(_ k: String, _ v: String?) { if let v { q.append((k, v)) } }
         add("since", since); add("until", until); add("last", last.map(String.init))
@@ -70,6 +56,26 @@ struct ConnectionsCommand: AsyncParsableCommand {
         add("port", port.map(String.init)); add("peer", peer); add("direction", direction); add("verdict", verdict)
         if aggregate { q.append(("aggregate", "true")) }
         if follow { q.append(("follow", "true")) }
+        return q
+    }
+
+    /// Checked by the agent's own parser of the request, so that the CLI and
+    /// the API accept the same values and refuse the rest in the same words
+    /// (here naming flags: "port ..." is "--port ...").
+    func validate() throws {
+        do {
+            _ = try ConnectionsRequest(parameters: parameters, now: BootClock.now(CLOCK_REALTIME))
+        } catch {
+            let problems = "\(error)".components(separatedBy: "; ").map { problem -> String in
+                let word = problem.prefix { $0.isLetter || $0 == "_" }
+                return ConnectionsRequest.parameters.contains(String(word)) ? "--" + problem : problem
+            }
+            throw ValidationError(problems.joined(separator: "; ").replacingOccurrences(of: " and follow", with: " and --follow"))
+        }
+    }
+
+    func run() async throws {
+        let q = parameters
         installStopSignals()
 
         var out = OutputBuffer()
