@@ -27,8 +27,14 @@ public enum BaselineFile {
 
     public struct Problems: Error, CustomStringConvertible {
         public let list: [String]
+        /// Problems listed at most; the rest are counted (a file with 36,000
+        /// bad rules is one readable answer, not 2 MB of them).
+        public static let shown = 20
+
         public var description: String {
-            list.count == 1 ? list[0] : "\(list.count) problems:\n" + list.map { "  - " + $0 }.joined(separator: "\n")
+            if list.count == 1 { return list[0] }
+            let more = list.count > Self.shown ? "\n  - ... and \(list.count - Self.shown) more" : ""
+            return "\(list.count) problems:\n" + list.prefix(Self.shown).map { "  - " + $0 }.joined(separator: "\n") + more
         }
     }
 
