@@ -11,6 +11,7 @@
 //   ConnGuardStore       the embedded SQLite database (GRDB, WAL): recent events, aggregates
 //   ConnGuardAgent       the node agent: event pipeline, local API, metrics, lifecycle
 //   ConnGuardEnforcer    enforcement in the kernel: pinned cgroup programs, policy and baseline maps
+//   ConnGuardCluster     the cluster store (addresses, baselines, modes shared by nodes): etcd v3 backend
 //   connguard            the command line
 import PackageDescription
 
@@ -29,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        // The cluster store only: etcd's JSON gateway over HTTP(S); NIOSSL for its TLS options.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
     ],
     targets: [
         .systemLibrary(
@@ -85,6 +89,15 @@ let package = Package(
             name: "ConnGuardEnforcer",
             dependencies: ["BPFKit", "CBPFKit", "CConnGuard", "ConnGuardCore"]
         ),
+        .target(
+            name: "ConnGuardCluster",
+            dependencies: [
+                "ConnGuardCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
@@ -138,6 +151,11 @@ let package = Package(
             name: "connguard-enforce-bench",
             dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore"],
             path: "bench/EnforceBench"
+        ),
+        // Against a real 3-member etcd on loopback (etcd-server, etcd-client).
+        .testTarget(
+            name: "ConnGuardClusterTests",
+            dependencies: ["ConnGuardCluster", "ConnGuardCore"]
         ),
         .testTarget(
             name: "ConnGuardEnforcerTests",
