@@ -159,6 +159,7 @@ public actor EtcdClusterStore: ClusterStore {
 
     // MARK: baselines
 
+    @discardableResult
     public func mergeRules(_ rules: [Rule], into workload: String) async throws -> ClusterBaseline {
         let node = self.node
         return try await update(workload) { b in
@@ -166,6 +167,7 @@ public actor EtcdClusterStore: ClusterStore {
         }!
     }
 
+    @discardableResult
     public func removeRules(_ keys: Set<RuleKey>, from workload: String) async throws -> ClusterBaseline? {
         try await update(workload, createIfMissing: false) { b in
             for k in keys { b.rules[k] = nil }
@@ -227,6 +229,7 @@ public actor EtcdClusterStore: ClusterStore {
 
     // MARK: modes
 
+    @discardableResult
     public func setMode(_ mode: Mode, of workload: String, by who: String) async throws -> ModeSetting {
         guard !closed else { throw ClusterStoreError.closed }
         if let why = KeyLayout.workloadNameProblem(workload) { throw ClusterStoreError.invalidArgument(why) }
