@@ -12,6 +12,7 @@
 //   ConnGuardAgentInput  what reaches the agent from outside: config and baseline files, API queries
 //   ConnGuardAgent       the node agent: event pipeline, local API, metrics, lifecycle
 //   ConnGuardEnforcer    enforcement in the kernel: pinned cgroup programs, policy and baseline maps
+//   ConnGuardCluster     the cluster store (addresses, baselines, modes shared by nodes): etcd v3 backend
 //   connguard            the command line
 //   Fuzz/                libFuzzer targets, declared only with CONNGUARD_FUZZ=1 (scripts/fuzz)
 import Foundation
@@ -32,6 +33,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        // The cluster store only: etcd's JSON gateway over HTTP(S); NIOSSL for its TLS options.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
     ],
     targets: [
         .systemLibrary(
@@ -92,6 +96,15 @@ let package = Package(
             name: "ConnGuardEnforcer",
             dependencies: ["BPFKit", "CBPFKit", "CConnGuard", "ConnGuardCore"]
         ),
+        .target(
+            name: "ConnGuardCluster",
+            dependencies: [
+                "ConnGuardCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .executableTarget(
             name: "connguard",
             dependencies: [
@@ -149,6 +162,11 @@ let package = Package(
             name: "connguard-enforce-bench",
             dependencies: ["ConnGuardEnforcer", "ConnGuardTracer", "ConnGuardCore"],
             path: "bench/EnforceBench"
+        ),
+        // Against a real 3-member etcd on loopback (etcd-server, etcd-client).
+        .testTarget(
+            name: "ConnGuardClusterTests",
+            dependencies: ["ConnGuardCluster", "ConnGuardCore"]
         ),
         .testTarget(
             name: "ConnGuardEnforcerTests",
