@@ -79,7 +79,9 @@ public enum LimitedYAML {
     /// "[-+]a:b:c" as Yams reads it (a*3600 + b*60 + c), or nil where Yams
     /// would not make an Int of it either (it then gives the text).
     private static func sexagesimal(_ text: String) throws -> Int? {
-        var digits = Substring(text)
+        // YAML 1.1 lets "_" separate digits; Yams drops them before its sum
+        // (the fuzzer's "+11310_11111113100111:00" trapped it).
+        var digits = Substring(text.replacingOccurrences(of: "_", with: ""))
         var sign = 1
         if digits.hasPrefix("-") { sign = -1; digits = digits.dropFirst() } else if digits.hasPrefix("+") { digits = digits.dropFirst() }
         var value = 0

@@ -13,6 +13,11 @@ final class LimitedYAMLTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("base-60"), "\(error)")
         }
         XCTAssertThrowsError(try LimitedYAML.load("x: 1:0:0:0:0:0:0:0:0:0:0:0"))
+        // With the digit separators YAML 1.1 allows (found by the yaml target).
+        XCTAssertThrowsError(try LimitedYAML.load("+11310_11111113100111:00")) { error in
+            XCTAssertTrue("\(error)".contains("base-60"), "\(error)")
+        }
+        XCTAssertEqual(try LimitedYAML.load("1_0:30") as? Int, 630)
         // The ones that fit read as Yams reads them.
         XCTAssertEqual(try LimitedYAML.load("1:30") as? Int, 90)
         XCTAssertEqual(try LimitedYAML.load("-1:00:01") as? Int, -3601)
