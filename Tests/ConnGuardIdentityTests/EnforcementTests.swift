@@ -48,24 +48,9 @@ final class EnforcementTests: XCTestCase {
     // MARK: helpers
 
     func startAgent() throws {
-        var pid: pid_t = 0
-        let args = [binary, "agent", "--db", scratch + "/db", "--socket", socket, "--cgroup-root", parent,
-                    "--pin-root", pinRoot, "--log-level", "warning"]
-        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_addopen(&actions, 1, scratch + "/agent.log", O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, scratch + "/agent.log", O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        XCTAssertEqual(posix_spawn(&pid, binary, &actions, nil, argv, environ), 0)
-        posix_spawn_file_actions_destroy(&actions)
-        agentPID = pid
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            if cg(["status", "-o", "json"]).status == 0 { return }
-            usleep(100_000)
-        }
-        throw Failure("agent did not start: \((try? readFile(scratch + "/agent.log")) ?? "")")
+        agentPID = try AgentProcess.start(binary: binary, arguments: ["--db", scratch + "/db", "--socket", socket, "--cgroup-root", parent,
+                                                                      "--pin-root", pinRoot, "--log-level", "warning"],
+                                          socket: socket, log: scratch + "/agent.log")
     }
 
     func stopAgent(_ signal: Int32) {

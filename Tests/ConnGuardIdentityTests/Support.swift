@@ -227,6 +227,32 @@ final class TraceSession: @unchecked Sendable {
 }
 
 /// Loopback ports not in use now.
+/// The built `connguard agent`, started as operators run it, for the
+/// end-to-end tests: stdout and stderr to `log`.
+enum AgentProcess {
+    /// Starts it with `arguments` and returns its pid once it answers on
+    /// `socket`; throws with its log if it does not within 20 s.
+    static func start(binary: String, arguments: [String], socket: String, log: String) throws -> pid_t {
+        var pid: pid_t = 0
+        let args = [binary, "agent"] + arguments
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let spawned = posix_spawn(&pid, binary, &actions, nil, argv, environ)
+        posix_spawn_file_actions_destroy(&actions)
+        guard spawned == 0 else { throw Failure("posix_spawn \(binary): \(String(cString: strerror(spawned)))") }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if Shell.run([binary, "status", "-o", "json", "--socket", socket]).status == 0 { return pid }
+            usleep(100_000)
+        }
+        throw Failure("agent did not start: \((try? readFile(log)) ?? "")")
+    }
+}
+
 enum Ports {
     static func free() -> UInt16 {
         for _ in 0..<100 {
