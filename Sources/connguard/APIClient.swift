@@ -106,17 +106,6 @@ struct APIClient {
     /// What a cut-short answer is called (the agent died or stopped mid-answer).
     static let incomplete = "the agent closed the connection before its answer was complete"
 
-    /// One JSON object.
-    func getObject(_ path: String) async throws -> [String: Any] {
-        var result: [String: Any]?
-        try await get(path) { line in
-            result = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
-            return false
-        }
-        guard let result else { throw Failure(description: "the agent sent an empty answer to \(path)") }
-        return result
-    }
-
     private func checkSocket() throws {
         var st = stat()
         if stat(socketPath, &st) != 0 {
