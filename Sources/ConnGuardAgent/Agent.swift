@@ -126,9 +126,10 @@ public final class Agent: @unchecked Sendable {
             learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
             quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
         let baselines = BaselineStore(store: store)
+        let remote = settings.clustered ? ClusterSync.lastKnownAddresses(configuration, logger: logger) : [:]
         let policy = try undo.step("baselines: ") {
             try PolicyEngine(settings: settings, store: baselines, enforcer: enforcer,
-                             identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
+                             identity: identity, cgroupRootPath: rootPath, scope: scope, remoteAddresses: remote, logger: logger)
         }
         // Before any event: the engine sends this node's addresses and
         // promotions to the cluster from the start.

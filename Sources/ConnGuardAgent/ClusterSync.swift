@@ -68,13 +68,12 @@ final class ClusterSync: Service, @unchecked Sendable {
         self.node = node
         endpoints = c.clusterEndpoints
         defaultMode = Mode(rawValue: c.defaultMode) ?? .learn
-        cachePath = c.databasePath + ".cluster-addresses.json"
+        cachePath = Self.cachePath(c)
         (addressChanges, addressSink) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
         (promotions, promotionSink) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
         let addressSink = addressSink, promotionSink = promotionSink
         policy.clusterHooks = .init(publishAddresses: { addressSink.yield($0) },
                                     promote: { promotionSink.yield(($0, $1, $2)) })
-        loadCache()
     }
 
     func run() async throws {
@@ -91,8 +90,9 @@ final class ClusterSync: Service, @unchecked Sendable {
             group.cancelAll()
         }
         // What was learnt since the last merge, if the store is there (the
-        // local database has it either way).
-        await mergeOutbox(all: true)
+        // local database has it either way; a store that is away would only
+        // make shutdown wait out its timeout).
+        if degradedSinceSeconds == nil { await mergeOutbox(all: true) }
         saveCache()
         await store.close()
     }
@@ -360,19 +360,31 @@ final class ClusterSync: Service, @unchecked Sendable {
         var addresses: [String: [String: String]]
     }
 
-    private func loadCache() {
-        guard let data = FileManager.default.contents(atPath: cachePath) else { return }
-        guard let c = try? JSONDecoder().decode(Cache.self, from: data), c.v == 1 else {
-            logger.warning("cluster: the local copy of other nodes' addresses cannot be read; starting without it", metadata: ["file": "\(cachePath)"])
-            return
+    static func cachePath(_ c: AgentConfiguration) -> String { c.databasePath + ".cluster-addresses.json" }
+
+    /// The other nodes' addresses as this node last knew them (saved every
+    /// 10 s and at exit), for the kernel from the start: the watch replaces
+    /// them with the store's as soon as it answers.
+    static func lastKnownAddresses(_ c: AgentConfiguration, logger: Logger) -> [String: [IPAddress: String]] {
+        let path = cachePath(c)
+        guard let data = FileManager.default.contents(atPath: path) else { return [:] }
+        guard let cache = try? JSONDecoder().decode(Cache.self, from: data), cache.v == 1 else {
+            logger.warning("cluster: the local copy of other nodes' addresses cannot be read; starting without it", metadata: ["file": "\(path)"])
+            return [:]
         }
+        let node = c.effectiveNodeName
         var byNode: [String: [IPAddress: String]] = [:]
-        for (n, perNode) in c.addresses where n != node {
-            for (a, w) in perNode { if let ip = IPAddress(a) { byNode[n, default: [:]][ip] = w } }
+        var count = 0
+        for (n, perNode) in cache.addresses where n != node {
+            for (a, w) in perNode {
+                guard let ip = IPAddress(a) else { continue }
+                byNode[n, default: [:]][ip] = w
+                count += 1
+            }
         }
-        policy.replaceRemoteAddresses(byNode)
         logger.info("cluster: other nodes' addresses as last known, until the store answers", metadata: [
-            "revision": "\(c.revision)", "addresses": "\(policy.remoteAddressCount)"])
+            "revision": "\(cache.revision)", "addresses": "\(count)"])
+        return byNode
     }
 
     private func saveCache() {

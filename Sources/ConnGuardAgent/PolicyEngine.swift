@@ -103,8 +103,11 @@ public final class PolicyEngine: @unchecked Sendable {
     /// cgroups are in monitor mode there until room is made.
     private var heldBack: Set<String> = []
 
+    /// `remoteAddresses`: on a cluster, the other nodes' addresses as last
+    /// known (ClusterSync's local copy), in the kernel from the start.
     public init(settings: Settings, store: BaselineStore, enforcer: Enforcer?, identity: IdentitySource,
-                cgroupRootPath: String, scope: CgroupSubtree? = nil, logger: Logger) throws {
+                cgroupRootPath: String, scope: CgroupSubtree? = nil, remoteAddresses: [String: [IPAddress: String]] = [:],
+                logger: Logger) throws {
         self.settings = settings
         self.store = store
         self.enforcer = enforcer
@@ -116,6 +119,10 @@ public final class PolicyEngine: @unchecked Sendable {
             entries[b.workload] = Entry(baseline: b, workloadID: id)
             byID[id] = b.workload
         }
+        for (node, perNode) in remoteAddresses {
+            for (a, w) in perNode { remoteClaims[a, default: [:]][node] = w }
+        }
+        _ = refreshOwnersLocked(remoteClaims.keys)
         scanAddresses(applyToKernel: false)
         try migrateAddressRules()
         try syncKernel()

@@ -299,6 +299,20 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertEqual(connect("\(tag)-probe", "198.18.0.31", 8080).stdout, "hi\n")
         waitFor("C learnt it locally") { rules("c", server).contains { $0["peer"] as? String == "workload:\(k8sNamespace)/probe/probe" } }
 
+        // An agent that starts while etcd has no quorum starts from its local
+        // copy: modes, baselines, and the other nodes' addresses.
+        let stopping = Date()
+        kill(agents["b"]!, SIGTERM)
+        var exit: Int32 = 0
+        waitpid(agents["b"]!, &exit, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(stopping), 10, "a degraded agent's shutdown waited out the store")
+        try startAgent("b")
+        XCTAssertNotEqual(cluster("b")["state"] as? String, "connected")
+        XCTAssertEqual(mode("b", client), "enforce")
+        XCTAssertTrue(kernelPeerAddresses("b").contains("198.18.0.31"), "\(kernelPeerAddresses("b"))")
+        XCTAssertEqual(connect("\(tag)-api2", "198.18.0.31", 8080).stdout, "hi\n", "restarted without etcd: the moved server is still a workload")
+        XCTAssertNotEqual(connect("\(tag)-api2", "198.18.0.31", 7070).status, 0)
+
         // Restored: what was learnt meanwhile is in the cluster baseline.
         try etcd.restart(0)
         try etcd.restart(1)
@@ -350,5 +364,62 @@ final class ClusterNodesTests: XCTestCase {
         let gone = Date().timeIntervalSince(killed)
         print("A's addresses left the other kernels \(String(format: "%.1f", gone)) s after kill -9 (TTL \(leaseTTL) s)")
         XCTAssertGreaterThan(gone, 0.5)
+    }
+
+    /// Import and prune act on the cluster baseline, from any node; an
+    /// automatic promotion is decided once for the cluster (one write in
+    /// etcd), and every node follows it.
+    func testImportPruneAndPromotionAreTheClusters() throws {
+        let two = ["a", "b"]
+        for n in two {
+            agents[n] = try AgentProcess.start(binary: binary, arguments: [
+                "--db", scratch + "/\(n).db", "--socket", socket(n), "--cgroup-root", parent(n), "--pin-root", pinRoot(n),
+                "--cluster-endpoints", etcd.endpoints.joined(separator: ","), "--node-name", "node-\(n)",
+                "--learning-period", "4s", "--quiet-period", "1s",
+            ], socket: socket(n), log: scratch + "/\(n).log")
+        }
+        for n in two { waitFor("node \(n) in sync") { cluster(n)["state"] as? String == "connected" } }
+        let w = "\(k8sNamespace)/batch/job"
+        let file = scratch + "/import.yaml"
+        try """
+        workload: \(w)
+        mode: learn
+        rules:
+          - {direction: out, peer: "workload:\(k8sNamespace)/db/postgres", port: 5432, protocol: tcp, first_seen: 2020-01-01T00:00:00Z, last_seen: 2020-01-02T00:00:00Z, hits: 3}
+          - {direction: out, peer: 198.18.7.0/24, port: 443, protocol: tcp}
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let imported = cg("b", ["baseline", "import", file])
+        XCTAssertEqual(imported.status, 0, imported.stderr)
+        waitFor("the import on A") { rules("a", w).count == 2 }
+        XCTAssertEqual(Set(rules("a", w).compactMap { $0["peer"] as? String }), ["workload:\(k8sNamespace)/db/postgres", "198.18.7.0/24"])
+
+        // Promotion: both nodes reach the learning period at about the same
+        // time; one decides, once, and both follow.
+        waitFor("monitor on both", timeout: 15) { mode("a", w) == "monitor" && mode("b", w) == "monitor" }
+        let (_, kv) = etcd.etcdctl(["get", "/connguard/v1/modes/\(w)", "-w", "json"])
+        let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(kv.utf8)) as? [String: Any])
+        let entry = try XCTUnwrap((o["kvs"] as? [[String: Any]])?.first)
+        XCTAssertEqual(entry["version"] as? Int, 2, "the import's mode, then one promotion: \(kv)")
+        sleep(3)
+        XCTAssertEqual(mode("a", w), "monitor")
+        let (_, after) = etcd.etcdctl(["get", "/connguard/v1/modes/\(w)", "-w", "json"])
+        XCTAssertTrue(after.contains("\"version\":2"), "promoted more than once: \(after)")
+
+        // Prune on A: the rule unused since 2020 leaves the cluster baseline.
+        let pruned = cg("a", ["baseline", "prune", w, "--unused-for", "30d"])
+        XCTAssertEqual(pruned.status, 0, pruned.stderr)
+        XCTAssertTrue(pruned.stdout.contains("removed 1 rules"), pruned.stdout)
+        waitFor("the prune on B") { rules("b", w).count == 1 }
+        let (_, value) = etcd.etcdctl(["get", "/connguard/v1/baselines/\(w)", "--print-value-only"])
+        let left = (try? JSONSerialization.jsonObject(with: Data(value.utf8)) as? [String: Any])?["rules"] as? [[String: Any]] ?? []
+        XCTAssertEqual(left.compactMap { $0["peer"] as? String }, ["198.18.7.0/24"], value)
+
+        // With the store away, a cluster action is refused whole: one line, nothing changed.
+        for i in 0..<3 { etcd.kill(i) }
+        let refused = cg("a", ["mode", w, "enforce"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("unavailable") && refused.stderr.contains("not changed"), refused.stderr)
+        XCTAssertEqual(refused.stderr.split(separator: "\n").count, 1, refused.stderr)
+        XCTAssertEqual(mode("a", w), "monitor")
     }
 }
