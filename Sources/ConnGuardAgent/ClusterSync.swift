@@ -43,6 +43,9 @@ final class ClusterSync: Service, @unchecked Sendable {
     private var writeDown: String?
     private var degradedSince: Int64?
     private var problemsSeen: Set<String> = []
+    /// Write errors already logged (a broken value would otherwise be
+    /// reported at every merge attempt, each second).
+    private var writeErrorsLogged: Set<String> = []
     private var conflictsReported: Set<IPAddress> = []
     private var promoting: Set<String> = []
     private var merges = 0
@@ -168,7 +171,11 @@ final class ClusterSync: Service, @unchecked Sendable {
     /// address rules) until the claims agree: logged once per address.
     private func reportConflict(_ a: IPAddress) {
         let claims = lock.withLock { () -> Set<String>? in
-            guard let c = view.conflicts[a] else { conflictsReported.remove(a); return nil }
+            // This address's claims only: once per watched change, over
+            // every node's (a dictionary lookup per node).
+            var c: Set<String> = []
+            for perNode in view.addresses.values { if let w = perNode[a] { c.insert(w) } }
+            guard c.count > 1 else { conflictsReported.remove(a); return nil }
             return conflictsReported.insert(a).inserted ? c : nil
         }
         guard let claims else { return }
@@ -257,7 +264,12 @@ final class ClusterSync: Service, @unchecked Sendable {
         if case ClusterStoreError.unavailable = error {
             setDown(\.writeDown, "\(what): \(error)")
         } else {
-            logger.error("cluster: \(what) failed: \(error)")
+            let line = "\(what) failed: \(error)"
+            let first = lock.withLock { () -> Bool in
+                if writeErrorsLogged.count > 1000 { writeErrorsLogged.removeAll() }
+                return writeErrorsLogged.insert(line).inserted
+            }
+            if first { logger.error("cluster: \(line) (kept here and tried again; logged once)") }
         }
     }
 

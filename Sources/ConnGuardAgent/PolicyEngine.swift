@@ -904,9 +904,10 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
-    /// Makes sure a workload of the cluster has an entry here (in `mode`
-    /// when it is new), so that its first cgroup on this node is armed at
-    /// once with the cluster's baseline and mode.
+    /// Makes sure a workload of the cluster has an entry here (in `mode`,
+    /// which decides nothing in the kernel, when it is new), so that its
+    /// first cgroup on this node is armed at once with the cluster's
+    /// baseline and mode.
     private func ensureEntry(_ workload: String, mode: Mode) -> Bool {
         if lock.withLock({ entries[workload] != nil }) { return true }
         let now = BootClock.now(CLOCK_REALTIME)
@@ -973,7 +974,9 @@ public final class PolicyEngine: @unchecked Sendable {
     /// change): applied here unless it is already the mode, audited with
     /// who set it, on which node, when.
     public func applyClusterMode(_ m: ModeSetting) {
-        guard ensureEntry(m.workload, mode: m.mode) else { return }
+        // Created in the default mode, then moved by setMode, which puts its
+        // rules in the kernel and arms its cgroups.
+        guard ensureEntry(m.workload, mode: settings.defaultMode) else { return }
         guard baseline(m.workload)?.mode != m.mode else { return }
         do {
             try setMode(m.workload, m.mode, who: "\(m.by) on \(m.node)", reason: "cluster: set on node \(m.node) at \(RFC3339.string(m.at))")

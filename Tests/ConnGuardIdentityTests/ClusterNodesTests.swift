@@ -342,6 +342,7 @@ final class ClusterNodesTests: XCTestCase {
             let l = log("a")
             return l.contains("/connguard/v1/baselines/\(client)") && l.contains("/connguard/v1/modes/\(client)")
                 && l.contains("/connguard/v1/elsewhere/x") && l.contains("claimed for more than one workload")
+                && l.contains("/connguard/v1/baselines/\(k8sNamespace)/huge/x")
         }
         XCTAssertEqual(mode("a", client), "enforce", "a newer-version mode value was applied")
         XCTAssertEqual(rules("a", client).count, before, "a broken baseline value was applied")
