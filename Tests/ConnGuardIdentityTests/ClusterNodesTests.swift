@@ -423,4 +423,27 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertEqual(refused.stderr.split(separator: "\n").count, 1, refused.stderr)
         XCTAssertEqual(mode("a", w), "monitor")
     }
+
+    /// A malformed endpoint stops the agent with one line; one that does not
+    /// answer does not: the agent starts on its own, degraded, and says why
+    /// in one log line.
+    func testWrongEndpoints() throws {
+        let bad = Shell.run([binary, "agent", "--cluster-endpoints", "etcd-0:2379", "--db", scratch + "/x.db", "--socket", socket("a"),
+                             "--cgroup-root", parent("a"), "--pin-root", pinRoot("a")])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertEqual(bad.stderr.split(separator: "\n").count, 1, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("'etcd-0:2379' is not an etcd client URL"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/x.db"), "nothing made before the check")
+
+        let closed = EtcdCluster.freePorts(1)[0]
+        agents["a"] = try AgentProcess.start(binary: binary, arguments: [
+            "--db", scratch + "/a.db", "--socket", socket("a"), "--cgroup-root", parent("a"), "--pin-root", pinRoot("a"),
+            "--cluster-endpoints", "http://127.0.0.1:\(closed)", "--node-name", "node-a",
+        ], socket: socket("a"), log: scratch + "/a.log")
+        waitFor("degraded", timeout: 15) { cluster("a")["state"] as? String == "degraded" }
+        let line = log("a").split(separator: "\n").filter { $0.contains("cluster: degraded") }
+        XCTAssertEqual(line.count, 1, log("a"))
+        XCTAssertTrue(line.first?.contains("127.0.0.1:\(closed)") == true, "\(line)")
+        XCTAssertTrue(cg("a", ["status"]).stdout.contains("cluster:    degraded since"))
+    }
 }
