@@ -314,9 +314,10 @@ final class ClusterSync: Service, @unchecked Sendable {
         } catch {
             throw unavailable(error, "nothing was pruned")
         }
-        let pruned = try policy.prune(workload, unusedForSeconds: unusedForSeconds, who: "\(who) on \(node)")
+        try policy.remove(candidates, from: workload, detail: "\(candidates.count) rules unused for \(Int(unusedForSeconds))s, for the cluster",
+                          who: "\(who) on \(node)")
         if let left { policy.applyClusterBaseline(left) }
-        return pruned
+        return candidates
     }
 
     private func unavailable(_ error: Error, _ consequence: String) -> Error {

@@ -398,10 +398,33 @@ public final class PolicyEngine: @unchecked Sendable {
             return p
         }
         guard let pruned else { throw APIError.notFound("no workload named '\(workload)'") }
-        if let b = baseline(workload) { try store.save(b) }
-        try store.appendAudit(AuditEntry(time: now, who: who, workload: workload, action: "prune", detail: "\(pruned.count) rules unused for \(Int(unusedForSeconds))s"))
-        if let b = baseline(workload), b.mode == .enforce, !isHeldBack(workload) { try loadRules(workload, b) }  // fewer: always fits
+        try afterPrune(workload, detail: "\(pruned.count) rules unused for \(Int(unusedForSeconds))s", who: who, now: now)
         return pruned
+    }
+
+    /// Removes these rules (a prune decided for the cluster: the cluster
+    /// baseline lost them first, and its watch may already have brought
+    /// that here).
+    public func remove(_ rules: [Rule], from workload: String, detail: String, who: String) throws {
+        let now = BootClock.now(CLOCK_REALTIME)
+        try flush()
+        let known = lock.withLock { () -> Bool in
+            guard entries[workload] != nil else { return false }
+            for r in rules {
+                entries[workload]!.baseline.rules[r.key] = nil
+                entries[workload]!.outbox[r.key] = nil
+            }
+            entries[workload]!.baseline.lastChange = now
+            return true
+        }
+        guard known else { throw APIError.notFound("no workload named '\(workload)'") }
+        try afterPrune(workload, detail: detail, who: who, now: now)
+    }
+
+    private func afterPrune(_ workload: String, detail: String, who: String, now: Int64) throws {
+        if let b = baseline(workload) { try store.save(b) }
+        try store.appendAudit(AuditEntry(time: now, who: who, workload: workload, action: "prune", detail: detail))
+        if let b = baseline(workload), b.mode == .enforce, !isHeldBack(workload) { try loadRules(workload, b) }  // fewer: always fits
     }
 
     // MARK: - Background work
