@@ -216,7 +216,7 @@ final class ClusterSync: Service, @unchecked Sendable {
                     setDown(\.healthDown, "\(error)")
                 }
             }
-            if tick % 10 == 0 { saveCache() }
+            if tick % 60 == 0 { saveCache() }
         }
     }
 
@@ -376,7 +376,7 @@ final class ClusterSync: Service, @unchecked Sendable {
     static func cachePath(_ c: AgentConfiguration) -> String { c.databasePath + ".cluster-addresses.json" }
 
     /// The other nodes' addresses as this node last knew them (saved every
-    /// 10 s and at exit), for the kernel from the start: the watch replaces
+    /// minute and at exit), for the kernel from the start: the watch replaces
     /// them with the store's as soon as it answers.
     static func lastKnownAddresses(_ c: AgentConfiguration, logger: Logger) -> [String: [IPAddress: String]] {
         let path = cachePath(c)
