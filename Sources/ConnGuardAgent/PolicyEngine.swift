@@ -277,7 +277,7 @@ public final class PolicyEngine: @unchecked Sendable {
         guard !who.isUnknown else { return nil }
         // Its addresses name its workload from its first connection, even
         // for a workload seen for the first time.
-        watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload)
+        watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload, podOwner: Self.podOwner(who))
         let entry: Entry? = lock.withLock { entries[who.workload] ?? (settings.defaultMode != .learn ? entryLocked(who.workload) : nil) }
         guard let entry else { return nil }
         let mode = lock.withLock { kernelModeLocked(entry) }
@@ -673,14 +673,20 @@ public final class PolicyEngine: @unchecked Sendable {
         var id: UInt64
         var path: String
         var workload: String
+        /// A pod container's pod owner (AddressBook.Member.podOwner).
+        var podOwner: String?
     }
 
     /// Every cgroup under the watched root whose workload is known.
     private func walkCgroups() -> [WatchedCgroup] {
         ConnGuardCore.walkCgroups(cgroupRootPath).compactMap { c in
             let who = identity.identity(forCgroup: c.id)
-            return who.isUnknown ? nil : WatchedCgroup(id: c.id, path: c.path, workload: who.workload)
+            return who.isUnknown ? nil : WatchedCgroup(id: c.id, path: c.path, workload: who.workload, podOwner: Self.podOwner(who))
         }
+    }
+
+    private static func podOwner(_ who: Identity) -> String? {
+        who.pod.flatMap { WorkloadNaming.podOwner(workload: who.workload, pod: $0) }
     }
 
     // MARK: - Workloads' addresses
@@ -706,7 +712,7 @@ public final class PolicyEngine: @unchecked Sendable {
         var namespaces: [UInt64: Set<IPAddress>] = [:]
         for c in walkCgroups() {
             guard let (ns, a) = namespaceOf(cgroupPath: c.path) else { continue }
-            members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns)
+            members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns, podOwner: c.podOwner)
             namespaces[ns] = a
         }
         let changes = lock.withLock { localAddressesChangedLocked(addresses.replaceAll(members: members, namespaces: namespaces)) }
@@ -720,7 +726,7 @@ public final class PolicyEngine: @unchecked Sendable {
     /// its workload before its first connection. A process still on the
     /// node's network after the watch is a host-network container (the
     /// periodic scan covers one that moves later).
-    private func watchForAddresses(cgroupID: UInt64, path: String, workload: String) {
+    private func watchForAddresses(cgroupID: UInt64, path: String, workload: String, podOwner: String?) {
         DispatchQueue.global().async { [self] in
             let start = BootClock.now(CLOCK_MONOTONIC)
             var pause: useconds_t = 500
@@ -728,7 +734,8 @@ public final class PolicyEngine: @unchecked Sendable {
                 guard access(path + "/cgroup.procs", F_OK) == 0 else { return }  // the cgroup is gone
                 if let (ns, a) = namespaceOf(cgroupPath: path) {
                     let changes = lock.withLock {
-                        localAddressesChangedLocked(addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a))
+                        localAddressesChangedLocked(addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns, podOwner: podOwner),
+                                                                     addresses: a))
                     }
                     applyAddressChanges(changes)
                     return

@@ -116,8 +116,8 @@ final class ClusterNodesTests: XCTestCase {
 
     /// A pod (one container) of `pod` on `node`, in network namespace `ns`,
     /// named as Kubernetes names it: workload = namespace/owner/container.
-    func pod(_ name: String, node: String, pod: String, container: String, in ns: String, _ command: String) throws {
-        let uid = UUID().uuidString.lowercased()
+    func pod(_ name: String, node: String, pod: String, container: String, in ns: String, uid: String = UUID().uuidString.lowercased(),
+             _ command: String) throws {
         containers.append(name)
         let r = Shell.run(["podman", "run", "-d", "--name", name, "--network", "ns:/run/netns/\(ns)",
                            "--cgroup-parent", parent(node) + "/kubepods/besteffort/pod\(uid)",
@@ -168,6 +168,19 @@ final class ClusterNodesTests: XCTestCase {
             rules("a", client).contains { $0["peer"] as? String == "workload:\(server)" && $0["port"] as? Int == 8080 }
         }
         XCTAssertFalse(rules("a", client).contains { ($0["peer"] as? String ?? "").contains("198.18.") }, "\(rules("a", client))")
+
+        // A pod of two containers (a database and its sidecar) on C: its
+        // address names the pod's owner, as every replica would.
+        let dbNet = try networks.pod("db0", "198.18.0.51", bridge: br)
+        let dbUID = UUID().uuidString.lowercased()
+        try pod("\(tag)-db0", node: "c", pod: "db-0", container: "pg", in: dbNet, uid: dbUID, "while :; do echo hi | nc -l -p 5432; done")
+        try pod("\(tag)-db0-proxy", node: "c", pod: "db-0", container: "proxy", in: dbNet, uid: dbUID, "sleep 100000")
+        waitFor("db listening") { listening(dbNet, 5432) }
+        waitFor("A knows the db pod by its owner") { kernelPeerAddresses("a").contains("198.18.0.51") }
+        XCTAssertEqual(connect("\(tag)-api0", "198.18.0.51", 5432).stdout, "hi\n")
+        waitFor("A's rule on the db pod's owner") {
+            rules("a", client).contains { $0["peer"] as? String == "workload:\(k8sNamespace)/db" && $0["port"] as? Int == 5432 }
+        }
 
         // A second replica on B learns a rule of its own: merged into the one
         // cluster baseline, shown on A with the node that saw it.
