@@ -85,6 +85,9 @@ public final class PolicyEngine: @unchecked Sendable {
     private var owners: [IPAddress: String] = [:]
     /// Kernel ids of workloads that are only peers here (no entry).
     private var peerIDs: [String: UInt32] = [:]
+    /// Workloads whose cluster baseline was applied since the last flush
+    /// (their local copy is stored whole then).
+    private var clusterChanged: Set<String> = []
     /// On a cluster: where this node's address changes and its automatic
     /// promotions go (set by ClusterSync before the agent runs).
     public var clusterHooks: ClusterHooks? {
@@ -470,16 +473,22 @@ public final class PolicyEngine: @unchecked Sendable {
 
     /// Writes learnt rules and hit counts to the database.
     public func flush() throws {
-        let (rules, wouldDeny): ([String: [RuleKey: Rule]], [String: Int64]) = lock.withLock {
+        let (rules, wouldDeny, whole): ([String: [RuleKey: Rule]], [String: Int64], [Baseline]) = lock.withLock {
             var rules: [String: [RuleKey: Rule]] = [:]
             for i in entries.indices where !entries.values[i].pending.isEmpty {
                 rules[entries.keys[i]] = entries.values[i].pending
                 entries.values[i].pending.removeAll()
             }
+            let whole = clusterChanged.compactMap { entries[$0]?.baseline }
+            clusterChanged.removeAll()
             defer { pendingWouldDeny.removeAll() }
-            return (rules, pendingWouldDeny)
+            return (rules, pendingWouldDeny, whole)
         }
-        for (w, r) in rules where !r.isEmpty { try store.saveRules(workload: w, Array(r.values)) }
+        // Cluster baselines applied since the last flush: stored whole, once
+        // each however often they changed (every node's merge reaches every
+        // agent).
+        for b in whole { try store.save(b) }
+        for (w, r) in rules where !r.isEmpty && !whole.contains(where: { $0.workload == w }) { try store.saveRules(workload: w, Array(r.values)) }
         for (w, t) in wouldDeny { try store.recordWouldDeny(workload: w, at: t) }
     }
 
@@ -976,16 +985,12 @@ public final class PolicyEngine: @unchecked Sendable {
             e.baseline.rules = rules
             e.clusterRevision = cb.revision
             e.clusterNodes = cb.rules.mapValues(\.nodes)
-            for k in Array(e.pending.keys) { e.pending[k] = rules[k] }
+            e.pending.removeAll()  // stored whole at the next flush
             entries[cb.workload] = e
+            clusterChanged.insert(cb.workload)
             return e.baseline
         }
         guard let b = applied else { return }
-        do {
-            try store.save(b)
-        } catch {
-            logger.error("could not store the local copy of a cluster baseline: \(error)", metadata: ["workload": "\(b.workload)"])
-        }
         guard b.mode == .enforce, !isHeldBack(b.workload) else { return }
         do {
             try loadRules(b.workload, b)

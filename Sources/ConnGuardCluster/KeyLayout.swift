@@ -193,7 +193,7 @@ enum Values {
         for (i, r) in decoded.rules.enumerated() {
             guard let dir = ConnectionEvent.Direction(ruleName: r.dir) else { return bad("rule \(i): direction \(r.dir) is not in or out") }
             guard let peer = Peer(description: r.peer) else { return bad("rule \(i): peer \(r.peer) is not an address, CIDR or workload:NAME") }
-            guard r.proto == "tcp" else { return bad("rule \(i): protocol \(r.proto) is not tcp") }
+            guard r.proto == "tcp" || r.proto == "udp" else { return bad("rule \(i): protocol \(r.proto) is not tcp or udp") }
             guard r.hits >= 0, r.first <= r.last else { return bad("rule \(i): negative hits or first seen after last seen") }
             guard !r.nodes.isEmpty, r.nodes.allSatisfy({ KeyLayout.nodeNameProblem($0) == nil }) else { return bad("rule \(i): bad node names") }
             let key = RuleKey(direction: dir, peer: peer, port: r.port, proto: r.proto)
