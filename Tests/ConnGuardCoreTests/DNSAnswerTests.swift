@@ -1,4 +1,6 @@
 import ConnGuardCore
+import Foundation
+import Glibc
 import XCTest
 
 /// The DNS answer parser (connguard_dns.h, the same code as the kernel
@@ -108,5 +110,103 @@ final class DNSAnswerTests: XCTestCase {
         let a = try ok(Self.response("many.test", answers: many))
         XCTAssertEqual(a.addresses.count, 16)
         XCTAssertEqual(a.recordsRead, 32)
+    }
+
+    // MARK: a real server's answers
+
+    /// A query for `name` (type `qtype`), as a stub resolver sends it.
+    static func query(_ name: String, qtype: Int = 1, id: Int = 0x4242) -> [UInt8] {
+        u16(id) + u16(0x0100) + u16(1) + u16(0) + u16(0) + u16(0) + Self.name(name) + u16(qtype) + u16(1)
+    }
+
+    /// The answers of scripts/dns-test-server (dnslib, another implementation
+    /// than ours), over UDP and TCP: the rotation, the CNAME chain, AAAA and
+    /// NXDOMAIN read as the server meant them.
+    func testAnswersOfARealServer() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        guard FileManager.default.fileExists(atPath: "/usr/bin/python3"),
+              (try? Self.run("/usr/bin/python3", ["-c", "import dnslib"])) == 0 else {
+            if ProcessInfo.processInfo.environment["CI"] == "true" { XCTFail("python3-dnslib is missing (scripts/setup installs it)"); return }
+            throw XCTSkip("python3-dnslib is missing (scripts/setup installs it)")
+        }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        let port = Int.random(in: 20_000...40_000)
+        server.arguments = [root.appendingPathComponent("scripts/dns-test-server").path, "--port", String(port), "--ttl", "7", "--pool", "5"]
+        let out = Pipe()
+        server.standardOutput = out
+        try server.run()
+        defer { server.terminate(); server.waitUntilExit() }
+        let ready = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        XCTAssertTrue(ready.hasPrefix("ready"), ready)
+
+        var seen: [String] = []
+        for _ in 0..<3 {
+            let a = try ok(try Self.udp(Self.query("API.example.test"), port: port))
+            XCTAssertEqual(a.name, "api.example.test")
+            XCTAssertEqual(a.addresses.map(\.ttl), [7, 7])
+            seen += a.addresses.map(\.address.description)
+        }
+        XCTAssertEqual(seen, ["198.18.100.1", "198.18.100.2", "198.18.100.3", "198.18.100.4", "198.18.100.5", "198.18.100.1"], "the rotation")
+        let chain = try ok(try Self.tcp(Self.query("www.example.test", qtype: 28), port: port))
+        XCTAssertEqual(chain.name, "www.example.test")
+        XCTAssertEqual(chain.addresses.map(\.address.description), ["fd00::100:2", "fd00::100:3"], "AAAA through the CNAME, over TCP")
+        XCTAssertEqual(problem(try Self.udp(Self.query("nope.test"), port: port)), .notAnAnswer(rcode: 3))
+    }
+
+    static func run(_ tool: String, _ args: [String]) throws -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
+    struct NoAnswer: Error {}
+
+    static func loopback(_ port: Int) -> sockaddr_in {
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return a
+    }
+
+    static func udp(_ query: [UInt8], port: Int) throws -> [UInt8] {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var a = loopback(port)
+        let sent = withUnsafePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, query, query.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard sent == query.count else { throw NoAnswer() }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buf, buf.count, 0)
+        guard n > 0 else { throw NoAnswer() }
+        return Array(buf.prefix(n))
+    }
+
+    static func tcp(_ query: [UInt8], port: Int) throws -> [UInt8] {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var a = loopback(port)
+        let c = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard c == 0 else { throw NoAnswer() }
+        let framed = u16(query.count) + query
+        guard send(fd, framed, framed.count, 0) == framed.count else { throw NoAnswer() }
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while got.count < 2 || got.count < 2 + (Int(got[0]) << 8 | Int(got[1])) {
+            let n = recv(fd, &buf, buf.count, 0)
+            guard n > 0 else { throw NoAnswer() }
+            got += buf.prefix(n)
+        }
+        return Array(got.dropFirst(2))
     }
 }
