@@ -95,7 +95,7 @@ public final class AgentMetrics: Sendable {
         cluster = clustered ? (
             degraded: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_degraded",
                 help: "1 while the cluster store is away (enforcing what was last known, learning locally), else 0.")),
-            since: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_degraded_since_seconds",
+            since: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_degraded_since_timestamp_seconds",
                 help: "Unix time since which the cluster store has been away; 0 when it is not.")),
             remote: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_remote_addresses",
                 help: "Workload addresses published by the other nodes.")),

@@ -412,15 +412,21 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("'etcd-0:2379' is not an etcd client URL"), bad.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/x.db"), "nothing made before the check")
 
-        let closed = EtcdCluster.freePorts(1)[0]
+        let ports = EtcdCluster.freePorts(2)
+        let closed = ports[0], metrics = ports[1]
         agents["a"] = try AgentProcess.start(binary: binary, arguments: [
             "--db", scratch + "/a.db", "--socket", socket("a"), "--cgroup-root", parent("a"), "--pin-root", pinRoot("a"),
-            "--cluster-endpoints", "http://127.0.0.1:\(closed)", "--node-name", "node-a",
+            "--cluster-endpoints", "http://127.0.0.1:\(closed)", "--node-name", "node-a", "--metrics-address", "127.0.0.1:\(metrics)",
         ], socket: socket("a"), log: scratch + "/a.log")
         waitFor("degraded", timeout: 15) { cluster("a")["state"] as? String == "degraded" }
         let line = log("a").split(separator: "\n").filter { $0.contains("cluster: degraded") }
         XCTAssertEqual(line.count, 1, log("a"))
         XCTAssertTrue(line.first?.contains("127.0.0.1:\(closed)") == true, "\(line)")
         XCTAssertTrue(cg("a", ["status"]).stdout.contains("cluster:    degraded since"))
+        let scrape = Shell.run(["curl", "-sf", "http://127.0.0.1:\(metrics)/metrics"]).stdout
+        XCTAssertTrue(scrape.contains("connguard_cluster_degraded 1"), scrape)
+        let since = scrape.split(separator: "\n").first { $0.hasPrefix("connguard_cluster_degraded_since_timestamp_seconds ") }
+        let t = since.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        XCTAssertEqual(t, Date().timeIntervalSince1970, accuracy: 60, "\(since ?? "no since")")
     }
 }
