@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "ConnGuardAgent",
             dependencies: [
-                "BPFKit", "ConnGuardCore", "ConnGuardAgentInput", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore", "ConnGuardEnforcer",
+                "BPFKit", "ConnGuardCore", "ConnGuardAgentInput", "ConnGuardTracer", "ConnGuardIdentity", "ConnGuardStore", "ConnGuardEnforcer", "ConnGuardCluster",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -138,7 +138,7 @@ let package = Package(
         // Shared by the privileged test targets: root check, test cgroups, sockets, child processes.
         .target(
             name: "ConnGuardTestSupport",
-            dependencies: ["ConnGuardCore", "ConnGuardTracer", "BPFKit"],
+            dependencies: ["ConnGuardCore", "ConnGuardTracer", "BPFKit", "ConnGuardCluster"],
             path: "Tests/ConnGuardTestSupport"
         ),
         .testTarget(
@@ -151,7 +151,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ConnGuardIdentityTests",
-            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore", "connguard"]
+            dependencies: ["ConnGuardIdentity", "ConnGuardTracer", "ConnGuardCore", "ConnGuardTestSupport", "connguard"]
         ),
         .testTarget(
             name: "ConnGuardStoreTests",
@@ -176,7 +176,7 @@ let package = Package(
         // Against a real 3-member etcd on loopback (etcd-server, etcd-client).
         .testTarget(
             name: "ConnGuardClusterTests",
-            dependencies: ["ConnGuardCluster", "ConnGuardCore"]
+            dependencies: ["ConnGuardCluster", "ConnGuardCore", "ConnGuardTestSupport"]
         ),
         .testTarget(
             name: "ConnGuardEnforcerTests",

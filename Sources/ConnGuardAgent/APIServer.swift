@@ -101,7 +101,7 @@ enum APIRoutes {
                 case "yaml":
                     return Response(status: .ok, headers: [.contentType: "application/yaml"],
                                     body: .init(byteBuffer: ByteBuffer(string: BaselineFile.export(b))))
-                case "json": return json(baselineJSON(b))
+                case "json": return json(baselineJSON(b, nodes: agent.cluster.map { _ in agent.policy.clusterNodes(of: w) }))
                 default: throw APIError.badRequest("format must be json or yaml")
                 }
             }
@@ -125,10 +125,14 @@ enum APIRoutes {
             } catch {
                 return errorResponse(.badRequest, "the file is larger than \(BaselineFile.maximumBytes >> 20) MiB")
             }
-            return handle {
+            return await handleAsync {
                 let b = try BaselineFile.parse(String(buffer: body), now: EventStore.now())
                 let before = agent.policy.baseline(b.workload)?.mode
-                try agent.policy.importBaseline(b, who: who)
+                if let cluster = agent.cluster {
+                    try await cluster.importBaseline(b, who: who)
+                } else {
+                    try agent.policy.importBaseline(b, who: who)
+                }
                 if before != b.mode {
                     // Audited as a mode change too, by the store, in the import's transaction.
                     agent.logger.notice("mode changed", metadata: ["workload": "\(b.workload)", "mode": "\(b.mode.rawValue)", "by": "\(who)", "reason": "import"])
@@ -137,22 +141,29 @@ enum APIRoutes {
             }
         }
         router.post("/v1/baseline/prune") { request, context -> Response in
-            handle {
+            await handleAsync {
                 let p = try params(request, allowed: ["workload", "unused_for"])
                 guard let w = p["workload"], let u = p["unused_for"] else { throw APIError.badRequest("workload and unused_for are required") }
                 let seconds: Double
                 do { seconds = try DurationParser.parse(u) } catch { throw APIError.badRequest("unused_for: \(error)") }
                 guard seconds > 0 else { throw APIError.badRequest("unused_for: must be more than 0") }
-                let pruned = try agent.policy.prune(w, unusedForSeconds: seconds, who: context.peer?.auditName ?? "unknown")
+                let who = context.peer?.auditName ?? "unknown"
+                let pruned = try await agent.cluster?.prune(w, unusedForSeconds: seconds, who: who)
+                    ?? agent.policy.prune(w, unusedForSeconds: seconds, who: who)
                 return json(.object([("workload", .string(w)), ("pruned", .array(pruned.map(ruleJSON)))]))
             }
         }
         router.post("/v1/mode") { request, context -> Response in
-            handle {
+            await handleAsync {
                 let p = try params(request, allowed: ["workload", "mode"])
                 guard let w = p["workload"], let m = p["mode"] else { throw APIError.badRequest("workload and mode are required") }
                 guard let mode = Mode(rawValue: m) else { throw APIError.badRequest("mode must be learn, monitor or enforce") }
-                try agent.policy.setMode(w, mode, who: context.peer?.auditName ?? "unknown", reason: "operator")
+                let who = context.peer?.auditName ?? "unknown"
+                if let cluster = agent.cluster {
+                    try await cluster.setMode(w, mode, who: who)
+                } else {
+                    try agent.policy.setMode(w, mode, who: who, reason: "operator")
+                }
                 return json(.object([("workload", .string(w)), ("mode", .string(mode.rawValue))]))
             }
         }
@@ -182,12 +193,21 @@ static func params(_ r: Request, allowed: Set<String>) throws -> [String: String
         return out
     }
 static func handle(_ body: () throws -> Response) -> Response {
-        do { return try body() } catch let e as APIError {
+        do { return try body() } catch { return errorResponse(for: error) }
+    }
+
+    static func handleAsync(_ body: () async throws -> Response) async -> Response {
+        do { return try await body() } catch { return errorResponse(for: error) }
+    }
+
+    static func errorResponse(for error: Error) -> Response {
+        do { throw error } catch let e as APIError {
             switch e {
             case let .badRequest(m): return errorResponse(.badRequest, m)
             case let .notFound(m): return errorResponse(.notFound, m)
             case let .forbidden(m): return errorResponse(.forbidden, m)
             case let .conflict(m): return errorResponse(.conflict, m)
+            case let .unavailable(m): return errorResponse(.serviceUnavailable, m)
             }
         } catch let e as BaselineFile.Problems {
             return errorResponse(.badRequest, e.description)
@@ -195,13 +215,20 @@ static func handle(_ body: () throws -> Response) -> Response {
             return errorResponse(.internalServerError, "\(error)")
         }
     }
-static func baselineJSON(_ b: Baseline) -> JSONValue {
+/// `nodes`: on a cluster, which nodes saw each rule (a rule learnt here
+    /// and not merged yet has none).
+    static func baselineJSON(_ b: Baseline, nodes: [RuleKey: Set<String>]? = nil) -> JSONValue {
         .object([
             ("workload", .string(b.workload)), ("mode", .string(b.mode.rawValue)),
             ("incomplete", .bool(b.incomplete)),
             ("learning_stopped", b.learningStopped.map { .string($0) } ?? .null),
             ("last_change", .string(BaselineFile.rfc3339(b.lastChange))),
-            ("rules", .array(b.sortedRules.map(ruleJSON))),
+            ("rules", .array(b.sortedRules.map { r in
+                guard let nodes else { return ruleJSON(r) }
+                guard case var .object(fields) = ruleJSON(r) else { return ruleJSON(r) }
+                fields.append(("nodes", .array((nodes[r.key] ?? []).sorted().map { .string($0) })))
+                return .object(fields)
+            })),
         ])
     }
 

@@ -25,6 +25,8 @@ public final class Agent: @unchecked Sendable {
     let metrics: AgentMetrics
     let enforcer: Enforcer?
     public let policy: PolicyEngine
+    /// On a cluster (--cluster-endpoints): the link to the other nodes.
+    let cluster: ClusterSync?
     let logger: Logger
     let startedAt = Date()
     private let instanceLock: AgentInstanceLock
@@ -119,19 +121,24 @@ public final class Agent: @unchecked Sendable {
         var settings = PolicyEngine.Settings()
         settings.defaultMode = Mode(rawValue: configuration.defaultMode) ?? .learn
         settings.maxNewRulesPerMinute = configuration.maxNewRulesPerMinute
+        settings.clustered = !configuration.clusterEndpoints.isEmpty
         settings.promotion = PromotionPolicy(
             learningPeriod: configuration.learningPeriodSeconds.map(DurationParser.nanoseconds),
             quietPeriod: DurationParser.nanoseconds(configuration.quietPeriodSeconds), autoEnforce: configuration.autoEnforce)
         let baselines = BaselineStore(store: store)
+        let remote = settings.clustered ? ClusterSync.lastKnownAddresses(configuration, logger: logger) : [:]
         let policy = try undo.step("baselines: ") {
             try PolicyEngine(settings: settings, store: baselines, enforcer: enforcer,
-                             identity: identity, cgroupRootPath: rootPath, scope: scope, logger: logger)
+                             identity: identity, cgroupRootPath: rootPath, scope: scope, remoteAddresses: remote, logger: logger)
         }
+        // Before any event: the engine sends this node's addresses and
+        // promotions to the cluster from the start.
+        cluster = try settings.clustered ? undo.step("") { try ClusterSync(configuration: configuration, policy: policy, logger: logger) } : nil
         self.writer = writer
         self.tracer = tracer
         self.enforcer = enforcer
         self.policy = policy
-        metrics = AgentMetrics()
+        metrics = AgentMetrics(clustered: settings.clustered)
         pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
         pipeline.policy = policy
         // Per-program run time and count, for the metrics: held while this fd is open.
@@ -158,6 +165,7 @@ public final class Agent: @unchecked Sendable {
             },
             logger: logger)
         var services: [any Service] = [PipelineService(agent: self), EnforcementService(agent: self), api]
+        if let cluster { services.append(cluster) }
         if let m = configuration.metricsAddress, let address = MetricsAddress(m) {
             services.append(Application(
                 router: metricsRouter(),
@@ -225,6 +233,7 @@ public final class Agent: @unchecked Sendable {
             return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)
         })
         metrics.update(kernelRules: policy.kernelRules)
+        if let cluster { metrics.update(cluster: cluster.status(), degradedSinceSeconds: cluster.degradedSinceSeconds) }
         if let s = try? store.stats() {
             metrics.update(storedEvents: s.events, storedAggregates: s.aggregates, databaseBytes: Int(s.totalBytes),
                            cgroups: identity.trackedCgroups, queueDepth: writer.snapshot.pending)
@@ -269,7 +278,8 @@ public final class Agent: @unchecked Sendable {
                                    workload: n(kernel.workload), workloadCapacity: n(kernel.workloadCapacity)),
                 heldBack: kernel.heldBack),
             modes: Dictionary(uniqueKeysWithValues: Mode.allCases.map { m in (m.rawValue, n(summaries.filter { $0.mode == m }.count)) }),
-            audit: .init(recent: recent))
+            audit: .init(recent: recent),
+            cluster: Nullable(cluster?.status()))
     }
 
     /// The socket's folder: made root-only (0700) if missing, and with a

@@ -25,6 +25,8 @@ public final class AgentMetrics: Sendable {
     private let programRuns: [String: Counter]
     private let programSeconds: [String: Counter]
     private let programMisses: [String: Counter]
+    /// On a cluster only.
+    private let cluster: (degraded: Gauge, since: Gauge, remote: Gauge, conflicts: Gauge, refused: Gauge)?
     /// Kernel counters are absolute; Prometheus counters take increments.
     private let lastKernel = Mutex()
     nonisolated(unsafe) private var kernelSeen: [String: UInt64] = [:]
@@ -37,7 +39,7 @@ public final class AgentMetrics: Sendable {
         MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), clustered: Bool = false) {
         self.registry = registry
         var ev: [String: Counter] = [:]
         for d in ConnectionEvent.Direction.allCases {
@@ -90,6 +92,26 @@ public final class AgentMetrics: Sendable {
             ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_run_seconds_total", help: "CPU time spent in each BPF program (kernel statistics)."),
                                       labels: [("program", $0)]))
         })
+        cluster = clustered ? (
+            degraded: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_degraded",
+                help: "1 while the cluster store is away (enforcing what was last known, learning locally), else 0.")),
+            since: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_degraded_since_seconds",
+                help: "Unix time since which the cluster store has been away; 0 when it is not.")),
+            remote: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_remote_addresses",
+                help: "Workload addresses published by the other nodes.")),
+            conflicts: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_address_conflicts",
+                help: "Addresses claimed for more than one workload (they name none).")),
+            refused: registry.makeGauge(descriptor: AgentMetrics.metric("connguard_cluster_refused_values",
+                help: "Values in the cluster store that were refused (not applied)."))) : nil
+    }
+
+    public func update(cluster s: AgentStatus.Cluster, degradedSinceSeconds: Double?) {
+        guard let cluster else { return }
+        cluster.degraded.set(to: degradedSinceSeconds == nil ? 0 : 1)
+        cluster.since.set(to: degradedSinceSeconds ?? 0)
+        cluster.remote.set(to: Double(s.remoteAddresses))
+        cluster.conflicts.set(to: Double(s.addressConflicts))
+        cluster.refused.set(to: Double(s.refusedValues))
     }
 
     public func countEvent(_ direction: ConnectionEvent.Direction, _ verdict: Verdict, by n: Int64 = 1) {

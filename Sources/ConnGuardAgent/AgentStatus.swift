@@ -29,6 +29,8 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     /// mode -> how many workloads are in it
     public var modes: [String: Int64]
     public var audit: Audit
+    /// On a cluster (--cluster-endpoints); null for a node alone.
+    public var cluster: Nullable<Cluster>
 
     public struct Events: Codable, Sendable, Equatable {
         public var connect: Int64
@@ -89,6 +91,28 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var addressCapacity: Int64
         public var workload: Int64
         public var workloadCapacity: Int64
+    }
+
+    public struct Cluster: Codable, Sendable, Equatable {
+        public var node: String
+        public var endpoints: [String]
+        /// "connecting" (no answer yet), "connected", or "degraded" (the
+        /// store is away: enforcing what was last known, learning locally).
+        public var state: String
+        public var degradedSince: Nullable<String>
+        public var reason: Nullable<String>
+        /// The store's revision last seen.
+        public var revision: Int64
+        /// Addresses other nodes published.
+        public var remoteAddresses: Int64
+        /// Workloads with a cluster baseline.
+        public var baselines: Int64
+        /// Addresses claimed for more than one workload (they name none).
+        public var addressConflicts: Int64
+        /// Values in the store that were refused (not applied).
+        public var refusedValues: Int64
+        /// Merges of learnt rules this agent made.
+        public var merges: Int64
     }
 
     public struct Audit: Codable, Sendable, Equatable {

@@ -1,3 +1,4 @@
+import ConnGuardCluster
 import ConnGuardCore
 import ConnGuardEnforcer
 import ConnGuardStore
@@ -25,6 +26,16 @@ public final class PolicyEngine: @unchecked Sendable {
         /// New rules learnt in the minute that began at `windowStart` (event time).
         var windowStart: Int64 = 0
         var windowAdded = 0
+        /// On a cluster: rules learnt or hit since they were last handed to
+        /// the cluster baseline (hits counted since then), and whether one
+        /// of them is new (a new rule goes out within a second; hits alone
+        /// every few minutes).
+        var outbox: [RuleKey: Rule] = [:]
+        var outboxHasNew = false
+        /// The cluster baseline's revision last applied, and which nodes saw
+        /// each of its rules.
+        var clusterRevision: Int64 = 0
+        var clusterNodes: [RuleKey: Set<String>] = [:]
     }
 
     public struct Settings: Sendable {
@@ -32,6 +43,9 @@ public final class PolicyEngine: @unchecked Sendable {
         public var promotion = PromotionPolicy()
         /// More new rules than this in a minute stop a workload's learning.
         public var maxNewRulesPerMinute = 300
+        /// One node of a cluster (ClusterSync): learnt rules also go to the
+        /// cluster baseline, and modes are the cluster's.
+        public var clustered = false
         public init() {}
     }
 
@@ -62,6 +76,22 @@ public final class PolicyEngine: @unchecked Sendable {
     /// from their network namespaces; mirrored into the kernel's
     /// peer_addresses map.
     private var addresses = AddressBook()
+    /// Addresses other nodes of the cluster published: address -> node ->
+    /// workload.
+    private var remoteClaims: [IPAddress: [String: String]] = [:]
+    /// Over this node's book and the other nodes' claims, the one workload
+    /// holding each address (an address claimed for two names none): what
+    /// the kernel's peer_addresses map holds.
+    private var owners: [IPAddress: String] = [:]
+    /// Kernel ids of workloads that are only peers here (no entry).
+    private var peerIDs: [String: UInt32] = [:]
+    /// On a cluster: where this node's address changes and its automatic
+    /// promotions go (set by ClusterSync before the agent runs).
+    public var clusterHooks: ClusterHooks? {
+        get { lock.withLock { hooks } }
+        set { lock.withLock { hooks = newValue } }
+    }
+    private var hooks: ClusterHooks?
     /// cgroups outside the watched subtree that were seen as the local peer
     /// of a connection, and given a (learn) policy so that the kernel knows
     /// their workload.
@@ -73,8 +103,11 @@ public final class PolicyEngine: @unchecked Sendable {
     /// cgroups are in monitor mode there until room is made.
     private var heldBack: Set<String> = []
 
+    /// `remoteAddresses`: on a cluster, the other nodes' addresses as last
+    /// known (ClusterSync's local copy), in the kernel from the start.
     public init(settings: Settings, store: BaselineStore, enforcer: Enforcer?, identity: IdentitySource,
-                cgroupRootPath: String, scope: CgroupSubtree? = nil, logger: Logger) throws {
+                cgroupRootPath: String, scope: CgroupSubtree? = nil, remoteAddresses: [String: [IPAddress: String]] = [:],
+                logger: Logger) throws {
         self.settings = settings
         self.store = store
         self.enforcer = enforcer
@@ -86,7 +119,10 @@ public final class PolicyEngine: @unchecked Sendable {
             entries[b.workload] = Entry(baseline: b, workloadID: id)
             byID[id] = b.workload
         }
-        _ = lock.withLock { addresses.replaceAll(members: [:], namespaces: [:]) }
+        for (node, perNode) in remoteAddresses {
+            for (a, w) in perNode { remoteClaims[a, default: [:]][node] = w }
+        }
+        _ = refreshOwnersLocked(remoteClaims.keys)
         scanAddresses(applyToKernel: false)
         try migrateAddressRules()
         try syncKernel()
@@ -115,7 +151,7 @@ public final class PolicyEngine: @unchecked Sendable {
             let who = identity.identity(forCgroup: e.peerCgroupID)
             return who.isUnknown ? nil : who.workload
         }
-        return lock.withLock { addresses.owners[e.peer] }
+        return lock.withLock { owners[e.peer] }
     }
 
     /// The verdict for one traced (so: not refused) connection, learning from
@@ -155,12 +191,15 @@ public final class PolicyEngine: @unchecked Sendable {
                             return .allowed
                         }
                     }
+                    let isNew = settings.clustered && entry.baseline.rules[key] == nil
                     let (rule, _) = entry.baseline.learn(key, at: e.timeNanoseconds, hits: count)
                     entry.pending[rule.key] = rule
+                    if settings.clustered { Self.noteForCluster(&entry, key, at: e.timeNanoseconds, hits: count, new: isNew) }
                     return .allowed
                 case .monitor:
                     if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload, hits: count) {
                         entry.pending[hit.key] = hit
+                        if settings.clustered { Self.noteForCluster(&entry, hit.key, at: e.timeNanoseconds, hits: count, new: false) }
                         return .allowed
                     }
                     if entry.baseline.allows(e, peerWorkload: peerWorkload) { return .allowed }  // an imported block
@@ -168,7 +207,10 @@ public final class PolicyEngine: @unchecked Sendable {
                     pendingWouldDeny[who.workload] = e.timeNanoseconds
                     return .wouldDeny
                 case .enforce:
-                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload, hits: count) { entry.pending[hit.key] = hit }
+                    if let hit = entry.baseline.recordHit(e, peerWorkload: peerWorkload, hits: count) {
+                        entry.pending[hit.key] = hit
+                        if settings.clustered { Self.noteForCluster(&entry, hit.key, at: e.timeNanoseconds, hits: count, new: false) }
+                    }
                     return .allowed
                 }
             }
@@ -249,7 +291,7 @@ public final class PolicyEngine: @unchecked Sendable {
     public func cgroupRemoved(_ cgroupID: UInt64) {
         let changes = lock.withLock { () -> AddressBook.Changes in
             armedPeers.remove(cgroupID)
-            return addresses.remove(cgroup: cgroupID)
+            return localAddressesChangedLocked(addresses.remove(cgroup: cgroupID))
         }
         applyAddressChanges(changes)
         _ = try? enforcer?.removePolicy(cgroupID: cgroupID)
@@ -392,7 +434,14 @@ public final class PolicyEngine: @unchecked Sendable {
             entries.values.compactMap { e in settings.promotion.promotion(for: e.baseline, now: now).map { (e.baseline.workload, $0) } }
         }
         for (w, m) in promotions {
-            try? setMode(w, m, who: "connguard", reason: "automatic promotion")
+            if let hooks = clusterHooks {
+                // Decided once for the cluster: the first node to ask wins;
+                // every node (this one too) then follows the watch.
+                guard let from = baseline(w)?.mode else { continue }
+                hooks.promote(w, from, m)
+            } else {
+                try? setMode(w, m, who: "connguard", reason: "automatic promotion")
+            }
         }
     }
 
@@ -456,7 +505,7 @@ public final class PolicyEngine: @unchecked Sendable {
         try armAll()
         // The pinned map may hold addresses from the last agent: exactly the
         // book's, now.
-        let owners = lock.withLock { addresses.owners }
+        let owners = lock.withLock { self.owners }
         var ids: [IPAddress: UInt32] = [:]
         for (a, w) in owners { if let id = workloadID(w) { ids[a] = id } }
         for (a, id) in try enforcer.peerAddresses() where ids[a] != id { _ = try enforcer.removePeerAddress(a) }
@@ -637,7 +686,7 @@ public final class PolicyEngine: @unchecked Sendable {
             members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns)
             namespaces[ns] = a
         }
-        let changes = lock.withLock { addresses.replaceAll(members: members, namespaces: namespaces) }
+        let changes = lock.withLock { localAddressesChangedLocked(addresses.replaceAll(members: members, namespaces: namespaces)) }
         if applyToKernel { applyAddressChanges(changes) }
     }
 
@@ -656,7 +705,7 @@ public final class PolicyEngine: @unchecked Sendable {
                 guard access(path + "/cgroup.procs", F_OK) == 0 else { return }  // the cgroup is gone
                 if let (ns, a) = namespaceOf(cgroupPath: path) {
                     let changes = lock.withLock {
-                        addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a)
+                        localAddressesChangedLocked(addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a))
                     }
                     applyAddressChanges(changes)
                     return
@@ -668,8 +717,33 @@ public final class PolicyEngine: @unchecked Sendable {
     }
 
     private func workloadID(_ workload: String) -> UInt32? {
-        lock.withLock({ entries[workload]?.workloadID })
-            ?? (try? store.workloadID(for: workload, createWith: .learn, now: BootClock.now(CLOCK_REALTIME)))
+        if let id = lock.withLock({ entries[workload]?.workloadID ?? peerIDs[workload] }) { return id }
+        guard let id = try? store.workloadID(for: workload, createWith: .learn, now: BootClock.now(CLOCK_REALTIME)) else { return nil }
+        lock.withLock { peerIDs[workload] = id }
+        return id
+    }
+
+    /// This node's book changed: tell the cluster, and return what changed
+    /// in `owners` (the kernel's view).
+    private func localAddressesChangedLocked(_ local: AddressBook.Changes) -> AddressBook.Changes {
+        guard !local.isEmpty else { return [:] }
+        hooks?.publishAddresses(local)
+        return refreshOwnersLocked(local.keys)
+    }
+
+    /// Brings `owners` up to date for these addresses; returns what changed.
+    private func refreshOwnersLocked(_ changed: some Sequence<IPAddress>) -> AddressBook.Changes {
+        var out: AddressBook.Changes = [:]
+        for a in changed {
+            var holders: Set<String> = []
+            if let w = addresses.owners[a] { holders.insert(w) }
+            if let claims = remoteClaims[a] { holders.formUnion(claims.values) }
+            let owner = holders.count == 1 ? holders.first : nil
+            guard owners[a] != owner else { continue }
+            owners[a] = owner
+            out[a] = .some(owner)
+        }
+        return out
     }
 
     private func applyAddressChanges(_ changes: AddressBook.Changes) {
@@ -694,7 +768,7 @@ public final class PolicyEngine: @unchecked Sendable {
     /// this node: such a rule becomes a rule on that workload, with its
     /// counts, so that it follows the workload to its next address.
     private func migrateAddressRules() throws {
-        let owners = lock.withLock { addresses.owners }
+        let owners = lock.withLock { self.owners }
         guard !owners.isEmpty else { return }
         var changed: [Baseline] = []
         lock.withLock {
@@ -731,12 +805,208 @@ public final class PolicyEngine: @unchecked Sendable {
         for b in changed { try store.save(b) }
     }
 
+    // MARK: - The cluster (ClusterSync's side)
+
+    /// Where a clustered engine sends what it cannot decide alone.
+    public struct ClusterHooks: Sendable {
+        /// This node's workload addresses changed (AddressBook's changes);
+        /// called under the engine's lock: must only queue.
+        public var publishAddresses: @Sendable (AddressBook.Changes) -> Void
+        /// An automatic promotion (workload, from, to), decided once for
+        /// the cluster.
+        public var promote: @Sendable (String, Mode, Mode) -> Void
+
+        public init(publishAddresses: @escaping @Sendable (AddressBook.Changes) -> Void,
+                    promote: @escaping @Sendable (String, Mode, Mode) -> Void) {
+            self.publishAddresses = publishAddresses
+            self.promote = promote
+        }
+    }
+
+    private static func noteForCluster(_ entry: inout Entry, _ key: RuleKey, at t: Int64, hits: Int64, new: Bool) {
+        if var r = entry.outbox[key] {
+            r.hits += hits
+            r.firstSeen = min(r.firstSeen, t)
+            r.lastSeen = max(r.lastSeen, t)
+            entry.outbox[key] = r
+        } else {
+            entry.outbox[key] = Rule(key: key, firstSeen: t, lastSeen: t, hits: hits)
+        }
+        if new { entry.outboxHasNew = true }
+    }
+
+    /// This node's own workload addresses (what it publishes, whole).
+    public var localAddressOwners: [IPAddress: String] { lock.withLock { addresses.owners } }
+
+    /// Addresses other nodes published, and how many name a workload here.
+    public var remoteAddressCount: Int { lock.withLock { remoteClaims.count } }
+
+    /// Replaces every other node's claims (a watch's snapshot).
+    public func replaceRemoteAddresses(_ byNode: [String: [IPAddress: String]]) {
+        var claims: [IPAddress: [String: String]] = [:]
+        for (node, perNode) in byNode {
+            for (a, w) in perNode { claims[a, default: [:]][node] = w }
+        }
+        let changes = lock.withLock { () -> AddressBook.Changes in
+            let touched = Set(remoteClaims.keys).union(claims.keys)
+            remoteClaims = claims
+            return refreshOwnersLocked(touched)
+        }
+        applyAddressChanges(changes)
+    }
+
+    /// One other node published `address` for `workload` (nil: withdrawn, or its lease expired).
+    public func remoteAddressChanged(node: String, address: IPAddress, workload: String?) {
+        let changes = lock.withLock { () -> AddressBook.Changes in
+            if let workload {
+                remoteClaims[address, default: [:]][node] = workload
+            } else {
+                remoteClaims[address]?[node] = nil
+                if remoteClaims[address]?.isEmpty == true { remoteClaims[address] = nil }
+            }
+            return refreshOwnersLocked([address])
+        }
+        applyAddressChanges(changes)
+    }
+
+    /// What this node learnt for the cluster since it last handed it over:
+    /// each workload with a new rule, or, with `all`, every workload with
+    /// anything (hits of known rules). Taken: hand back what fails with
+    /// `returnToOutbox`.
+    public func takeClusterOutbox(all: Bool) -> [(workload: String, rules: [Rule], hasNew: Bool)] {
+        lock.withLock {
+            var out: [(String, [Rule], Bool)] = []
+            for i in entries.indices where !entries.values[i].outbox.isEmpty && (all || entries.values[i].outboxHasNew) {
+                out.append((entries.keys[i], Array(entries.values[i].outbox.values), entries.values[i].outboxHasNew))
+                entries.values[i].outbox.removeAll()
+                entries.values[i].outboxHasNew = false
+            }
+            return out
+        }
+    }
+
+    /// Rules whose merge failed (the cluster store is away): kept, and
+    /// merged with what is learnt meanwhile, for the next attempt.
+    public func returnToOutbox(_ workload: String, _ rules: [Rule], hasNew: Bool) {
+        lock.withLock {
+            guard entries[workload] != nil else { return }
+            for r in rules {
+                if var o = entries[workload]!.outbox[r.key] {
+                    o.hits += r.hits
+                    o.firstSeen = min(o.firstSeen, r.firstSeen)
+                    o.lastSeen = max(o.lastSeen, r.lastSeen)
+                    entries[workload]!.outbox[r.key] = o
+                } else {
+                    entries[workload]!.outbox[r.key] = r
+                }
+            }
+            if hasNew { entries[workload]!.outboxHasNew = true }
+        }
+    }
+
+    /// Makes sure a workload of the cluster has an entry here (in `mode`
+    /// when it is new), so that its first cgroup on this node is armed at
+    /// once with the cluster's baseline and mode.
+    private func ensureEntry(_ workload: String, mode: Mode) -> Bool {
+        if lock.withLock({ entries[workload] != nil }) { return true }
+        let now = BootClock.now(CLOCK_REALTIME)
+        guard let id = try? store.workloadID(for: workload, createWith: mode, now: now) else { return false }
+        lock.withLock {
+            guard entries[workload] == nil else { return }
+            entries[workload] = Entry(baseline: Baseline(workload: workload, mode: mode, learningSince: now), workloadID: id)
+            byID[id] = workload
+            peerIDs[workload] = nil
+        }
+        return true
+    }
+
+    /// The workload's cluster baseline (from the watch, or the answer to a
+    /// merge of this node's): it becomes this node's baseline, with what
+    /// this node learnt and has not handed over yet, is stored as the local
+    /// copy (an agent that starts while the cluster store is away starts
+    /// from it), and, if the workload is enforced, goes into the kernel.
+    /// An older revision than the one applied is ignored.
+    public func applyClusterBaseline(_ cb: ClusterBaseline) {
+        guard ensureEntry(cb.workload, mode: settings.defaultMode) else { return }
+        let applied: Baseline? = lock.withLock {
+            guard var e = entries[cb.workload], cb.revision > e.clusterRevision else { return nil }
+            var rules: [RuleKey: Rule] = [:]
+            for (k, r) in cb.rules { rules[k] = r.rule }
+            for (k, d) in e.outbox {
+                if var r = rules[k] {
+                    r.hits += d.hits
+                    r.lastSeen = max(r.lastSeen, d.lastSeen)
+                    rules[k] = r
+                } else if let local = e.baseline.rules[k] {
+                    rules[k] = local
+                }
+            }
+            if let newest = rules.values.map(\.firstSeen).max() { e.baseline.lastChange = max(e.baseline.lastChange, newest) }
+            e.baseline.rules = rules
+            e.clusterRevision = cb.revision
+            e.clusterNodes = cb.rules.mapValues(\.nodes)
+            for k in Array(e.pending.keys) { e.pending[k] = rules[k] }
+            entries[cb.workload] = e
+            return e.baseline
+        }
+        guard let b = applied else { return }
+        do {
+            try store.save(b)
+        } catch {
+            logger.error("could not store the local copy of a cluster baseline: \(error)", metadata: ["workload": "\(b.workload)"])
+        }
+        guard b.mode == .enforce, !isHeldBack(b.workload) else { return }
+        do {
+            try loadRules(b.workload, b)
+        } catch {
+            logger.critical("the cluster baseline of an enforced workload does not fit this node's kernel: it is enforced with its previous rules here",
+                            metadata: ["workload": "\(b.workload)", "error": "\(error)"])
+        }
+    }
+
+    /// Which nodes saw each rule of the workload's cluster baseline.
+    public func clusterNodes(of workload: String) -> [RuleKey: Set<String>] {
+        lock.withLock { entries[workload]?.clusterNodes ?? [:] }
+    }
+
+    /// The workload's cluster mode (from the watch, or this node's own
+    /// change): applied here unless it is already the mode, audited with
+    /// who set it, on which node, when.
+    public func applyClusterMode(_ m: ModeSetting) {
+        guard ensureEntry(m.workload, mode: m.mode) else { return }
+        guard baseline(m.workload)?.mode != m.mode else { return }
+        do {
+            try setMode(m.workload, m.mode, who: "\(m.by) on \(m.node)", reason: "cluster: set on node \(m.node) at \(RFC3339.string(m.at))")
+        } catch {
+            logger.critical("could not apply the cluster's mode on this node", metadata: [
+                "workload": "\(m.workload)", "mode": "\(m.mode.rawValue)", "error": "\(error)"])
+        }
+    }
+
+    /// Whether these rules would fit the kernel as `workload`'s, beside
+    /// every other enforced workload's.
+    public func checkFits(_ workload: String, keys: Set<RuleKey>) throws { try checkCapacity(workload, keys: keys) }
+
+    /// What `prune` would remove now (nothing is changed).
+    public func pruneCandidates(_ workload: String, unusedForSeconds: Double) throws -> [Rule] {
+        guard var b = baseline(workload) else { throw APIError.notFound("no workload named '\(workload)'") }
+        let now = BootClock.now(CLOCK_REALTIME)
+        return b.prune(unusedSince: now - DurationParser.nanoseconds(unusedForSeconds), now: now)
+    }
+
+    /// Whether `workload` could be enforced here now (its rules fit the
+    /// kernel beside the others'): checked before a cluster-wide change.
+    public func checkCanEnforce(_ workload: String, rules: Set<RuleKey>? = nil) throws {
+        guard let b = baseline(workload) else { throw APIError.notFound("no workload named '\(workload)' (see `connguard baseline list`)") }
+        try checkCapacity(workload, keys: rules ?? Set(b.rules.keys))
+    }
+
     private func kernelRule(_ k: RuleKey, workloadID: UInt32) -> EnforcementRule? {
         let peer: RulePeer
         switch k.peer {
         case let .network(c): peer = .cidr(c)
         case let .workload(w):
-            guard let id = lock.withLock({ entries[w]?.workloadID }) ?? (try? store.workloadID(for: w, createWith: .learn, now: BootClock.now(CLOCK_REALTIME))) else { return nil }
+            guard let id = self.workloadID(w) else { return nil }
             peer = .workload(id)
         }
         return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer)

@@ -89,6 +89,9 @@ public enum APIError: Error, CustomStringConvertible {
     /// The request is well formed but cannot be carried out now (the kernel's
     /// rule maps are full); nothing was changed.
     case conflict(String)
+    /// Something the request needs is away (the cluster store); nothing
+    /// was changed.
+    case unavailable(String)
 
     public var description: String {
         switch self {
@@ -96,6 +99,7 @@ public enum APIError: Error, CustomStringConvertible {
         case let .notFound(m): return m
         case let .forbidden(m): return m
         case let .conflict(m): return m
+        case let .unavailable(m): return m
         }
     }
 }

@@ -63,8 +63,28 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// A workload in learn mode that adds more rules than this in a minute
     /// stops adding (a scan is not a baseline).
     public var maxNewRulesPerMinute = 300
+    /// etcd client URLs ("http://10.0.0.5:2379"): share addresses, baselines
+    /// and modes with the other nodes (docs/cluster.md). Empty: this node alone.
+    public var clusterEndpoints: [String] = []
+    /// This node's name in the cluster; nil: $NODE_NAME, else the hostname.
+    public var nodeName: String?
+    /// For https endpoints: PEM files, as etcdctl's --cacert, --cert, --key.
+    public var clusterCA: String?
+    public var clusterCert: String?
+    public var clusterKey: String?
+    /// This node's addresses expire this long after its agent stops keeping
+    /// them alive (killed, or cut off from etcd).
+    public var clusterLeaseTTLSeconds: Double = 10
 
     public init() {}
+
+    /// The node name to use: the setting, $NODE_NAME (the DaemonSet sets it
+    /// from spec.nodeName), or the hostname.
+    public var effectiveNodeName: String {
+        if let n = nodeName { return n }
+        if let n = ProcessInfo.processInfo.environment["NODE_NAME"], !n.isEmpty { return n }
+        return ProcessInfo.processInfo.hostName
+    }
 
     /// 1,024 to 4,194,304 entries per map (an LPM trie entry costs the
     /// kernel about 100 bytes; 4 Mi of them about 400 MiB).
@@ -79,6 +99,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "pin_root",
         "accept_attribution", "max_kernel_rules", "max_new_rules_per_minute",
+        "cluster_endpoints", "node_name", "cluster_ca", "cluster_cert", "cluster_key", "cluster_lease_ttl",
     ]
 
     /// Reads a YAML config file over the defaults. Unknown keys and bad values
@@ -147,6 +168,21 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = string("unknown") { c.unknownCgroups = v }
         if let v = string("pin_root") { c.pinRoot = v }
         if let v = string("accept_attribution") { c.acceptAttribution = v }
+        if let v = dict["cluster_endpoints"] {
+            if let list = v as? [Any] {
+                let urls = list.compactMap { $0 as? String }
+                if urls.count != list.count { problems.append("cluster_endpoints: expected a list of URLs") } else { c.clusterEndpoints = urls }
+            } else if let text = v as? String {
+                c.clusterEndpoints = AgentConfiguration.endpointList(text)
+            } else {
+                problems.append("cluster_endpoints: expected a list of URLs")
+            }
+        }
+        if let v = string("node_name") { c.nodeName = v }
+        if let v = string("cluster_ca") { c.clusterCA = v }
+        if let v = string("cluster_cert") { c.clusterCert = v }
+        if let v = string("cluster_key") { c.clusterKey = v }
+        if let v = duration("cluster_lease_ttl") { c.clusterLeaseTTLSeconds = v }
         for key in ["auto_enforce", "fail_open"] where dict[key] != nil {
             guard let b = dict[key] as? Bool else { problems.append("\(key): expected true or false"); continue }
             if key == "auto_enforce" { c.autoEnforce = b } else { c.failOpen = b }
@@ -181,6 +217,42 @@ public struct AgentConfiguration: Sendable, Equatable {
         }
         if !["caller", "listener"].contains(acceptAttribution) {
             problems.append("accept_attribution: '\(acceptAttribution)' must be caller or listener")
+        }
+        problems += validateCluster()
+        return problems
+    }
+
+    /// "a,b , c" -> ["a", "b", "c"].
+    public static func endpointList(_ text: String) -> [String] {
+        text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    private func validateCluster() -> [String] {
+        var problems: [String] = []
+        let tlsFiles = [("cluster_ca", clusterCA), ("cluster_cert", clusterCert), ("cluster_key", clusterKey)]
+        guard !clusterEndpoints.isEmpty else {
+            for (k, v) in tlsFiles where v != nil { problems.append("\(k): needs cluster_endpoints") }
+            return problems
+        }
+        if clusterEndpoints.count > 32 { problems.append("cluster_endpoints: at most 32") }
+        for e in clusterEndpoints {
+            guard let u = URLComponents(string: e), let scheme = u.scheme, ["http", "https"].contains(scheme),
+                  let host = u.host, !host.isEmpty, u.port != nil, u.path.isEmpty || u.path == "/", u.query == nil, u.user == nil else {
+                problems.append("cluster_endpoints: '\(e)' is not an etcd client URL like http://10.0.0.5:2379 (scheme http or https, host and port, nothing else)")
+                continue
+            }
+        }
+        let https = clusterEndpoints.contains { $0.hasPrefix("https:") }
+        for (k, v) in tlsFiles {
+            guard let v else { continue }
+            if !v.hasPrefix("/") { problems.append("\(k): '\(v)' must be an absolute path") }
+            if !https { problems.append("\(k): only used with https endpoints") }
+        }
+        if (clusterCert == nil) != (clusterKey == nil) { problems.append("cluster_cert and cluster_key go together") }
+        if !(clusterLeaseTTLSeconds >= 2 && clusterLeaseTTLSeconds <= 3600) { problems.append("cluster_lease_ttl: must be from 2s to 1h") }
+        let node = effectiveNodeName
+        if node.isEmpty || node.utf8.count > 253 || node.contains("/") || node.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7f }) {
+            problems.append("node_name: '\(node)' must be 1 to 253 printable characters without '/' or spaces")
         }
         return problems
     }

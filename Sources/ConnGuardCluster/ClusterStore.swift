@@ -39,6 +39,11 @@ public protocol ClusterStore: Sendable {
     @discardableResult
     func removeRules(_ keys: Set<RuleKey>, from workload: String) async throws -> ClusterBaseline?
 
+    /// Replaces the workload's cluster baseline with `rules` (an import),
+    /// atomically as `mergeRules`; `nodes` of each rule: this node.
+    @discardableResult
+    func replaceRules(_ rules: [Rule], of workload: String) async throws -> ClusterBaseline
+
     /// The workload's cluster baseline, nil if none was ever merged. A value
     /// in the store that is not valid throws `ClusterStoreError.invalidValue`.
     func baseline(of workload: String) async throws -> ClusterBaseline?
@@ -48,8 +53,20 @@ public protocol ClusterStore: Sendable {
     @discardableResult
     func setMode(_ mode: Mode, of workload: String, by who: String) async throws -> ModeSetting
 
+    /// An automatic promotion, decided once for the cluster: sets `mode`
+    /// only if the workload's cluster mode is still `from` (or was never
+    /// set, and `from` is what the agents start in), compared and written in
+    /// one transaction. nil: another node decided first (or an operator
+    /// changed the mode); nothing was written.
+    func promote(_ workload: String, from: Mode, to mode: Mode, unsetMeans: Mode, by who: String) async throws -> ModeSetting?
+
     /// The workload's cluster mode, nil if none was ever set.
     func mode(of workload: String) async throws -> ModeSetting?
+
+    /// Succeeds only when the store can answer a linearizable read (a
+    /// quorum), within the request timeout: a watch on a member cut off from
+    /// the others stays open and silent, so this is how an agent knows.
+    func checkHealth() async throws
 
     /// Everything in the store at one revision. Values that are not valid are
     /// left out and listed in `problems`.

@@ -88,6 +88,25 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "bpffs folder where enforcement is pinned (default /sys/fs/bpf/connguard).")
     var pinRoot: String?
 
+    @Option(help: ArgumentHelp("etcd client URLs, comma-separated (http://10.0.0.5:2379,...): share workloads' addresses, baselines and modes with the other nodes.",
+                               discussion: "See docs/cluster.md. Without it the agent works alone, as before."))
+    var clusterEndpoints: String?
+
+    @Option(help: "This node's name in the cluster (default: $NODE_NAME, else the hostname).")
+    var nodeName: String?
+
+    @Option(help: "CA certificate (PEM) for https etcd endpoints (as etcdctl --cacert).")
+    var clusterCa: String?
+
+    @Option(help: "Client certificate (PEM) for etcd (as etcdctl --cert).")
+    var clusterCert: String?
+
+    @Option(help: "Client key (PEM) for etcd (as etcdctl --key).")
+    var clusterKey: String?
+
+    @Option(help: "This node's addresses expire this long after its agent stops renewing them (default 10s).", transform: Duration.parse)
+    var clusterLeaseTtl: Duration?
+
     func run() async throws {
         var c = AgentConfiguration()
         do {
@@ -133,6 +152,12 @@ struct AgentCommand: AsyncParsableCommand {
         if let unknown { c.unknownCgroups = unknown }
         if failOpen { c.failOpen = true }
         if let pinRoot { c.pinRoot = absolute(pinRoot) }
+        if let clusterEndpoints { c.clusterEndpoints = AgentConfiguration.endpointList(clusterEndpoints) }
+        if let nodeName { c.nodeName = nodeName }
+        if let clusterCa { c.clusterCA = absolute(clusterCa) }
+        if let clusterCert { c.clusterCert = absolute(clusterCert) }
+        if let clusterKey { c.clusterKey = absolute(clusterKey) }
+        if let clusterLeaseTtl { c.clusterLeaseTTLSeconds = clusterLeaseTtl.seconds }
         let problems = c.validate()
         if !problems.isEmpty { throw Failure(ConfigurationError(problems: problems).description) }
 

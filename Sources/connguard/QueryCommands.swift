@@ -210,6 +210,17 @@ struct StatusCommand: AsyncParsableCommand {
             if !enf.heldBack.isEmpty {
                 say("held back:  \(enf.heldBack.joined(separator: ", ")): in enforce mode, but their rules do not fit the kernel, so they are only monitored there")
             }
+            if let c = s.cluster.value {
+                switch c.state {
+                case "degraded":
+                    say("cluster:    degraded since \(c.degradedSince.value ?? "?") (\(HumanText.escape(c.reason.value ?? ""))); enforcing what was last known, learning locally")
+                case "connecting":
+                    say("cluster:    connecting to \(c.endpoints.joined(separator: ",")) as node \(HumanText.escape(c.node))")
+                default:
+                    say("cluster:    connected as node \(HumanText.escape(c.node)) (\(c.endpoints.count) endpoints), revision \(c.revision)")
+                }
+                say("            \(c.remoteAddresses) addresses of other nodes, \(c.baselines) cluster baselines, \(c.addressConflicts) addresses claimed twice, \(c.refusedValues) values refused")
+            }
             if !s.audit.recent.isEmpty { say("audit:      \(s.audit.recent)") }
         } catch let e as APIClient.Failure {
             throw Failure(e.description)

@@ -1,5 +1,6 @@
 import ConnGuardCluster
 import ConnGuardCore
+import ConnGuardTestSupport
 import Foundation
 import XCTest
 

@@ -174,6 +174,15 @@ public actor EtcdClusterStore: ClusterStore {
         }
     }
 
+    @discardableResult
+    public func replaceRules(_ rules: [Rule], of workload: String) async throws -> ClusterBaseline {
+        let node = self.node
+        return try await update(workload) { b in
+            b.rules = [:]
+            b.merge(rules, from: node)
+        }!
+    }
+
     public func baseline(of workload: String) async throws -> ClusterBaseline? {
         if let why = KeyLayout.workloadNameProblem(workload) { throw ClusterStoreError.invalidArgument(why) }
         let key = layout.baselineKey(workload)
@@ -237,6 +246,37 @@ public actor EtcdClusterStore: ClusterStore {
         let m = ModeSetting(workload: workload, mode: mode, by: who, node: node, at: now)
         _ = try await gateway.call("/v3/kv/put", PutRequest(key: B64(layout.modeKey(workload)), value: B64(Values.modeData(m))), as: PutResponse.self)
         return m
+    }
+
+    public func promote(_ workload: String, from: Mode, to mode: Mode, unsetMeans: Mode, by who: String) async throws -> ModeSetting? {
+        guard !closed else { throw ClusterStoreError.closed }
+        if let why = KeyLayout.workloadNameProblem(workload) { throw ClusterStoreError.invalidArgument(why) }
+        let key = layout.modeKey(workload)
+        let r = try await gateway.call("/v3/kv/range", RangeRequest(key: B64(key)), as: RangeResponse.self)
+        let kv = r.kvs?.first
+        let current: Mode
+        if let kv {
+            switch Values.mode(kv.value?.data ?? Data(), key: key, workload: workload, limits: limits) {
+            case let .success(m): current = m.mode
+            case let .failure(p): throw ClusterStoreError.invalidValue(p)
+            }
+        } else {
+            current = unsetMeans
+        }
+        guard current == from else { return nil }
+        let m = ModeSetting(workload: workload, mode: mode, by: who, node: node, at: Int64(Date().timeIntervalSince1970 * 1e9))
+        let txn = TxnRequest(
+            compare: [Compare(key: B64(key), mod_revision: I64(kv?.mod_revision?.value ?? 0))],
+            success: [RequestOp(request_put: PutRequest(key: B64(key), value: B64(Values.modeData(m))))],
+            failure: [])
+        let t = try await gateway.call("/v3/kv/txn", txn, as: TxnResponse.self)
+        return t.succeeded == true ? m : nil
+    }
+
+    public func checkHealth() async throws {
+        guard !closed else { throw ClusterStoreError.closed }
+        // Linearizable (the default): answered only with a quorum.
+        _ = try await gateway.call("/v3/kv/range", RangeRequest(key: B64(layout.prefix), limit: I64(1)), as: RangeResponse.self)
     }
 
     public func mode(of workload: String) async throws -> ModeSetting? {
