@@ -43,6 +43,9 @@ final class ClusterSync: Service, @unchecked Sendable {
     private var writeDown: String?
     private var degradedSince: Int64?
     private var problemsSeen: Set<String> = []
+    /// Write errors already logged (a broken value would otherwise be
+    /// reported at every merge attempt, each second).
+    private var writeErrorsLogged: Set<String> = []
     private var conflictsReported: Set<IPAddress> = []
     private var promoting: Set<String> = []
     private var merges = 0
@@ -168,7 +171,11 @@ final class ClusterSync: Service, @unchecked Sendable {
     /// address rules) until the claims agree: logged once per address.
     private func reportConflict(_ a: IPAddress) {
         let claims = lock.withLock { () -> Set<String>? in
-            guard let c = view.conflicts[a] else { conflictsReported.remove(a); return nil }
+            // This address's claims only: once per watched change, over
+            // every node's (a dictionary lookup per node).
+            var c: Set<String> = []
+            for perNode in view.addresses.values { if let w = perNode[a] { c.insert(w) } }
+            guard c.count > 1 else { conflictsReported.remove(a); return nil }
             return conflictsReported.insert(a).inserted ? c : nil
         }
         guard let claims else { return }
@@ -209,7 +216,7 @@ final class ClusterSync: Service, @unchecked Sendable {
                     setDown(\.healthDown, "\(error)")
                 }
             }
-            if tick % 10 == 0 { saveCache() }
+            if tick % 60 == 0 { saveCache() }
         }
     }
 
@@ -257,7 +264,12 @@ final class ClusterSync: Service, @unchecked Sendable {
         if case ClusterStoreError.unavailable = error {
             setDown(\.writeDown, "\(what): \(error)")
         } else {
-            logger.error("cluster: \(what) failed: \(error)")
+            let line = "\(what) failed: \(error)"
+            let first = lock.withLock { () -> Bool in
+                if writeErrorsLogged.count > 1000 { writeErrorsLogged.removeAll() }
+                return writeErrorsLogged.insert(line).inserted
+            }
+            if first { logger.error("cluster: \(line) (kept here and tried again; logged once)") }
         }
     }
 
@@ -302,9 +314,10 @@ final class ClusterSync: Service, @unchecked Sendable {
         } catch {
             throw unavailable(error, "nothing was pruned")
         }
-        let pruned = try policy.prune(workload, unusedForSeconds: unusedForSeconds, who: "\(who) on \(node)")
+        try policy.remove(candidates, from: workload, detail: "\(candidates.count) rules unused for \(Int(unusedForSeconds))s, for the cluster",
+                          who: "\(who) on \(node)")
         if let left { policy.applyClusterBaseline(left) }
-        return pruned
+        return candidates
     }
 
     private func unavailable(_ error: Error, _ consequence: String) -> Error {
@@ -363,7 +376,7 @@ final class ClusterSync: Service, @unchecked Sendable {
     static func cachePath(_ c: AgentConfiguration) -> String { c.databasePath + ".cluster-addresses.json" }
 
     /// The other nodes' addresses as this node last knew them (saved every
-    /// 10 s and at exit), for the kernel from the start: the watch replaces
+    /// minute and at exit), for the kernel from the start: the watch replaces
     /// them with the store's as soon as it answers.
     static func lastKnownAddresses(_ c: AgentConfiguration, logger: Logger) -> [String: [IPAddress: String]] {
         let path = cachePath(c)

@@ -85,6 +85,9 @@ public final class PolicyEngine: @unchecked Sendable {
     private var owners: [IPAddress: String] = [:]
     /// Kernel ids of workloads that are only peers here (no entry).
     private var peerIDs: [String: UInt32] = [:]
+    /// Workloads whose cluster baseline was applied since the last flush
+    /// (their local copy is stored whole then).
+    private var clusterChanged: Set<String> = []
     /// On a cluster: where this node's address changes and its automatic
     /// promotions go (set by ClusterSync before the agent runs).
     public var clusterHooks: ClusterHooks? {
@@ -277,7 +280,7 @@ public final class PolicyEngine: @unchecked Sendable {
         guard !who.isUnknown else { return nil }
         // Its addresses name its workload from its first connection, even
         // for a workload seen for the first time.
-        watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload)
+        watchForAddresses(cgroupID: c.cgroupID, path: cgroupMount + c.path, workload: who.workload, podOwner: Self.podOwner(who))
         let entry: Entry? = lock.withLock { entries[who.workload] ?? (settings.defaultMode != .learn ? entryLocked(who.workload) : nil) }
         guard let entry else { return nil }
         let mode = lock.withLock { kernelModeLocked(entry) }
@@ -398,10 +401,33 @@ public final class PolicyEngine: @unchecked Sendable {
             return p
         }
         guard let pruned else { throw APIError.notFound("no workload named '\(workload)'") }
-        if let b = baseline(workload) { try store.save(b) }
-        try store.appendAudit(AuditEntry(time: now, who: who, workload: workload, action: "prune", detail: "\(pruned.count) rules unused for \(Int(unusedForSeconds))s"))
-        if let b = baseline(workload), b.mode == .enforce, !isHeldBack(workload) { try loadRules(workload, b) }  // fewer: always fits
+        try afterPrune(workload, detail: "\(pruned.count) rules unused for \(Int(unusedForSeconds))s", who: who, now: now)
         return pruned
+    }
+
+    /// Removes these rules (a prune decided for the cluster: the cluster
+    /// baseline lost them first, and its watch may already have brought
+    /// that here).
+    public func remove(_ rules: [Rule], from workload: String, detail: String, who: String) throws {
+        let now = BootClock.now(CLOCK_REALTIME)
+        try flush()
+        let known = lock.withLock { () -> Bool in
+            guard entries[workload] != nil else { return false }
+            for r in rules {
+                entries[workload]!.baseline.rules[r.key] = nil
+                entries[workload]!.outbox[r.key] = nil
+            }
+            entries[workload]!.baseline.lastChange = now
+            return true
+        }
+        guard known else { throw APIError.notFound("no workload named '\(workload)'") }
+        try afterPrune(workload, detail: detail, who: who, now: now)
+    }
+
+    private func afterPrune(_ workload: String, detail: String, who: String, now: Int64) throws {
+        if let b = baseline(workload) { try store.save(b) }
+        try store.appendAudit(AuditEntry(time: now, who: who, workload: workload, action: "prune", detail: detail))
+        if let b = baseline(workload), b.mode == .enforce, !isHeldBack(workload) { try loadRules(workload, b) }  // fewer: always fits
     }
 
     // MARK: - Background work
@@ -447,16 +473,22 @@ public final class PolicyEngine: @unchecked Sendable {
 
     /// Writes learnt rules and hit counts to the database.
     public func flush() throws {
-        let (rules, wouldDeny): ([String: [RuleKey: Rule]], [String: Int64]) = lock.withLock {
+        let (rules, wouldDeny, whole): ([String: [RuleKey: Rule]], [String: Int64], [Baseline]) = lock.withLock {
             var rules: [String: [RuleKey: Rule]] = [:]
             for i in entries.indices where !entries.values[i].pending.isEmpty {
                 rules[entries.keys[i]] = entries.values[i].pending
                 entries.values[i].pending.removeAll()
             }
+            let whole = clusterChanged.compactMap { entries[$0]?.baseline }
+            clusterChanged.removeAll()
             defer { pendingWouldDeny.removeAll() }
-            return (rules, pendingWouldDeny)
+            return (rules, pendingWouldDeny, whole)
         }
-        for (w, r) in rules where !r.isEmpty { try store.saveRules(workload: w, Array(r.values)) }
+        // Cluster baselines applied since the last flush: stored whole, once
+        // each however often they changed (every node's merge reaches every
+        // agent).
+        for b in whole { try store.save(b) }
+        for (w, r) in rules where !r.isEmpty && !whole.contains(where: { $0.workload == w }) { try store.saveRules(workload: w, Array(r.values)) }
         for (w, t) in wouldDeny { try store.recordWouldDeny(workload: w, at: t) }
     }
 
@@ -650,14 +682,20 @@ public final class PolicyEngine: @unchecked Sendable {
         var id: UInt64
         var path: String
         var workload: String
+        /// A pod container's pod owner (AddressBook.Member.podOwner).
+        var podOwner: String?
     }
 
     /// Every cgroup under the watched root whose workload is known.
     private func walkCgroups() -> [WatchedCgroup] {
         ConnGuardCore.walkCgroups(cgroupRootPath).compactMap { c in
             let who = identity.identity(forCgroup: c.id)
-            return who.isUnknown ? nil : WatchedCgroup(id: c.id, path: c.path, workload: who.workload)
+            return who.isUnknown ? nil : WatchedCgroup(id: c.id, path: c.path, workload: who.workload, podOwner: Self.podOwner(who))
         }
+    }
+
+    private static func podOwner(_ who: Identity) -> String? {
+        who.pod.flatMap { WorkloadNaming.podOwner(workload: who.workload, pod: $0) }
     }
 
     // MARK: - Workloads' addresses
@@ -683,7 +721,7 @@ public final class PolicyEngine: @unchecked Sendable {
         var namespaces: [UInt64: Set<IPAddress>] = [:]
         for c in walkCgroups() {
             guard let (ns, a) = namespaceOf(cgroupPath: c.path) else { continue }
-            members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns)
+            members[c.id] = AddressBook.Member(workload: c.workload, namespace: ns, podOwner: c.podOwner)
             namespaces[ns] = a
         }
         let changes = lock.withLock { localAddressesChangedLocked(addresses.replaceAll(members: members, namespaces: namespaces)) }
@@ -697,7 +735,7 @@ public final class PolicyEngine: @unchecked Sendable {
     /// its workload before its first connection. A process still on the
     /// node's network after the watch is a host-network container (the
     /// periodic scan covers one that moves later).
-    private func watchForAddresses(cgroupID: UInt64, path: String, workload: String) {
+    private func watchForAddresses(cgroupID: UInt64, path: String, workload: String, podOwner: String?) {
         DispatchQueue.global().async { [self] in
             let start = BootClock.now(CLOCK_MONOTONIC)
             var pause: useconds_t = 500
@@ -705,7 +743,8 @@ public final class PolicyEngine: @unchecked Sendable {
                 guard access(path + "/cgroup.procs", F_OK) == 0 else { return }  // the cgroup is gone
                 if let (ns, a) = namespaceOf(cgroupPath: path) {
                     let changes = lock.withLock {
-                        localAddressesChangedLocked(addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns), addresses: a))
+                        localAddressesChangedLocked(addresses.update(cgroup: cgroupID, member: .init(workload: workload, namespace: ns, podOwner: podOwner),
+                                                                     addresses: a))
                     }
                     applyAddressChanges(changes)
                     return
@@ -904,9 +943,10 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
-    /// Makes sure a workload of the cluster has an entry here (in `mode`
-    /// when it is new), so that its first cgroup on this node is armed at
-    /// once with the cluster's baseline and mode.
+    /// Makes sure a workload of the cluster has an entry here (in `mode`,
+    /// which decides nothing in the kernel, when it is new), so that its
+    /// first cgroup on this node is armed at once with the cluster's
+    /// baseline and mode.
     private func ensureEntry(_ workload: String, mode: Mode) -> Bool {
         if lock.withLock({ entries[workload] != nil }) { return true }
         let now = BootClock.now(CLOCK_REALTIME)
@@ -945,16 +985,12 @@ public final class PolicyEngine: @unchecked Sendable {
             e.baseline.rules = rules
             e.clusterRevision = cb.revision
             e.clusterNodes = cb.rules.mapValues(\.nodes)
-            for k in Array(e.pending.keys) { e.pending[k] = rules[k] }
+            e.pending.removeAll()  // stored whole at the next flush
             entries[cb.workload] = e
+            clusterChanged.insert(cb.workload)
             return e.baseline
         }
         guard let b = applied else { return }
-        do {
-            try store.save(b)
-        } catch {
-            logger.error("could not store the local copy of a cluster baseline: \(error)", metadata: ["workload": "\(b.workload)"])
-        }
         guard b.mode == .enforce, !isHeldBack(b.workload) else { return }
         do {
             try loadRules(b.workload, b)
@@ -973,7 +1009,9 @@ public final class PolicyEngine: @unchecked Sendable {
     /// change): applied here unless it is already the mode, audited with
     /// who set it, on which node, when.
     public func applyClusterMode(_ m: ModeSetting) {
-        guard ensureEntry(m.workload, mode: m.mode) else { return }
+        // Created in the default mode, then moved by setMode, which puts its
+        // rules in the kernel and arms its cgroups.
+        guard ensureEntry(m.workload, mode: settings.defaultMode) else { return }
         guard baseline(m.workload)?.mode != m.mode else { return }
         do {
             try setMode(m.workload, m.mode, who: "\(m.by) on \(m.node)", reason: "cluster: set on node \(m.node) at \(RFC3339.string(m.at))")

@@ -117,6 +117,11 @@ public struct ClusterBaseline: Sendable, Equatable {
 
     public var sortedRules: [ClusterRule] { rules.values.sorted { $0.rule.key < $1.rule.key } }
 
+    /// A rule names at most this many of the nodes that saw it (the first
+    /// ones): a DaemonSet's rule seen by every node of a large cluster
+    /// would otherwise grow its baseline past the value limit.
+    public static let maxNodesPerRule = 16
+
     /// The merge that `ClusterStore.mergeRules` does, on a value in hand.
     public mutating func merge(_ learnt: [Rule], from node: String) {
         for r in learnt {
@@ -124,7 +129,7 @@ public struct ClusterBaseline: Sendable, Equatable {
                 known.rule.firstSeen = min(known.rule.firstSeen, r.firstSeen)
                 known.rule.lastSeen = max(known.rule.lastSeen, r.lastSeen)
                 known.rule.hits += r.hits
-                known.nodes.insert(node)
+                if known.nodes.count < Self.maxNodesPerRule { known.nodes.insert(node) }
                 rules[r.key] = known
             } else {
                 rules[r.key] = ClusterRule(rule: r, nodes: [node])

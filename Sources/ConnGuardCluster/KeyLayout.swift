@@ -103,7 +103,10 @@ public struct ValueLimits: Sendable, Equatable {
 enum Values {
     struct Version: Decodable { var v: Int? }
 
-    struct Address: Codable { var v: Int; var workload: String }
+    /// Every value says its format version.
+    protocol Versioned: Decodable { var v: Int { get } }
+
+    struct Address: Codable, Versioned { var v: Int; var workload: String }
 
     struct RuleValue: Codable {
         var dir: String
@@ -116,9 +119,9 @@ enum Values {
         var nodes: [String]
     }
 
-    struct Baseline: Codable { var v: Int; var workload: String; var rules: [RuleValue] }
+    struct Baseline: Codable, Versioned { var v: Int; var workload: String; var rules: [RuleValue] }
 
-    struct ModeValue: Codable { var v: Int; var workload: String; var mode: String; var by: String; var node: String; var at: Int64 }
+    struct ModeValue: Codable, Versioned { var v: Int; var workload: String; var mode: String; var by: String; var node: String; var at: Int64 }
 
     static func encode<T: Encodable>(_ value: T) -> Data {
         let e = JSONEncoder()
@@ -127,13 +130,16 @@ enum Values {
         return try! e.encode(value)
     }
 
-    /// Checks size, JSON and version before decoding the whole value, so
-    /// that each refusal says what is wrong.
-    static func decode<T: Decodable>(_ type: T.Type, _ data: Data, key: String, limits: ValueLimits) -> Result<T, ClusterProblem> {
+    /// Checks size, then decodes the value once; only a value that does not
+    /// decode, or has another version, is read again to say what is wrong
+    /// (every agent decodes every baseline any node merges: the common case
+    /// must be one parse).
+    static func decode<T: Versioned>(_ type: T.Type, _ data: Data, key: String, limits: ValueLimits) -> Result<T, ClusterProblem> {
         func bad(_ why: String) -> Result<T, ClusterProblem> { .failure(ClusterProblem(key: key, reason: why)) }
         if data.count > limits.maxValueBytes {
             return bad("value of \(data.count) bytes is over the limit of \(limits.maxValueBytes)")
         }
+        if let value = try? JSONDecoder().decode(T.self, from: data), value.v == KeyLayout.valueVersion { return .success(value) }
         guard (try? JSONSerialization.jsonObject(with: data)) is [String: Any] else { return bad("value is not a JSON object") }
         guard let version = (try? JSONDecoder().decode(Version.self, from: data))?.v else {
             return bad("value has no format version (\"v\")")
@@ -187,7 +193,7 @@ enum Values {
         for (i, r) in decoded.rules.enumerated() {
             guard let dir = ConnectionEvent.Direction(ruleName: r.dir) else { return bad("rule \(i): direction \(r.dir) is not in or out") }
             guard let peer = Peer(description: r.peer) else { return bad("rule \(i): peer \(r.peer) is not an address, CIDR or workload:NAME") }
-            guard r.proto == "tcp" else { return bad("rule \(i): protocol \(r.proto) is not tcp") }
+            guard r.proto == "tcp" || r.proto == "udp" else { return bad("rule \(i): protocol \(r.proto) is not tcp or udp") }
             guard r.hits >= 0, r.first <= r.last else { return bad("rule \(i): negative hits or first seen after last seen") }
             guard !r.nodes.isEmpty, r.nodes.allSatisfy({ KeyLayout.nodeNameProblem($0) == nil }) else { return bad("rule \(i): bad node names") }
             let key = RuleKey(direction: dir, peer: peer, port: r.port, proto: r.proto)

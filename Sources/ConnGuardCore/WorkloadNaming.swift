@@ -14,6 +14,15 @@ public enum WorkloadNaming {
         "\(namespace)/\(owner)/\(container)"
     }
 
+    /// "<namespace>/<owner>": the pod's containers together, as a peer
+    /// elsewhere sees them (by their shared address). nil if `workload` is
+    /// not a pod container's name for `pod`.
+    public static func podOwner(workload: String, pod: PodInfo) -> String? {
+        let suffix = "/" + pod.container
+        guard workload.hasPrefix(pod.namespace + "/"), workload.hasSuffix(suffix), workload.count > pod.namespace.count + 1 + suffix.count else { return nil }
+        return String(workload.dropLast(suffix.count))
+    }
+
     /// The workload of a container outside Kubernetes.
     public static func containerWorkload(name: String?, image: String?, id: String) -> String {
         if let name, isStableName(name, id: id) { return name }

@@ -25,6 +25,28 @@ final class AddressBookTests: XCTestCase {
         XCTAssertEqual(book.owners, [ip("198.18.0.22"): "web"])
     }
 
+    /// The containers of one pod (an app and its sidecar) share its address:
+    /// it names the pod's owner, the same on every replica; containers of no
+    /// one pod in one namespace name nothing.
+    func testAPodsContainersTogetherNameThePodsOwner() {
+        var book = AddressBook()
+        _ = book.update(cgroup: 1, member: .init(workload: "shop/web/app", namespace: 100, podOwner: "shop/web"), addresses: [ip("198.18.0.21")])
+        XCTAssertEqual(book.owners[ip("198.18.0.21")], "shop/web/app", "one container: its own workload")
+        let changes = book.update(cgroup: 2, member: .init(workload: "shop/web/istio-proxy", namespace: 100, podOwner: "shop/web"),
+                                  addresses: [ip("198.18.0.21")])
+        XCTAssertEqual(changes, [ip("198.18.0.21"): "shop/web"])
+        // A container of another pod owner, or of no pod, in that namespace: nothing.
+        _ = book.update(cgroup: 3, member: .init(workload: "debug", namespace: 100), addresses: [ip("198.18.0.21")])
+        XCTAssertNil(book.owners[ip("198.18.0.21")])
+        _ = book.remove(cgroup: 3)
+        XCTAssertEqual(book.owners[ip("198.18.0.21")], "shop/web")
+        // The same address in a second namespace (even of the same owner): nothing.
+        _ = book.update(cgroup: 4, member: .init(workload: "shop/web/app", namespace: 101, podOwner: "shop/web"), addresses: [ip("198.18.0.21")])
+        XCTAssertNil(book.owners[ip("198.18.0.21")])
+        XCTAssertEqual(WorkloadNaming.podOwner(workload: "shop/web/app", pod: PodInfo(namespace: "shop", name: "web-1", uid: "u", container: "app")), "shop/web")
+        XCTAssertNil(WorkloadNaming.podOwner(workload: "other", pod: PodInfo(namespace: "shop", name: "web-1", uid: "u", container: "app")))
+    }
+
     func testTwoNamespacesWithOneAddressNameNoOneAndLoopbackIsNeverAWorkloads() {
         var book = AddressBook()
         _ = book.update(cgroup: 1, member: .init(workload: "a", namespace: 1), addresses: [ip("198.18.0.5"), ip("127.0.0.1"), ip("::1")])

@@ -24,8 +24,7 @@ final class ClusterNodesTests: XCTestCase {
     let nodes = ["a", "b", "c"]
     var agents: [String: pid_t] = [:]
     var containers: [String] = []
-    var namespaces: [String] = []
-    let net = "cq" + String(UInt16.random(in: 0...0xffff), radix: 16)
+    let networks = PodNetworks()
     var etcd: EtcdCluster!
     let k8sNamespace = "shop"
     let leaseTTL = 3
@@ -46,7 +45,7 @@ final class ClusterNodesTests: XCTestCase {
         for pid in agents.values { kill(pid, SIGKILL) }
         for pid in agents.values { var s: Int32 = 0; waitpid(pid, &s, 0) }
         for c in containers { Shell.run(["podman", "rm", "-f", "-t", "0", c]) }
-        for n in namespaces.reversed() { Shell.run(["ip", "netns", "del", n]) }
+        networks.removeAll()
         for n in nodes {
             Shell.run([binary, "kill-switch", "--pin-root", pinRoot(n), "--pin-root-only"])
             XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot(n)), "pins left behind")
@@ -107,53 +106,18 @@ final class ClusterNodesTests: XCTestCase {
         return false
     }
 
-    /// The addresses in a node's pinned peer_addresses map.
-    func kernelPeerAddresses(_ node: String) -> Set<String> {
-        let r = Shell.run(["bpftool", "-j", "map", "dump", "pinned", pinRoot(node) + "/peer_addresses"])
-        guard r.status == 0, let rows = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] else { return [] }
-        return Set(rows.compactMap { row in
-            guard let key = row["key"] as? [String] else { return nil }
-            let bytes = key.compactMap { UInt8($0.dropFirst(2), radix: 16) }
-            return bytes.count == 16 ? IPAddress(ipv6: bytes).description : nil
-        })
-    }
-
-    func bridge() throws -> String {
-        let br = net + "br"
-        for args in [["netns", "add", br], ["-n", br, "link", "add", "br0", "type", "bridge"], ["-n", br, "link", "set", "br0", "up"]] {
-            let r = Shell.run(["ip"] + args)
-            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
-            if args[0] == "netns" { namespaces.append(br) }
-        }
-        return br
-    }
-
-    /// A pod's network namespace on the bridge, with `address`/24.
-    func podNetwork(_ name: String, _ address: String, bridge br: String) throws -> String {
-        let ns = net + name
-        let veth = "v" + ns
-        for args in [["netns", "add", ns], ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
-                     ["link", "set", veth, "netns", br], ["-n", br, "link", "set", veth, "master", "br0", "up"],
-                     ["-n", ns, "addr", "add", address + "/24", "dev", "eth0"], ["-n", ns, "link", "set", "eth0", "up"],
-                     ["-n", ns, "link", "set", "lo", "up"]] {
-            let r = Shell.run(["ip"] + args)
-            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
-            if args[0] == "netns" { namespaces.append(ns) }
-        }
-        return ns
-    }
+    func kernelPeerAddresses(_ node: String) -> Set<String> { Set(pinnedPeerAddresses(pinRoot: pinRoot(node))) }
 
     func removePod(_ name: String, network ns: String) {
         Shell.run(["podman", "rm", "-f", "-t", "0", name])
         containers.removeAll { $0 == name }
-        Shell.run(["ip", "netns", "del", ns])
-        namespaces.removeAll { $0 == ns }
+        networks.remove(ns)
     }
 
     /// A pod (one container) of `pod` on `node`, in network namespace `ns`,
     /// named as Kubernetes names it: workload = namespace/owner/container.
-    func pod(_ name: String, node: String, pod: String, container: String, in ns: String, _ command: String) throws {
-        let uid = UUID().uuidString.lowercased()
+    func pod(_ name: String, node: String, pod: String, container: String, in ns: String, uid: String = UUID().uuidString.lowercased(),
+             _ command: String) throws {
         containers.append(name)
         let r = Shell.run(["podman", "run", "-d", "--name", name, "--network", "ns:/run/netns/\(ns)",
                            "--cgroup-parent", parent(node) + "/kubepods/besteffort/pod\(uid)",
@@ -186,13 +150,13 @@ final class ClusterNodesTests: XCTestCase {
         for n in nodes { try startAgent(n) }
         for n in nodes { waitFor("node \(n) in sync") { cluster(n)["state"] as? String == "connected" } }
         let client = "\(k8sNamespace)/api/client", server = "\(k8sNamespace)/web/app"
-        let br = try bridge()
+        let br = try networks.bridge()
 
         // A server pod on node B (ports 8080 and 9090), a client replica on A.
-        let serverNet = try podNetwork("web1", "198.18.0.21", bridge: br)
+        let serverNet = try networks.pod("web1", "198.18.0.21", bridge: br)
         try pod("\(tag)-web1", node: "b", pod: "web-7d9c8b6f5-x2x4z", container: "app", in: serverNet,
                 "(while :; do echo hi | nc -l -p 9090; done) & while :; do echo hi | nc -l -p 8080; done")
-        let client0Net = try podNetwork("api0", "198.18.0.11", bridge: br)
+        let client0Net = try networks.pod("api0", "198.18.0.11", bridge: br)
         try pod("\(tag)-api0", node: "a", pod: "api-0", container: "client", in: client0Net, "sleep 100000")
         waitFor("server listening") { listening(serverNet, 8080) && listening(serverNet, 9090) }
         // Each node learns the other's pod address from the cluster.
@@ -205,9 +169,22 @@ final class ClusterNodesTests: XCTestCase {
         }
         XCTAssertFalse(rules("a", client).contains { ($0["peer"] as? String ?? "").contains("198.18.") }, "\(rules("a", client))")
 
+        // A pod of two containers (a database and its sidecar) on C: its
+        // address names the pod's owner, as every replica would.
+        let dbNet = try networks.pod("db0", "198.18.0.51", bridge: br)
+        let dbUID = UUID().uuidString.lowercased()
+        try pod("\(tag)-db0", node: "c", pod: "db-0", container: "pg", in: dbNet, uid: dbUID, "while :; do echo hi | nc -l -p 5432; done")
+        try pod("\(tag)-db0-proxy", node: "c", pod: "db-0", container: "proxy", in: dbNet, uid: dbUID, "sleep 100000")
+        waitFor("db listening") { listening(dbNet, 5432) }
+        waitFor("A knows the db pod by its owner") { kernelPeerAddresses("a").contains("198.18.0.51") }
+        XCTAssertEqual(connect("\(tag)-api0", "198.18.0.51", 5432).stdout, "hi\n")
+        waitFor("A's rule on the db pod's owner") {
+            rules("a", client).contains { $0["peer"] as? String == "workload:\(k8sNamespace)/db" && $0["port"] as? Int == 5432 }
+        }
+
         // A second replica on B learns a rule of its own: merged into the one
         // cluster baseline, shown on A with the node that saw it.
-        let client1Net = try podNetwork("api1", "198.18.0.12", bridge: br)
+        let client1Net = try networks.pod("api1", "198.18.0.12", bridge: br)
         try pod("\(tag)-api1", node: "b", pod: "api-1", container: "client", in: client1Net, "sleep 100000")
         waitFor("B's replica address known to B") { cluster("b")["state"] as? String == "connected" && status("b")["workloads"] as? Int ?? 0 >= 2 }
         usleep(500_000)
@@ -239,7 +216,7 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("not permitted"), refused.stderr)
 
         // 4. A new replica on B, enforced from its first connect with the merged baseline.
-        let client2Net = try podNetwork("api2", "198.18.0.13", bridge: br)
+        let client2Net = try networks.pod("api2", "198.18.0.13", bridge: br)
         try pod("\(tag)-api2", node: "b", pod: "api-2", container: "client", in: client2Net,
                 "nc -w 2 198.18.0.21 8080; echo first=$?; nc -w 2 198.18.0.21 7070; echo second=$?; sleep 100000")
         var out = ""
@@ -253,7 +230,7 @@ final class ClusterNodesTests: XCTestCase {
         // 3. The server moves to node C with a new address: no denial for the
         // enforced client; whoever takes the old address is refused.
         removePod("\(tag)-web1", network: serverNet)
-        let movedNet = try podNetwork("web2", "198.18.0.31", bridge: br)
+        let movedNet = try networks.pod("web2", "198.18.0.31", bridge: br)
         try pod("\(tag)-web2", node: "c", pod: "web-7d9c8b6f5-b7k9p", container: "app", in: movedNet,
                 "(while :; do echo hi | nc -l -p 9090; done) & while :; do echo hi | nc -l -p 8080; done")
         waitFor("moved server listening") { listening(movedNet, 8080) }
@@ -265,7 +242,7 @@ final class ClusterNodesTests: XCTestCase {
         let deniedBefore = denials("a").count
         XCTAssertEqual(connect("\(tag)-api0", "198.18.0.31", 8080).stdout, "hi\n")
         XCTAssertEqual(connect("\(tag)-api1", "198.18.0.31", 8080).stdout, "hi\n")
-        let intruderNet = try podNetwork("evil", "198.18.0.21", bridge: br)
+        let intruderNet = try networks.pod("evil", "198.18.0.21", bridge: br)
         try pod("\(tag)-evil", node: "b", pod: "evil-0", container: "nc", in: intruderNet, "while :; do echo hi | nc -l -p 8080; done")
         waitFor("intruder listening") { listening(intruderNet, 8080) }
         waitFor("the old address now names the intruder on A") { kernelPeerAddresses("a").contains("198.18.0.21") }
@@ -293,7 +270,7 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertEqual(connect("\(tag)-api0", "198.18.0.31", 8080).stdout, "hi\n", "fail-static: still served")
         XCTAssertNotEqual(connect("\(tag)-api0", "198.18.0.31", 7070).status, 0, "fail-static: still refused")
         // The server (in learn mode) learns a new client on C meanwhile.
-        let probeNet = try podNetwork("probe", "198.18.0.41", bridge: br)
+        let probeNet = try networks.pod("probe", "198.18.0.41", bridge: br)
         try pod("\(tag)-probe", node: "c", pod: "probe-0", container: "probe", in: probeNet, "sleep 100000")
         usleep(500_000)
         XCTAssertEqual(connect("\(tag)-probe", "198.18.0.31", 8080).stdout, "hi\n")
@@ -342,6 +319,7 @@ final class ClusterNodesTests: XCTestCase {
             let l = log("a")
             return l.contains("/connguard/v1/baselines/\(client)") && l.contains("/connguard/v1/modes/\(client)")
                 && l.contains("/connguard/v1/elsewhere/x") && l.contains("claimed for more than one workload")
+                && l.contains("/connguard/v1/baselines/\(k8sNamespace)/huge/x")
         }
         XCTAssertEqual(mode("a", client), "enforce", "a newer-version mode value was applied")
         XCTAssertEqual(rules("a", client).count, before, "a broken baseline value was applied")
@@ -421,5 +399,28 @@ final class ClusterNodesTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("unavailable") && refused.stderr.contains("not changed"), refused.stderr)
         XCTAssertEqual(refused.stderr.split(separator: "\n").count, 1, refused.stderr)
         XCTAssertEqual(mode("a", w), "monitor")
+    }
+
+    /// A malformed endpoint stops the agent with one line; one that does not
+    /// answer does not: the agent starts on its own, degraded, and says why
+    /// in one log line.
+    func testWrongEndpoints() throws {
+        let bad = Shell.run([binary, "agent", "--cluster-endpoints", "etcd-0:2379", "--db", scratch + "/x.db", "--socket", socket("a"),
+                             "--cgroup-root", parent("a"), "--pin-root", pinRoot("a")])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertEqual(bad.stderr.split(separator: "\n").count, 1, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("'etcd-0:2379' is not an etcd client URL"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/x.db"), "nothing made before the check")
+
+        let closed = EtcdCluster.freePorts(1)[0]
+        agents["a"] = try AgentProcess.start(binary: binary, arguments: [
+            "--db", scratch + "/a.db", "--socket", socket("a"), "--cgroup-root", parent("a"), "--pin-root", pinRoot("a"),
+            "--cluster-endpoints", "http://127.0.0.1:\(closed)", "--node-name", "node-a",
+        ], socket: socket("a"), log: scratch + "/a.log")
+        waitFor("degraded", timeout: 15) { cluster("a")["state"] as? String == "degraded" }
+        let line = log("a").split(separator: "\n").filter { $0.contains("cluster: degraded") }
+        XCTAssertEqual(line.count, 1, log("a"))
+        XCTAssertTrue(line.first?.contains("127.0.0.1:\(closed)") == true, "\(line)")
+        XCTAssertTrue(cg("a", ["status"]).stdout.contains("cluster:    degraded since"))
     }
 }

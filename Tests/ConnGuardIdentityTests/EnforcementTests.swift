@@ -23,10 +23,7 @@ final class EnforcementTests: XCTestCase {
     }
     var containers: [String] = []
     var agentPID: Int32 = 0
-    /// Network namespaces this test made (pods, and the bridge's own).
-    var namespaces: [String] = []
-    /// Short: interface names ("v" + namespace) must fit in 15 bytes.
-    let netPrefix = "cg" + String(UInt16.random(in: 0...0xffff), radix: 16)
+    let networks = PodNetworks()
 
     override func setUpWithError() throws {
         try Privileged.requireContainers()
@@ -38,7 +35,7 @@ final class EnforcementTests: XCTestCase {
     override func tearDown() {
         if agentPID > 0 { kill(agentPID, SIGKILL) }
         for c in containers { Shell.run(["podman", "rm", "-f", "-t", "0", c]) }
-        for n in namespaces.reversed() { Shell.run(["ip", "netns", "del", n]) }
+        networks.removeAll()
         Shell.run([binary, "kill-switch", "--pin-root", pinRoot, "--pin-root-only"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: pinRoot), "pins left behind")
         CgroupMounts.remove(parent)
@@ -102,39 +99,6 @@ final class EnforcementTests: XCTestCase {
         XCTFail("timed out waiting for \(what)")
     }
 
-    /// A private bridge in a network namespace of its own (shared/CLUSTER.md):
-    /// nothing on it is reachable from, or routed to, anywhere else.
-    func bridge() throws -> String {
-        let br = netPrefix + "br"
-        for args in [["netns", "add", br], ["-n", br, "link", "add", "br0", "type", "bridge"], ["-n", br, "link", "set", "br0", "up"]] {
-            let r = Shell.run(["ip"] + args)
-            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
-            if args[0] == "netns" { namespaces.append(br) }
-        }
-        return br
-    }
-
-    /// A pod's network namespace on the bridge, with `address`/24 (from 198.18.0.0/15).
-    @discardableResult
-    func podNetwork(_ name: String, _ address: String, bridge br: String) throws -> String {
-        let ns = netPrefix + name
-        let veth = "v" + ns
-        for args in [["netns", "add", ns], ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
-                     ["link", "set", veth, "netns", br], ["-n", br, "link", "set", veth, "master", "br0", "up"],
-                     ["-n", ns, "addr", "add", address + "/24", "dev", "eth0"], ["-n", ns, "link", "set", "eth0", "up"],
-                     ["-n", ns, "link", "set", "lo", "up"]] {
-            let r = Shell.run(["ip"] + args)
-            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
-            if args[0] == "netns" { namespaces.append(ns) }
-        }
-        return ns
-    }
-
-    func removeNetwork(_ ns: String) {
-        Shell.run(["ip", "netns", "del", ns])
-        namespaces.removeAll { $0 == ns }
-    }
-
     /// Runs a container of the busybox image in network namespace `ns`.
     @discardableResult
     func run(_ name: String, in ns: String, detached: Bool, _ command: String, timeout: Double = 30) -> Shell.Result {
@@ -143,17 +107,7 @@ final class EnforcementTests: XCTestCase {
                           "--cgroup-parent", parent, Self.image, "sh", "-c", command], timeout: timeout)
     }
 
-    /// The pinned peer_addresses map: address -> workload id.
-    func kernelPeerAddresses() -> [String] {
-        let r = Shell.run(["bpftool", "-j", "map", "dump", "pinned", pinRoot + "/peer_addresses"])
-        guard r.status == 0, let rows = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] else { return [] }
-        return rows.compactMap { row in
-            guard let key = row["key"] as? [String] else { return nil }
-            let bytes = key.compactMap { UInt8($0.dropFirst(2), radix: 16) }
-            guard bytes.count == 16 else { return nil }
-            return IPAddress(ipv6: bytes).description
-        }
-    }
+    func kernelPeerAddresses() -> [String] { pinnedPeerAddresses(pinRoot: pinRoot) }
 
     // MARK: the tests
 
@@ -165,9 +119,9 @@ final class EnforcementTests: XCTestCase {
     /// is stopped is served once the agent is back.
     func testPeersAreWorkloadsAcrossReplacementsAndNewAddresses() throws {
         try startAgent()
-        let br = try bridge()
+        let br = try networks.bridge()
         let app = "\(tag)-app", web = "\(tag)-web", intruder = "\(tag)-intruder"
-        let server = try podNetwork("s", "198.18.0.21", bridge: br)
+        let server = try networks.pod("s", "198.18.0.21", bridge: br)
         XCTAssertEqual(run(web, in: server, detached: true, "while :; do echo hi | nc -l -p 8080; done").status, 0)
         waitFor("the server listening") {
             // busybox nc listens on [::]:8080, which takes IPv4 too.
@@ -177,7 +131,7 @@ final class EnforcementTests: XCTestCase {
         let ask = "nc -w 3 198.18.0.21 8080"
 
         // Learn, by workload in both directions.
-        var client = try podNetwork("c1", "198.18.0.11", bridge: br)
+        var client = try networks.pod("c1", "198.18.0.11", bridge: br)
         XCTAssertEqual(run(app, in: client, detached: false, ask).trimmed, "hi")
         waitFor("the server's inbound rule on the client's workload") {
             rules(web).contains { $0["direction"] as? String == "in" && $0["peer"] as? String == "workload:\(app)" && $0["port"] as? Int == 8080 }
@@ -193,12 +147,12 @@ final class EnforcementTests: XCTestCase {
         XCTAssertEqual(cg(["mode", web, "enforce"]).status, 0)
 
         // A rollout: the client container is replaced, with a new address.
-        removeNetwork(client)
-        client = try podNetwork("c2", "198.18.0.12", bridge: br)
+        networks.remove(client)
+        client = try networks.pod("c2", "198.18.0.12", bridge: br)
         XCTAssertEqual(run(app, in: client, detached: false, ask).trimmed, "hi", "the replaced client is served from its first connect")
 
         // Another workload takes the old client's address: refused.
-        let stolen = try podNetwork("c1b", "198.18.0.11", bridge: br)
+        let stolen = try networks.pod("c1b", "198.18.0.11", bridge: br)
         XCTAssertEqual(run(intruder, in: stolen, detached: false, ask).trimmed, "", "another workload at the old address is refused")
         waitFor("the denial, naming both workloads") {
             connections(["--verdict", "denied", "--direction", "in", "--workload", web]).contains {
@@ -211,9 +165,9 @@ final class EnforcementTests: XCTestCase {
         // Replaced again while the agent is away: the new address is unknown
         // to the kernel until the agent returns and finds it.
         stopAgent(SIGTERM)
-        removeNetwork(client)
-        removeNetwork(stolen)
-        client = try podNetwork("c3", "198.18.0.13", bridge: br)
+        networks.remove(client)
+        networks.remove(stolen)
+        client = try networks.pod("c3", "198.18.0.13", bridge: br)
         XCTAssertEqual(run(app, in: client, detached: true, "sleep 600").status, 0)
         let away = Shell.run(["podman", "exec", app, "nc", "-w", "2", "198.18.0.21", "8080"], timeout: 20)
         XCTAssertEqual(away.trimmed, "", "an address no agent has seen is not a workload's")

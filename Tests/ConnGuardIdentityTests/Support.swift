@@ -332,3 +332,60 @@ extension NSLock {
         return try body()
     }
 }
+
+/// Pods' network namespaces on a private bridge that lives in a network
+/// namespace of its own (shared/CLUSTER.md): nothing on it is reachable
+/// from, or routed to, anywhere else. Addresses from 198.18.0.0/15.
+final class PodNetworks {
+    /// Short: interface names ("v" + namespace) must fit in 15 bytes.
+    let prefix = "cn" + String(UInt16.random(in: 0...0xffff), radix: 16)
+    /// What was made (pods, and the bridge's own), removed in reverse.
+    private(set) var namespaces: [String] = []
+
+    func bridge() throws -> String {
+        let br = prefix + "br"
+        for args in [["netns", "add", br], ["-n", br, "link", "add", "br0", "type", "bridge"], ["-n", br, "link", "set", "br0", "up"]] {
+            let r = Shell.run(["ip"] + args)
+            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
+            if args[0] == "netns" { namespaces.append(br) }
+        }
+        return br
+    }
+
+    /// A pod's network namespace on the bridge, with `address`/24.
+    @discardableResult
+    func pod(_ name: String, _ address: String, bridge br: String) throws -> String {
+        let ns = prefix + name
+        let veth = "v" + ns
+        for args in [["netns", "add", ns], ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                     ["link", "set", veth, "netns", br], ["-n", br, "link", "set", veth, "master", "br0", "up"],
+                     ["-n", ns, "addr", "add", address + "/24", "dev", "eth0"], ["-n", ns, "link", "set", "eth0", "up"],
+                     ["-n", ns, "link", "set", "lo", "up"]] {
+            let r = Shell.run(["ip"] + args)
+            guard r.status == 0 else { throw Failure("ip \(args.joined(separator: " ")): \(r.stderr)") }
+            if args[0] == "netns" { namespaces.append(ns) }
+        }
+        return ns
+    }
+
+    func remove(_ ns: String) {
+        Shell.run(["ip", "netns", "del", ns])
+        namespaces.removeAll { $0 == ns }
+    }
+
+    func removeAll() {
+        for n in namespaces.reversed() { Shell.run(["ip", "netns", "del", n]) }
+        namespaces.removeAll()
+    }
+}
+
+/// The addresses in an agent's pinned peer_addresses map (bpftool).
+func pinnedPeerAddresses(pinRoot: String) -> [String] {
+    let r = Shell.run(["bpftool", "-j", "map", "dump", "pinned", pinRoot + "/peer_addresses"])
+    guard r.status == 0, let rows = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] else { return [] }
+    return rows.compactMap { row in
+        guard let key = row["key"] as? [String] else { return nil }
+        let bytes = key.compactMap { UInt8($0.dropFirst(2), radix: 16) }
+        return bytes.count == 16 ? IPAddress(ipv6: bytes).description : nil
+    }
+}

@@ -19,6 +19,7 @@ let targets: [String: @Sendable (UnsafeRawBufferPointer) -> Void] = [
     "cgroup-path": fuzzCgroupPath,
     "proc-net-tcp": fuzzProcNetTCP,
     "namespace-addresses": fuzzNamespaceAddresses,
+    "dns": fuzzDNS,
 ]
 
 // Set once in main, before any input; libFuzzer runs inputs on one thread.

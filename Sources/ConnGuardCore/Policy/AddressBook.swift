@@ -7,16 +7,24 @@
 /// (`NamespaceAddresses`). A cgroup on the node's own network namespace (host
 /// network, host processes) has no address of its own and is not fed here.
 /// An address is a workload's when every cgroup in every namespace holding it
-/// belongs to that one workload; an address held for several workloads (the
-/// containers of one pod share its namespace; two namespaces with the same
-/// address) names none of them, and rules on it stay address rules.
+/// belongs to that one workload. The containers of one Kubernetes pod share
+/// its namespace, and a peer elsewhere cannot tell which of them connected:
+/// their address names the pod's owner ("<namespace>/<owner>", the
+/// Deployment or StatefulSet whose replicas they are), the same on every
+/// replica. Any other address held for several workloads (two namespaces
+/// with the same address, containers of no one pod) names none of them, and
+/// rules on it stay address rules.
 public struct AddressBook: Sendable, Equatable {
     public struct Member: Sendable, Equatable {
         public var workload: String
         public var namespace: UInt64
-        public init(workload: String, namespace: UInt64) {
+        /// For a Kubernetes pod's container: the pod's owner,
+        /// "<namespace>/<owner>" (`WorkloadNaming.podOwner`).
+        public var podOwner: String?
+        public init(workload: String, namespace: UInt64, podOwner: String? = nil) {
             self.workload = workload
             self.namespace = namespace
+            self.podOwner = podOwner
         }
     }
 
@@ -55,16 +63,35 @@ public struct AddressBook: Sendable, Equatable {
         return recompute()
     }
 
+    private func namespacesHolding(_ a: IPAddress) -> Int {
+        namespaces.values.filter { $0.contains(a) }.count
+    }
+
     private mutating func recompute() -> Changes {
         var holders: [IPAddress: Set<String>] = [:]
+        var ownersOf: [IPAddress: Set<String?>] = [:]
         var workloadsOf: [UInt64: Set<String>] = [:]
-        for m in members.values { workloadsOf[m.namespace, default: []].insert(m.workload) }
+        var podOwnersOf: [UInt64: Set<String?>] = [:]
+        for m in members.values {
+            workloadsOf[m.namespace, default: []].insert(m.workload)
+            podOwnersOf[m.namespace, default: []].insert(m.podOwner)
+        }
         for (ns, addresses) in namespaces {
             guard let ws = workloadsOf[ns] else { continue }
-            for a in addresses where !a.isLoopback && !a.isUnspecified { holders[a, default: []].formUnion(ws) }
+            for a in addresses where !a.isLoopback && !a.isUnspecified {
+                holders[a, default: []].formUnion(ws)
+                ownersOf[a, default: []].formUnion(podOwnersOf[ns] ?? [])
+            }
         }
         var next: [IPAddress: String] = [:]
-        for (a, ws) in holders where ws.count == 1 { next[a] = ws.first! }
+        for (a, ws) in holders {
+            if ws.count == 1 {
+                next[a] = ws.first!
+            } else if let pods = ownersOf[a], pods.count == 1, let pod = pods.first!, namespacesHolding(a) == 1 {
+                // Containers of one pod: the pod's owner.
+                next[a] = pod
+            }
+        }
         var changes: Changes = [:]
         for (a, w) in next where owners[a] != w { changes[a] = .some(w) }
         for a in owners.keys where next[a] == nil { changes[a] = .some(nil) }
