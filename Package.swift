@@ -125,6 +125,16 @@ let package = Package(
             name: "connguard-bench-store",
             dependencies: ["ConnGuardStore", "ConnGuardCore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
+        // scripts/bench-cluster's load generator: 1,000 simulated nodes on a real etcd, and the
+        // latency from an etcd write to the watching agent's pinned peer_addresses map.
+        .executableTarget(
+            name: "connguard-bench-cluster",
+            dependencies: [
+                "ConnGuardCluster", "ConnGuardCore", "BPFKit",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         // Shared by the privileged test targets: root check, test cgroups, sockets, child processes.
         .target(
             name: "ConnGuardTestSupport",
