@@ -739,6 +739,7 @@ public final class PolicyEngine: @unchecked Sendable {
             guard let id = lock.withLock({ entries[w]?.workloadID }) ?? (try? store.workloadID(for: w, createWith: .learn, now: BootClock.now(CLOCK_REALTIME))) else { return nil }
             peer = .workload(id)
         }
-        return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer)
+        guard let proto = ConnectionEvent.IPProtocol(rawValue: k.proto) else { return nil }
+        return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer, proto: proto)
     }
 }
