@@ -356,8 +356,10 @@ public final class Tracer {
                     links.forEach { $0.detach() }
                     throw TracerError.attach(e)
                 }
-                chosen.append(HookChoice(capability: "udp", rung: rung, detail: "\(program.name) (\(program.sectionName)) on \(cgroupRoot)"))
             }
+            // One line: the same six sock_addr hooks on every rung.
+            chosen.append(HookChoice(capability: "udp", rung: rung, detail:
+                "cg_udp_* (cgroup/connect4, connect6, sendmsg4, sendmsg6, recvmsg4, recvmsg6; always allow) on \(cgroupRoot)"))
         } else {
             chosen.append(HookChoice(capability: "udp", rung: rung, detail: "not traced: no cgroup v2 hierarchy is mounted"))
         }
