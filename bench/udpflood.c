@@ -1,6 +1,6 @@
 /* udpflood: a small-datagram UDP flood on loopback, for scripts/bench-udp.
  * A receiver thread binds FLOWS sockets on 127.0.0.1 (consecutive ports from
- * PORT) and reads them; the main thread sends 32-byte datagrams round-robin
+ * PORT) and reads them with recvfrom; the main thread sends 32-byte datagrams round-robin
  * to them from one unconnected socket for SECONDS. Prints
  * "sent=N received=N rate=R" (R: datagrams received per second).
  *   udpflood -d SECONDS -p PORT -f FLOWS */
@@ -38,7 +38,14 @@ static void *receiver(void *arg)
         if (poll(p, flows, 100) <= 0) continue;
         for (int i = 0; i < flows; i++)
             if (p[i].revents & POLLIN)
-                while (recv(fds[i], buf, sizeof(buf), MSG_DONTWAIT) > 0) atomic_fetch_add(&received, 1);
+                for (;;) {
+                    /* With the sender's address, as a UDP server that answers
+                     * reads (a bare recv() is not seen: README, UDP). */
+                    struct sockaddr_in from;
+                    socklen_t len = sizeof(from);
+                    if (recvfrom(fds[i], buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &len) <= 0) break;
+                    atomic_fetch_add(&received, 1);
+                }
     }
     return NULL;
 }

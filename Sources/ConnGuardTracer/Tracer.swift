@@ -293,7 +293,9 @@ public final class Tracer {
 
     /// Opens a fresh object with only `rung`'s programs on, loads and
     /// attaches them. On any failure everything is released.
-    static func open(rung: HookRung, acceptViaSyscall: Bool, configuration: Configuration) throws -> (BPFObject, [BPFLink], [HookChoice]) {
+    /// `udp: false`: without the UDP programs (after a kernel refused them).
+    static func open(rung: HookRung, acceptViaSyscall: Bool, configuration: Configuration,
+                     udp: Bool = true) throws -> (BPFObject, [BPFLink], [HookChoice]) {
         var size: UInt = 0
         let start = cg_bpf_trace_object(&size)
         let bytes = Array(UnsafeRawBufferPointer(start: start, count: Int(size)))
@@ -308,7 +310,7 @@ public final class Tracer {
         var plan = rung.plan
         // Without a cgroup v2 hierarchy there is nowhere to attach the UDP
         // programs: UDP is not traced (the hooks say so).
-        let cgroupRoot = CgroupMount.find()
+        let cgroupRoot = udp ? CgroupMount.find() : nil
         if acceptViaSyscall {
             plan = plan.map { step in
                 (step.program, step.capabilities.filter { $0 != "accept" }, step.rung)
@@ -325,6 +327,12 @@ public final class Tracer {
         do {
             try object.load()
         } catch let e as BPFError {
+            // UDP must not cost TCP its tracing: a kernel whose verifier
+            // refuses the sock_addr programs gets the rest, and says so.
+            if cgroupRoot != nil,
+               let without = try? open(rung: rung, acceptViaSyscall: acceptViaSyscall, configuration: configuration, udp: false) {
+                return (without.0, without.1, without.2.map { $0.capability == "udp" ? HookChoice(capability: "udp", rung: rung, detail: "not traced: the kernel refused the UDP programs (\(e))") : $0 })
+            }
             throw TracerError.load(e)
         }
         var links: [BPFLink] = []
@@ -361,7 +369,7 @@ public final class Tracer {
             chosen.append(HookChoice(capability: "udp", rung: rung, detail:
                 "cg_udp_* (cgroup/connect4, connect6, sendmsg4, sendmsg6, recvmsg4, recvmsg6; always allow) on \(cgroupRoot)"))
         } else {
-            chosen.append(HookChoice(capability: "udp", rung: rung, detail: "not traced: no cgroup v2 hierarchy is mounted"))
+            chosen.append(HookChoice(capability: "udp", rung: rung, detail: udp ? "not traced: no cgroup v2 hierarchy is mounted" : "not traced"))
         }
         // One line per capability: accept() and accept4() together.
         var merged: [HookChoice] = []
