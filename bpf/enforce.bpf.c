@@ -166,6 +166,47 @@ struct {
     __type(value, __u64);
 } enforce_drops SEC(".maps");
 
+/* UDP flows let through, so that their replies pass without a rule: a
+ * client's datagram out lets the peer's replies in, a server's datagram in
+ * lets its answers out. Keyed by the local socket (its cookie) and the peer.
+ * Writer: the UDP paths, when they allow a flow's first datagram. Reader:
+ * the same, for every later datagram and every reply. Only for workloads in
+ * enforce mode. LRU: flows that end age out; an evicted flow is checked
+ * against the rules again at its next datagram. */
+struct udp_flow_key {
+    __u64 cookie;        /* bpf_get_socket_cookie of the local socket */
+    __u8 peer[16];       /* IPv4 mapped */
+    __u16 port;          /* the peer's port */
+    __u8 pad[6];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct udp_flow_key);
+    __type(value, __u8);
+} udp_allowed SEC(".maps");
+
+/* When each UDP flow's last denial was reported (struct cg_repeat_key, peer
+ * IPv4-mapped, outcome DENIED): one denial event per flow and second, not
+ * one per datagram. Writer and reader: the UDP denial paths. LRU, bounded: a
+ * flood over more flows than this reports more, never grows. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct cg_repeat_key);
+    __type(value, __u64);
+} udp_denied SEC(".maps");
+
+/* UDP denials not reported one by one (their flow's was, this second).
+ * Writer: the UDP denial paths. Reader: user space. Not pinned. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} udp_denial_repeats SEC(".maps");
+
 static __always_inline void count(void *map, __u32 index)
 {
     __u64 *n = bpf_map_lookup_elem(map, &index);
@@ -282,8 +323,8 @@ static __always_inline void local_peer_of(struct bpf_sock *sk, struct local_peer
  * address never admits a local peer, since that address is not its own. A
  * remote peer is allowed by an address or CIDR rule, or by a rule on the
  * workload that holds its address (peer_addresses). */
-static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16 port, const __u8 addr[16],
-                                           const struct local_peer *local)
+static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u8 protocol, __u16 port,
+                                           const __u8 addr[16], const struct local_peer *local)
 {
     struct cg_rule_key key = {};
     struct cg_peer_rule_key peer_key = {};
@@ -292,6 +333,7 @@ static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16
     peer_key.workload_id = workload;
     peer_key.port = port;
     peer_key.direction = direction;
+    peer_key.protocol = protocol;
     if (local->cgroup_id && local->has_workload) {
         peer_key.peer_workload_id = local->workload_id;
         if (bpf_map_lookup_elem(&rules_peer, &peer_key))
@@ -303,6 +345,7 @@ static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u16
         key.prefixlen -= 1; /* blocks only: matches no full-length (one-address) rule */
     key.workload_id = workload;
     key.direction = direction;
+    key.protocol = protocol;
     key.port = port;
     __builtin_memcpy(key.addr, addr, 16);
     if (bpf_map_lookup_elem(&rules_cidr, &key))
@@ -328,7 +371,7 @@ enum decision_reason {
 
 /* 1: allow, 0: refuse. Counts the decision; *flags gets CG_FLAG_NO_POLICY for
  * a refusal of an unknown cgroup. */
-static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 direction, __u16 port,
+static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 direction, __u8 protocol, __u16 port,
                                   const __u8 addr[16], const struct local_peer *local, __u8 *flags)
 {
     __u32 base = decision_base(direction);
@@ -347,7 +390,7 @@ static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 directi
         count(&decisions, base + REASON_NOT_ENFORCED);
         return 1;
     }
-    if (baseline_allows(p->workload_id, direction, port, addr, local)) {
+    if (baseline_allows(p->workload_id, direction, protocol, port, addr, local)) {
         count(&decisions, base + REASON_ALLOWED);
         return 1;
     }
@@ -386,7 +429,7 @@ static __always_inline void map_ipv4(__u8 addr[16], __u32 ip_be)
 /* ---- outbound -------------------------------------------------------- */
 
 static __always_inline void report_connect(__u16 family, const __u8 addr[16], __u16 port, __u64 cgroup_id,
-                                           const struct local_peer *local, __u8 flags)
+                                           const struct local_peer *local, __u8 flags, __u8 hook, __u8 protocol)
 {
     struct cg_connection_event *e;
     struct task_struct *task;
@@ -396,7 +439,8 @@ static __always_inline void report_connect(__u16 family, const __u8 addr[16], __
         count(&enforce_drops, CG_ENF_DROP_RINGBUF_FULL);
         return;
     }
-    fill_event(e, CG_DIRECTION_CONNECT, CG_OUTCOME_DENIED, CG_HOOK_CGROUP_CONNECT, family, cgroup_id);
+    fill_event(e, CG_DIRECTION_CONNECT, CG_OUTCOME_DENIED, hook, family, cgroup_id);
+    e->protocol = protocol;
     task = (struct task_struct *)bpf_get_current_task();
     e->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
     e->error = EPERM;
@@ -411,6 +455,65 @@ static __always_inline void report_connect(__u16 family, const __u8 addr[16], __
     bpf_ringbuf_submit(e, 0);
 }
 
+/* Whether a UDP denial of this flow was reported less than a second ago
+ * (then it is only counted). */
+static __always_inline int udp_denial_is_repeat(__u64 cgroup_id, __u8 direction, const __u8 peer[16], __u16 port)
+{
+    struct cg_repeat_key k = {};
+    __u64 now = bpf_ktime_get_boot_ns(), *last;
+
+    k.cgroup_id = cgroup_id;
+    __builtin_memcpy(k.peer, peer, 16);
+    k.port = port;
+    k.direction = direction;
+    k.outcome = CG_OUTCOME_DENIED;
+    k.protocol = IPPROTO_UDP;
+    last = bpf_map_lookup_elem(&udp_denied, &k);
+    if (last && now - *last < 1000000000ULL) {
+        count(&udp_denial_repeats, 0);
+        return 1;
+    }
+    bpf_map_update_elem(&udp_denied, &k, &now, BPF_ANY);
+    return 0;
+}
+
+/* Outbound UDP: connect() on a UDP socket, or sendto()/sendmsg() with an
+ * address on an unconnected one. Allowed: a reply to a flow let in (a
+ * server's answer), a flow let out before, or what the baseline holds
+ * (direction out, protocol udp, the peer's port). Refused: connect() or
+ * sendmsg() fails with EPERM. A UDP peer is named by its address (no
+ * socket lookup: a local UDP server is not found by the peer rules). */
+static __always_inline int on_udp_out(struct bpf_sock_addr *ctx, __u16 family, const __u8 addr[16], __u8 hook)
+{
+    struct local_peer local = {};
+    struct udp_flow_key fk = {};
+    struct cg_cgroup_policy *p;
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    __u64 cgroup_id;
+    __u8 flags, one = 1;
+
+    p = policy_of_current(&cgroup_id);
+    if (needs_peer(p)) {
+        fk.cookie = bpf_get_socket_cookie(ctx);
+        __builtin_memcpy(fk.peer, addr, 16);
+        fk.port = port;
+        if (bpf_map_lookup_elem(&udp_allowed, &fk))
+            return 1;
+    }
+    if (decide(p, CG_DIRECTION_CONNECT, IPPROTO_UDP, port, addr, &local, &flags)) {
+        if (needs_peer(p))
+            bpf_map_update_elem(&udp_allowed, &fk, &one, BPF_ANY);
+        return 1;
+    }
+    /* ::ffff:a.b.c.d is reported as IPv4, as the tracer does. */
+    if (family == AF_INET6 && ((const __u32 *)addr)[0] == 0 && ((const __u32 *)addr)[1] == 0 &&
+        ((const __u32 *)addr)[2] == bpf_htonl(0xffff))
+        family = AF_INET;
+    if (!udp_denial_is_repeat(cgroup_id, CG_DIRECTION_CONNECT, addr, port))
+        report_connect(family, addr, port, cgroup_id, &local, flags, hook, IPPROTO_UDP);
+    return 0; /* EPERM */
+}
+
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, const __u8 addr[16])
 {
     struct local_peer local = {};
@@ -419,7 +522,9 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, c
     __u16 port;
     __u8 flags;
 
-    /* TCP only (MPTCP is TCP underneath); UDP and others pass. */
+    if (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP)
+        return on_udp_out(ctx, family, addr, CG_HOOK_CGROUP_CONNECT);
+    /* TCP (MPTCP is TCP underneath); others pass. */
     if (ctx->type != SOCK_STREAM || (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_MPTCP))
         return 1;
     port = bpf_ntohs((__u16)ctx->user_port);
@@ -444,11 +549,12 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u16 family, c
         if (sk)
             local_peer_of(sk, &local);
     }
-    if (decide(p, CG_DIRECTION_CONNECT, port, addr, &local, &flags))
+    if (decide(p, CG_DIRECTION_CONNECT, IPPROTO_TCP, port, addr, &local, &flags))
         return 1;
-    report_connect(family, addr, port, cgroup_id, &local, flags);
+    report_connect(family, addr, port, cgroup_id, &local, flags, CG_HOOK_CGROUP_CONNECT, IPPROTO_TCP);
     return 0; /* connect() fails with EPERM */
 }
+
 
 SEC("cgroup/connect4")
 int cg_enf_connect4(struct bpf_sock_addr *ctx)
@@ -473,13 +579,40 @@ int cg_enf_connect6(struct bpf_sock_addr *ctx)
     return on_connect(ctx, AF_INET6, (const __u8 *)ip6);
 }
 
+/* sendmsg4/6 run only for a datagram with an address on an unconnected
+ * socket; a connected one was checked at connect(). */
+SEC("cgroup/sendmsg4")
+int cg_enf_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    __u8 addr[16];
+
+    if (ctx->type != SOCK_DGRAM || ctx->protocol != IPPROTO_UDP)
+        return 1;
+    map_ipv4(addr, ctx->user_ip4);
+    return on_udp_out(ctx, AF_INET, addr, CG_HOOK_CGROUP_SOCK_ADDR);
+}
+
+SEC("cgroup/sendmsg6")
+int cg_enf_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    __u32 ip6[4];
+
+    if (ctx->type != SOCK_DGRAM || ctx->protocol != IPPROTO_UDP)
+        return 1;
+    ip6[0] = ctx->user_ip6[0];
+    ip6[1] = ctx->user_ip6[1];
+    ip6[2] = ctx->user_ip6[2];
+    ip6[3] = ctx->user_ip6[3];
+    return on_udp_out(ctx, AF_INET6, (const __u8 *)ip6, CG_HOOK_CGROUP_SOCK_ADDR);
+}
+
 /* ---- who bound a socket ------------------------------------------------ */
 
 static __always_inline int on_bind(struct bpf_sock *sk)
 {
     struct cg_socket_owner *o;
 
-    if (sk->type != SOCK_STREAM)
+    if (sk->type != SOCK_STREAM && sk->type != SOCK_DGRAM)
         return 1;
     o = bpf_sk_storage_get(&socket_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!o) {
@@ -514,17 +647,20 @@ struct syn {
     __u16 family;
 };
 
-/* Offset of the TCP header in an IPv6 packet, past the extension headers the
- * stack leaves in place; <0 if not TCP or not found within a few headers. */
-static __always_inline int ipv6_tcp_offset(struct __sk_buff *skb, __u8 nexthdr)
+/* Offset of the TCP or UDP header in an IPv6 packet, past the extension
+ * headers the stack leaves in place (*proto says which); -1 if neither, -2
+ * if not found within a few headers. */
+static __always_inline int ipv6_l4_offset(struct __sk_buff *skb, __u8 nexthdr, __u8 *proto)
 {
     int off = 40;
 
     for (int i = 0; i < 4; i++) {
         __u8 h[2];
 
-        if (nexthdr == IPPROTO_TCP)
+        if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP) {
+            *proto = nexthdr;
             return off;
+        }
         if (nexthdr != 0 && nexthdr != 43 && nexthdr != 60 && nexthdr != 44 && nexthdr != 51)
             return -1; /* another protocol: not ours */
         if (bpf_skb_load_bytes(skb, off, h, 2))
@@ -537,12 +673,17 @@ static __always_inline int ipv6_tcp_offset(struct __sk_buff *skb, __u8 nexthdr)
             off += (h[1] + 1) * 8;
         nexthdr = h[0];
     }
-    return nexthdr == IPPROTO_TCP ? off : -2;
+    if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP) {
+        *proto = nexthdr;
+        return off;
+    }
+    return -2;
 }
 
-/* Fills *s if the packet is a TCP SYN without ACK. 1: it is; 0: it is not
- * (or not TCP); -1: could not be parsed. */
-static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
+/* Fills *s if the packet is a TCP SYN without ACK or a UDP datagram (*proto
+ * says which). 1: it is; 0: it is not (or neither protocol); -1: could not
+ * be parsed. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct syn *s, __u8 *proto)
 {
     __u8 tcp[14];
     int off;
@@ -551,8 +692,9 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
         __u8 ip[20];
         if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
             return -1;
-        if (ip[9] != IPPROTO_TCP)
+        if (ip[9] != IPPROTO_TCP && ip[9] != IPPROTO_UDP)
             return 0;
+        *proto = ip[9];
         off = (ip[0] & 0x0f) * 4;
         if (off < 20)
             return -1;
@@ -567,7 +709,7 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
         __u8 ip[40];
         if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
             return -1;
-        off = ipv6_tcp_offset(skb, ip[6]);
+        off = ipv6_l4_offset(skb, ip[6], proto);
         if (off == -1)
             return 0;
         if (off < 0)
@@ -577,6 +719,13 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
         __builtin_memcpy(s->daddr, ip + 24, 16);
     } else {
         return 0;
+    }
+    if (*proto == IPPROTO_UDP) {
+        if (bpf_skb_load_bytes(skb, off, tcp, 4))
+            return -1;
+        s->sport = ((__u16)tcp[0] << 8) | tcp[1];
+        s->dport = ((__u16)tcp[2] << 8) | tcp[3];
+        return 1;
     }
     if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
         return -1;
@@ -588,7 +737,7 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 }
 
 static __always_inline void report_accept(struct __sk_buff *skb, const struct syn *s, __u64 cgroup_id,
-                                          const struct local_peer *local, __u8 flags)
+                                          const struct local_peer *local, __u8 flags, __u8 protocol)
 {
     struct cg_connection_event *e;
     struct cg_socket_owner *o = NULL;
@@ -602,6 +751,7 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
     }
     /* The listener's cgroup. */
     fill_event(e, CG_DIRECTION_ACCEPT, CG_OUTCOME_DENIED, CG_HOOK_CGROUP_SKB, s->family, cgroup_id);
+    e->protocol = protocol;
     e->flags = flags;
     /* Flow direction, as the tracer reports accepts: the remote is the source. */
     e->sport = s->sport;
@@ -624,6 +774,38 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
     bpf_ringbuf_submit(e, 0);
 }
 
+/* Inbound UDP to a socket in the subtree: allowed when it is a reply to a
+ * flow let out (the client's socket sent to this peer and port), a later
+ * datagram of a flow let in, or in the baseline (direction in, protocol udp,
+ * the local port); else dropped before the socket sees it. A connected UDP
+ * socket never comes here (ESTABLISHED: its connect() was checked, and it
+ * receives only from its peer). */
+static __always_inline int on_udp_in(struct __sk_buff *skb, const struct syn *s)
+{
+    struct local_peer local = {};
+    struct udp_flow_key fk = {};
+    struct cg_cgroup_policy *p;
+    __u64 cgroup_id;
+    __u8 flags, one = 1;
+
+    p = policy_of_skb(skb, &cgroup_id);
+    if (needs_peer(p)) {
+        fk.cookie = bpf_get_socket_cookie(skb);
+        __builtin_memcpy(fk.peer, s->saddr, 16);
+        fk.port = s->sport;
+        if (bpf_map_lookup_elem(&udp_allowed, &fk))
+            return 1;
+    }
+    if (decide(p, CG_DIRECTION_ACCEPT, IPPROTO_UDP, s->dport, s->saddr, &local, &flags)) {
+        if (needs_peer(p))
+            bpf_map_update_elem(&udp_allowed, &fk, &one, BPF_ANY);
+        return 1;
+    }
+    if (!udp_denial_is_repeat(cgroup_id, CG_DIRECTION_ACCEPT, s->saddr, s->dport))
+        report_accept(skb, s, cgroup_id, &local, flags, IPPROTO_UDP);
+    return 0; /* drop the datagram */
+}
+
 SEC("cgroup_skb/ingress")
 int cg_enf_ingress(struct __sk_buff *skb)
 {
@@ -632,14 +814,14 @@ int cg_enf_ingress(struct __sk_buff *skb)
     struct cg_cgroup_policy *p;
     struct syn s;
     __u64 cgroup_id;
-    __u8 flags;
+    __u8 flags, proto = 0;
     int r;
 
     /* Only a listener takes new connections: a SYN that reaches a socket in
      * another state (established, TIME_WAIT) is handed by TCP to the
      * listener, which comes through here again. So established traffic, the
      * bulk of packets, costs two field reads. CLOSE goes on too: it is an
-     * unbound UDP socket (parsed, not TCP, let through) or the dummy socket
+     * unconnected UDP socket (on_udp_in decides) or the dummy socket
      * of BPF_PROG_TEST_RUN, with which the bench times the full path. */
     sk = skb->sk;
     if (!sk)
@@ -647,13 +829,15 @@ int cg_enf_ingress(struct __sk_buff *skb)
     if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE)
         return 1;
 
-    r = parse_syn(skb, &s);
+    r = parse_packet(skb, &s, &proto);
     if (r == 0)
         return 1;
     if (r < 0) {
         count(&enforce_drops, CG_ENF_DROP_UNPARSED);
         return 1;
     }
+    if (proto == IPPROTO_UDP)
+        return on_udp_in(skb, &s);
     p = policy_of_skb(skb, &cgroup_id);
     /* A client on this node, in this network namespace, is in the kernel's
      * established table already (SYN_SENT): look it up by the flow seen from
@@ -679,9 +863,9 @@ int cg_enf_ingress(struct __sk_buff *skb)
         if (client)
             local_peer_of(client, &local);
     }
-    if (decide(p, CG_DIRECTION_ACCEPT, s.dport, s.saddr, &local, &flags))
+    if (decide(p, CG_DIRECTION_ACCEPT, IPPROTO_TCP, s.dport, s.saddr, &local, &flags))
         return 1;
-    report_accept(skb, &s, cgroup_id, &local, flags);
+    report_accept(skb, &s, cgroup_id, &local, flags, IPPROTO_TCP);
     return 0; /* drop the SYN */
 }
 

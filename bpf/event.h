@@ -25,7 +25,8 @@ static __always_inline void fill_event(struct cg_connection_event *e, __u8 direc
     e->flags = 0;
     e->netns = 0;
     e->peer_cgroup_id = 0;
-    e->pad[0] = e->pad[1] = 0;
+    e->protocol = IPPROTO_TCP; /* the UDP programs set their own */
+    e->pad[0] = 0;
 }
 
 /* The process is the current task (in connect(), in accept()). */

@@ -26,6 +26,10 @@
  *            that never accepts) is sent by user space, naming the listener's
  *            owner.
  *
+ * UDP (no connection, no state change): cgroup sock_addr programs that always
+ * allow, attached at the cgroup v2 root (see the UDP section below), report
+ * the first datagram of each flow in a counting period and count the rest.
+ *
  * Also cgroup_mkdir / cgroup_rmdir, so the agent learns of a container's cgroup
  * before the container's first connection.
  *
@@ -265,7 +269,8 @@ static __always_inline int counted_as_repeat(const struct cg_connection_event *e
     __u32 zero = 0;
     void *counts;
 
-    if (!count_repeats)
+    /* UDP is always counted, in `trace` too: a datagram is not an event. */
+    if (!count_repeats && e->protocol != IPPROTO_UDP)
         return 0;
     counts = bpf_map_lookup_elem(&repeats, &zero);
     if (!counts)
@@ -276,13 +281,15 @@ static __always_inline int counted_as_repeat(const struct cg_connection_event *e
     key.family = e->family;
     key.direction = e->direction;
     key.outcome = e->outcome;
+    key.protocol = e->protocol;
     key.peer_cgroup_id = e->peer_cgroup_id;
     n = bpf_map_lookup_elem(counts, &key);
     if (!n) {
         bpf_map_update_elem(counts, &key, &first, BPF_NOEXIST);
         return 0;
     }
-    budget = bpf_map_lookup_elem(&repeat_budget, &zero);
+    /* A flow's later datagrams are only counted: no budget sends them. */
+    budget = e->protocol == IPPROTO_UDP ? 0 : bpf_map_lookup_elem(&repeat_budget, &zero);
     if (budget) {
         if (e->timestamp_ns - budget->second_start >= 1000000000ULL) {
             budget->second_start = e->timestamp_ns;
@@ -804,4 +811,249 @@ int BPF_PROG(cg_tp_cgroup_rmdir, struct cgroup *cgrp, const char *path)
 {
     emit_cgroup(cgrp, path, CG_RECORD_CGROUP_RMDIR);
     return 0;
+}
+
+/* ---- UDP ------------------------------------------------------------------
+ *
+ * A UDP flow is (cgroup, direction, peer address, service port): the peer's
+ * port for a flow this node's process began, the local port for one a local
+ * server received. The client's source port, ephemeral, is never part of it.
+ * These are cgroup sock_addr programs that return 1 (allow) whatever they
+ * see, attached at the cgroup v2 root: they run in the calling process, so
+ * its pid, comm and cgroup are the event's.
+ *   connect4/6: connect() on a UDP socket: an outbound flow (source port 0:
+ *               the kernel binds it after this hook);
+ *   sendmsg4/6: sendto()/sendmsg() with an address on an unconnected socket
+ *               (the kernel runs it only then): outbound;
+ *   recvmsg4/6: recvfrom()/recvmsg() asking for the sender's address (every
+ *               UDP server does, to reply): inbound, naming the server.
+ * Each datagram goes through counted_as_repeat: the first of a flow in a
+ * counting period is sent, the rest counted in `repeats`, which user space
+ * swaps and reads once a second.
+ * A client's replies and a server's answers are not flows of their own: a
+ * socket's first act decides its role (udp_roles), and a client's receives
+ * and a server's sends are its replies. Known gaps: datagrams a connected
+ * socket sends with send()/write() (counted in no flow after its connect),
+ * and a server that reads with recv()/read() without asking who sent. */
+
+/* What each UDP socket did first (enum cg_udp_role). Writer and reader: the
+ * programs below; the kernel frees an entry with its socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, __u32);
+} udp_roles SEC(".maps");
+
+/* The socket's role, made `role` if it has none yet. Without storage (counted)
+ * the socket is taken as what this call makes it. */
+static __always_inline __u32 udp_role(struct bpf_sock *sk, __u32 role)
+{
+    __u32 *r;
+
+    if (!sk)
+        return role;
+    r = bpf_sk_storage_get(&udp_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!r) {
+        count_drop(CG_DROP_UDP_ROLE_STORAGE);
+        return role;
+    }
+    if (!*r)
+        *r = role;
+    return *r;
+}
+
+/* The network namespace of the calling process (a sock_addr program cannot
+ * reach the socket's; they are the same but for a socket handed over). */
+static __always_inline __u32 current_netns(void)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+
+    return task->nsproxy->net_ns->ns.inum;
+}
+
+/* An address as the sock_addr context gives it: IPv4 (one word, network
+ * order) or IPv6 (four words). ::ffff:a.b.c.d becomes IPv4, as for TCP. */
+struct udp_addr {
+    __u32 w[4];
+    __u16 family;
+};
+
+static __always_inline void udp_addr4(struct udp_addr *a, __u32 ip)
+{
+    a->w[0] = ip;
+    a->w[1] = a->w[2] = a->w[3] = 0;
+    a->family = AF_INET;
+}
+
+static __always_inline void udp_addr6(struct udp_addr *a, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+    if (!w0 && !w1 && w2 == bpf_htonl(0xffff)) {
+        udp_addr4(a, w3);
+        return;
+    }
+    a->w[0] = w0;
+    a->w[1] = w1;
+    a->w[2] = w2;
+    a->w[3] = w3;
+    a->family = AF_INET6;
+}
+
+/* One datagram (or a connect) of a flow: sent as the flow's event if it is
+ * the first in this counting period, else counted. local/lport: this side;
+ * peer/pport: the other side. */
+static __always_inline void on_udp(__u8 direction, const struct udp_addr *local, __u16 lport,
+                                   const struct udp_addr *peer, __u16 pport)
+{
+    struct cg_connection_event e;
+    __u16 family = peer->family;
+
+    fill_event(&e, direction, CG_OUTCOME_ESTABLISHED, CG_HOOK_CGROUP_SOCK_ADDR, family, bpf_get_current_cgroup_id());
+    e.protocol = IPPROTO_UDP;
+    e.netns = current_netns();
+    event_process_current(&e);
+    /* Flow direction, as for TCP: for an inbound flow the peer is the source.
+     * A udp_addr is already in the event's layout (IPv4 in the first word,
+     * the rest 0). An unbound side, or one of the other family (an IPv6
+     * socket's wildcard address talking IPv4), is left 0. */
+    __builtin_memset(e.saddr, 0, 16);
+    __builtin_memset(e.daddr, 0, 16);
+    if (direction == CG_DIRECTION_CONNECT) {
+        if (local->family == family)
+            __builtin_memcpy(e.saddr, local->w, 16);
+        __builtin_memcpy(e.daddr, peer->w, 16);
+        e.sport = lport;
+        e.dport = pport;
+    } else {
+        __builtin_memcpy(e.saddr, peer->w, 16);
+        if (local->family == family)
+            __builtin_memcpy(e.daddr, local->w, 16);
+        e.sport = pport;
+        e.dport = lport;
+    }
+    send_event(&e);
+}
+
+/* This socket's own address and port (the address is 0 if not bound to one). */
+static __always_inline void udp_local(struct bpf_sock_addr *ctx, struct udp_addr *a, __u16 *port, int v6)
+{
+    struct bpf_sock *sk = ctx->sk;
+
+    if (!sk) {
+        udp_addr4(a, 0);
+        *port = 0;
+        return;
+    }
+    if (v6)
+        udp_addr6(a, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+    else
+        udp_addr4(a, sk->src_ip4);
+    *port = (__u16)sk->src_port; /* host byte order */
+}
+
+static __always_inline int is_udp(struct bpf_sock_addr *ctx)
+{
+    return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
+/* Outbound: connect() or sendto() by this socket, unless it is a server
+ * answering. */
+static __always_inline void udp_out(struct bpf_sock_addr *ctx, const struct udp_addr *peer, int v6)
+{
+    struct udp_addr local;
+    __u16 lport;
+
+    if (udp_role(ctx->sk, CG_UDP_ROLE_CLIENT) != CG_UDP_ROLE_CLIENT)
+        return;
+    udp_local(ctx, &local, &lport, v6);
+    on_udp(CG_DIRECTION_CONNECT, &local, lport, peer, bpf_ntohs((__u16)ctx->user_port));
+}
+
+/* Inbound: a datagram this socket receives, unless it is a client's reply. */
+static __always_inline void udp_in(struct bpf_sock_addr *ctx, const struct udp_addr *peer, int v6)
+{
+    struct udp_addr local;
+    __u16 lport;
+
+    if (udp_role(ctx->sk, CG_UDP_ROLE_SERVER) != CG_UDP_ROLE_SERVER)
+        return;
+    udp_local(ctx, &local, &lport, v6);
+    on_udp(CG_DIRECTION_ACCEPT, &local, lport, peer, bpf_ntohs((__u16)ctx->user_port));
+}
+
+/* The address the call names (destination, or a received datagram's
+ * source). One 4-byte load per word: the only access the verifier allows. */
+#define UDP_ADDR4(a, ctx) udp_addr4(a, (ctx)->user_ip4)
+#define UDP_ADDR6(a, ctx) udp_addr6(a, (ctx)->user_ip6[0], (ctx)->user_ip6[1], (ctx)->user_ip6[2], (ctx)->user_ip6[3])
+
+SEC("cgroup/connect4")
+int cg_udp_connect4(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR4(&peer, ctx);
+        udp_out(ctx, &peer, 0);
+    }
+    return 1;
+}
+
+SEC("cgroup/connect6")
+int cg_udp_connect6(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR6(&peer, ctx);
+        udp_out(ctx, &peer, 1);
+    }
+    return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int cg_udp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR4(&peer, ctx);
+        udp_out(ctx, &peer, 0);
+    }
+    return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int cg_udp_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR6(&peer, ctx);
+        udp_out(ctx, &peer, 1);
+    }
+    return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int cg_udp_recvmsg4(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR4(&peer, ctx);
+        udp_in(ctx, &peer, 0);
+    }
+    return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int cg_udp_recvmsg6(struct bpf_sock_addr *ctx)
+{
+    struct udp_addr peer;
+
+    if (is_udp(ctx)) {
+        UDP_ADDR6(&peer, ctx);
+        udp_in(ctx, &peer, 1);
+    }
+    return 1;
 }

@@ -1047,6 +1047,7 @@ public final class PolicyEngine: @unchecked Sendable {
             guard let id = self.workloadID(w) else { return nil }
             peer = .workload(id)
         }
-        return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer)
+        guard let proto = ConnectionEvent.IPProtocol(rawValue: k.proto) else { return nil }
+        return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer, proto: proto)
     }
 }

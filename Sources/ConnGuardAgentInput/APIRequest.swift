@@ -10,7 +10,7 @@ public struct ConnectionsRequest: Sendable, Equatable {
 
     public static let parameters: Set<String> = [
         "since", "until", "last", "workload", "container", "namespace", "pod", "port", "peer", "direction",
-        "verdict", "aggregate", "follow",
+        "verdict", "aggregate", "follow", "protocol",
     ]
     /// The most rows one request returns; `last` above it is refused.
     public static let maximumRows = 1_000_000
@@ -59,6 +59,10 @@ public struct ConnectionsRequest: Sendable, Equatable {
             case "verdict":
                 if let v = Verdict(rawValue: value) { query.verdict = v } else {
                     problems.append("verdict: '\(value)' must be one of \(Verdict.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+            case "protocol":
+                if let p = ConnectionEvent.IPProtocol(rawValue: value) { query.proto = p } else {
+                    problems.append("protocol: '\(value)' must be tcp or udp")
                 }
             case "aggregate", "follow":
                 guard let b = ["true": true, "1": true, "false": false, "0": false][value] else {

@@ -11,7 +11,7 @@ import Yams
 ///       - direction: out          # out: it connects; in: it accepts
 ///         peer: 10.0.3.7          # an address, a CIDR (10.0.0.0/8), or workload:NAME
 ///         port: 5432              # the remote port (out) or local port (in)
-///         protocol: tcp
+///         protocol: tcp         # or udp (out: the peer's port; in: the local port the server is bound to)
 ///         first_seen: 2026-11-27T03:09:00Z   # optional, kept on export
 ///         last_seen: 2026-11-27T04:00:00Z    # optional
 ///         hits: 42                            # optional
@@ -100,7 +100,7 @@ public enum BaselineFile {
                 let port = (r["port"] as? Int).flatMap { (1...65535).contains($0) ? UInt16($0) : nil }
                 if port == nil { problems.append("\(at).port: must be a whole number from 1 to 65535"); ok = false }
                 let proto = r["protocol"] as? String ?? "tcp"
-                if proto != "tcp" { problems.append("\(at).protocol: only tcp is supported"); ok = false }
+                if ConnectionEvent.IPProtocol(rawValue: proto) == nil { problems.append("\(at).protocol: must be tcp or udp"); ok = false }
                 var first = now, last = now, hits: Int64 = 0
                 if let v = r["first_seen"] { if let t = time(v) { first = t } else { problems.append("\(at).first_seen: not an RFC 3339 time"); ok = false } }
                 if let v = r["last_seen"] { if let t = time(v) { last = t } else { problems.append("\(at).last_seen: not an RFC 3339 time"); ok = false } }

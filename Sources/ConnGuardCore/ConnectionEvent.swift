@@ -1,9 +1,17 @@
 import CConnGuard
 import Glibc
 
-/// One TCP connection made (connect) or taken (accept) on this node, as the
-/// kernel reported it.
+/// One TCP connection made (connect) or taken (accept) on this node, or the
+/// first datagram of a UDP flow (in a counting period) that a process here
+/// sent (connect) or that a local server received (accept), as the kernel
+/// reported it.
 public struct ConnectionEvent: Sendable, Equatable {
+    /// The transport protocol ("protocol" in JSON, rules and the store).
+    public enum IPProtocol: String, Sendable, Codable, CaseIterable {
+        case tcp
+        case udp
+    }
+
     public enum Direction: String, Sendable, Codable, CaseIterable {
         /// A process here called connect().
         case connect
@@ -29,6 +37,8 @@ public struct ConnectionEvent: Sendable, Equatable {
         case cgroupConnect = "cgroup_connect"
         /// cgroup_skb/ingress (enforcement: a dropped SYN).
         case cgroupSKB = "cgroup_skb"
+        /// cgroup/connect, sendmsg, recvmsg 4/6, always allowing: UDP flows.
+        case cgroupSockAddr = "cgroup_sock_addr"
         /// Not a hook: found already established in /proc when the agent
         /// started (the connect or accept happened before anything watched).
         case snapshot
@@ -62,6 +72,7 @@ public struct ConnectionEvent: Sendable, Equatable {
     /// namespace): the listener of a connect to a loopback address, the
     /// client of an accept. 0 when the peer is elsewhere or was not found.
     public var peerCgroupID: UInt64
+    public var proto: IPProtocol
 
     public var family: IPAddress.Family { source.family }
 
@@ -74,7 +85,8 @@ public struct ConnectionEvent: Sendable, Equatable {
     public init(timeNanoseconds: Int64, direction: Direction, outcome: Outcome, error: Int32 = 0,
                 pid: UInt32, comm: String, uid: UInt32, cgroupID: UInt64, netns: UInt32 = 0,
                 source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
-                hook: Hook = .tracepoint, processKnown: Bool = true, peerCgroupID: UInt64 = 0) {
+                hook: Hook = .tracepoint, processKnown: Bool = true, peerCgroupID: UInt64 = 0,
+                proto: IPProtocol = .tcp) {
         self.timeNanoseconds = timeNanoseconds
         self.direction = direction
         self.outcome = outcome
@@ -91,6 +103,7 @@ public struct ConnectionEvent: Sendable, Equatable {
         self.hook = hook
         self.processKnown = processKnown
         self.peerCgroupID = peerCgroupID
+        self.proto = proto
     }
 }
 
@@ -165,6 +178,7 @@ extension ConnectionEvent {
             throw RecordDecodingError.badField("direction \(raw.direction)")
         }
         guard let outcome = Outcome(kernel: raw.outcome) else { throw RecordDecodingError.badField("outcome \(raw.outcome)") }
+        guard let proto = IPProtocol(kernel: raw.protocol) else { throw RecordDecodingError.badField("protocol \(raw.protocol)") }
         let hook = Hook(kernel: raw.hook)
         let unknownMask = UInt8(CG_FLAG_PROCESS_UNKNOWN.rawValue | CG_FLAG_LISTENER_UNKNOWN.rawValue)
         self.init(
@@ -173,7 +187,8 @@ extension ConnectionEvent {
             pid: raw.pid, comm: withUnsafeBytes(of: raw.comm) { cString(from: $0) }, uid: raw.uid,
             cgroupID: raw.cgroup_id, netns: raw.netns,
             source: src, sourcePort: raw.sport, destination: dst, destinationPort: raw.dport,
-            hook: hook, processKnown: raw.flags & unknownMask == 0, peerCgroupID: raw.peer_cgroup_id)
+            hook: hook, processKnown: raw.flags & unknownMask == 0, peerCgroupID: raw.peer_cgroup_id,
+            proto: proto)
     }
 }
 

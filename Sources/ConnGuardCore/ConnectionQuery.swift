@@ -22,6 +22,7 @@ public struct ConnectionQuery: Sendable, Equatable {
     public var peer: CIDR?
     public var direction: ConnectionEvent.Direction?
     public var verdict: Verdict?
+    public var proto: ConnectionEvent.IPProtocol?
     /// Only rows with a larger id (`--follow`); results are then in id
     /// (arrival) order rather than time order. Events only.
     public var afterID: Int64?
@@ -29,7 +30,7 @@ public struct ConnectionQuery: Sendable, Equatable {
     public init(since: Int64? = nil, until: Int64? = nil, last: Int? = nil, workload: String? = nil,
                 container: String? = nil, namespace: String? = nil, pod: String? = nil, port: Int? = nil,
                 peer: CIDR? = nil, direction: ConnectionEvent.Direction? = nil, verdict: Verdict? = nil,
-                afterID: Int64? = nil) {
+                afterID: Int64? = nil, proto: ConnectionEvent.IPProtocol? = nil) {
         self.since = since
         self.until = until
         self.last = last
@@ -42,6 +43,7 @@ public struct ConnectionQuery: Sendable, Equatable {
         self.direction = direction
         self.verdict = verdict
         self.afterID = afterID
+        self.proto = proto
     }
 
     /// Throws a `QueryError` naming the first thing wrong.

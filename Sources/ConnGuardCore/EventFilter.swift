@@ -8,14 +8,18 @@ public struct EventFilter: Sendable {
     public var port: UInt16?
     /// Matches events whose cgroup is in this subtree.
     public var cgroups: CgroupSubtree?
+    public var proto: ConnectionEvent.IPProtocol?
 
-    public init(pid: UInt32? = nil, port: UInt16? = nil, cgroups: CgroupSubtree? = nil) {
+    public init(pid: UInt32? = nil, port: UInt16? = nil, cgroups: CgroupSubtree? = nil,
+                proto: ConnectionEvent.IPProtocol? = nil) {
         self.pid = pid
         self.port = port
         self.cgroups = cgroups
+        self.proto = proto
     }
 
     public func matches(_ e: ConnectionEvent) -> Bool {
+        if let proto, e.proto != proto { return false }
         if let pid, e.pid != pid { return false }
         if let port, e.sourcePort != port && e.destinationPort != port { return false }
         if let cgroups, !cgroups.contains(e.cgroupID) { return false }

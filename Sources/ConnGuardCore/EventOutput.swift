@@ -75,6 +75,7 @@ public struct JSONLineWriter {
         w.put(#","hook":""#)
         w.put(e.hook.jsonName)
         w.put(e.processKnown ? #"","process_known":true"# : #"","process_known":false"#)
+        w.put(e.proto == .tcp ? #","protocol":"tcp""# : #","protocol":"udp""#)
         identity?.putJSONFields(&w)
         rest.withUnsafeBufferPointer { w.put($0) }
         w.put("}\n")
@@ -277,6 +278,7 @@ extension ConnectionEvent.Hook {
         case .kprobe: return "kprobe"
         case .cgroupConnect: return "cgroup_connect"
         case .cgroupSKB: return "cgroup_skb"
+        case .cgroupSockAddr: return "cgroup_sock_addr"
         case .snapshot: return "snapshot"
         case .unknown: return "unknown"
         }
@@ -401,7 +403,7 @@ public struct TableWriter {
     public var columns: [Column]
     /// Extra columns, after the standard ones, filled by `extra` in append.
     public init(extraColumns: [Column] = []) {
-        columns = [Column("TIME", 12), Column("EVENT", 7), Column("OUTCOME", 20), Column("PID", 7),
+        columns = [Column("TIME", 12), Column("EVENT", 7), Column("PROTO", 5), Column("OUTCOME", 20), Column("PID", 7),
                    Column("COMM", 16), Column("SOURCE", 22), Column("DESTINATION", 22)] + extraColumns
     }
 
@@ -409,11 +411,14 @@ public struct TableWriter {
         appendRow(columns.map(\.title), to: &out)
     }
 
-    public mutating func append(_ e: ConnectionEvent, extra: [String] = [], to out: inout [UInt8]) {
+    /// `count`: the line stands for this many events the kernel counted
+    /// (a UDP flow's later datagrams), shown in place of the outcome.
+    public mutating func append(_ e: ConnectionEvent, extra: [String] = [], count: UInt64? = nil, to out: inout [UInt8]) {
         var time: [UInt8] = []
         dates.appendClock(e.timeNanoseconds, to: &time)
-        let outcome = e.outcome == .failed && e.error != 0 ? "failed " + ErrnoName.name(e.error) : e.outcome.rawValue
-        let cells = [String(decoding: time, as: UTF8.self), e.direction.rawValue, outcome,
+        var outcome = e.outcome == .failed && e.error != 0 ? "failed " + ErrnoName.name(e.error) : e.outcome.rawValue
+        if let count { outcome = "+\(count) counted" }
+        let cells = [String(decoding: time, as: UTF8.self), e.direction.rawValue, e.proto.rawValue, outcome,
                      e.processKnown ? String(e.pid) : "?", e.processKnown ? HumanText.escape(e.comm) : "?",
                      TableWriter.endpoint(e.source, e.sourcePort), TableWriter.endpoint(e.destination, e.destinationPort)] + extra
         appendRow(cells, to: &out)

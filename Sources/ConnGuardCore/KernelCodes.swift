@@ -42,7 +42,27 @@ extension ConnectionEvent.Hook {
         case CG_HOOK_KPROBE.rawValue: self = .kprobe
         case CG_HOOK_CGROUP_CONNECT.rawValue: self = .cgroupConnect
         case CG_HOOK_CGROUP_SKB.rawValue: self = .cgroupSKB
+        case CG_HOOK_CGROUP_SOCK_ADDR.rawValue: self = .cgroupSockAddr
         default: self = .unknown
+        }
+    }
+}
+
+extension ConnectionEvent.IPProtocol {
+    /// IP protocol numbers (IPPROTO_TCP 6, IPPROTO_UDP 17, fixed by IANA):
+    /// cg_connection_event.protocol, cg_repeat_key.protocol.
+    public var kernelValue: UInt8 {
+        switch self {
+        case .tcp: return 6
+        case .udp: return 17
+        }
+    }
+
+    public init?(kernel value: UInt8) {
+        switch value {
+        case 6: self = .tcp
+        case 17: self = .udp
+        default: return nil
         }
     }
 }

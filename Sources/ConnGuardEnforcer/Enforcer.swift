@@ -53,6 +53,7 @@ public final class Enforcer: @unchecked Sendable {
     private let decisionMap: BPFMap
     private let dropMap: BPFMap
     private let denialMap: BPFMap
+    private let udpDenialRepeatMap: BPFMap
     /// The programs' links, nil until attached (see `hooksAttached`).
     /// Guarded by hookLock.
     private var links: [BPFLink]?
@@ -76,7 +77,8 @@ public final class Enforcer: @unchecked Sendable {
     static let pinnedMaps = ["cgroup_policy", "rules_cidr", "rules_peer", "peer_addresses",
                              "socket_owners", "denials", "decisions", "enforce_drops"]
     /// Programs, in attach order: bind recorders first, then the deciders.
-    static let programNames = ["cg_enf_bind4", "cg_enf_bind6", "cg_enf_ingress", "cg_enf_connect4", "cg_enf_connect6"]
+    static let programNames = ["cg_enf_bind4", "cg_enf_bind6", "cg_enf_ingress", "cg_enf_connect4", "cg_enf_connect6",
+                               "cg_enf_sendmsg4", "cg_enf_sendmsg6"]
     /// Every program name starts with this (used by the kill-switch sweep).
     public static let programPrefix = "cg_enf_"
 
@@ -143,6 +145,7 @@ public final class Enforcer: @unchecked Sendable {
         decisionMap = try object.map("decisions")
         dropMap = try object.map("enforce_drops")
         denialMap = try object.map("denials")
+        udpDenialRepeatMap = try object.map("udp_denial_repeats")
 
         // Links: an earlier enforcer's pinned links are adopted now (they
         // enforce already). Otherwise the programs are attached when first
@@ -423,7 +426,8 @@ public final class Enforcer: @unchecked Sendable {
         return EnforcementDropCounts(
             lostDenials: try n(CG_ENF_DROP_RINGBUF_FULL), ownerNotRecorded: try n(CG_ENF_DROP_OWNER_STORAGE),
             unparsedPackets: try n(CG_ENF_DROP_UNPARSED), lostNewCgroups: try n(CG_ENF_DROP_BIRTH_RINGBUF_FULL),
-            undecodable: withState { $0.undecodable })
+            undecodable: withState { $0.undecodable },
+            udpDenialRepeats: try udpDenialRepeatMap.perCPUSum(index: 0))
     }
 
     // MARK: - Denials
@@ -515,6 +519,9 @@ public struct EnforcementDropCounts: Sendable, Equatable {
     public var lostNewCgroups: UInt64
     /// Denial records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64
+    /// UDP denials counted, not reported: their flow's first denial in that
+    /// second was (not pinned: since this enforcer loaded).
+    public var udpDenialRepeats: UInt64 = 0
 }
 
 /// Median and tail of a set of latencies.

@@ -41,22 +41,26 @@ public enum RulePeer: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// One baseline entry: workload `workloadID` may `direction` on `port` with
-/// `peer`. `port` is the service port: the remote port of a connect, the local
-/// (listening) port of an accept. There is no wildcard port.
+/// `peer` over `proto`. `port` is the service port: the remote port of a
+/// connect (or of a UDP datagram sent), the local (listening or bound) port of
+/// an accept (or of a UDP datagram received). There is no wildcard port.
 public struct EnforcementRule: Sendable, Hashable, CustomStringConvertible {
     public var workloadID: UInt32
     public var direction: ConnectionEvent.Direction
     public var port: UInt16
     public var peer: RulePeer
+    public var proto: ConnectionEvent.IPProtocol
 
-    public init(workloadID: UInt32, direction: ConnectionEvent.Direction, port: UInt16, peer: RulePeer) {
+    public init(workloadID: UInt32, direction: ConnectionEvent.Direction, port: UInt16, peer: RulePeer,
+                proto: ConnectionEvent.IPProtocol = .tcp) {
         self.workloadID = workloadID
         self.direction = direction
         self.port = port
         self.peer = peer
+        self.proto = proto
     }
 
-    public var description: String { "workload \(workloadID) \(direction.rawValue) \(peer) port \(port)" }
+    public var description: String { "workload \(workloadID) \(direction.rawValue) \(peer) port \(port)/\(proto.rawValue)" }
 }
 
 // MARK: - Kernel keys (struct cg_rule_key, struct cg_peer_rule_key in connguard.h)
@@ -93,6 +97,7 @@ extension EnforcementRule {
         k.prefixlen = UInt32(CG_RULE_KEY_FIXED_BITS) + UInt32(addressBits)
         k.workload_id = workloadID
         k.direction = direction.kernelValue
+        k.protocol = proto.kernelValue
         k.port = port
         k.addr = AddressKey.tuple(c.network)
         return k
@@ -106,11 +111,13 @@ extension EnforcementRule {
         k.peer_workload_id = w
         k.port = port
         k.direction = direction.kernelValue
+        k.protocol = proto.kernelValue
         return k
     }
 
     init?(_ k: cg_rule_key) {
         guard let direction = ConnectionEvent.Direction(kernel: k.direction),
+              let proto = ConnectionEvent.IPProtocol(kernel: k.protocol),
               k.prefixlen >= UInt32(CG_RULE_KEY_FIXED_BITS), k.prefixlen <= UInt32(CG_RULE_KEY_FIXED_BITS) + 128
         else { return nil }
         var a = k.addr
@@ -127,11 +134,13 @@ extension EnforcementRule {
             text = String(decoding: buf.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/\(bits)"
         }
         guard let cidr = CIDR(text) else { return nil }
-        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .cidr(cidr))
+        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .cidr(cidr), proto: proto)
     }
 
     init?(_ k: cg_peer_rule_key) {
-        guard let direction = ConnectionEvent.Direction(kernel: k.direction) else { return nil }
-        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .workload(k.peer_workload_id))
+        guard let direction = ConnectionEvent.Direction(kernel: k.direction),
+              let proto = ConnectionEvent.IPProtocol(kernel: k.protocol) else { return nil }
+        self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .workload(k.peer_workload_id),
+                  proto: proto)
     }
 }

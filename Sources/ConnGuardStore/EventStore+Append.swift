@@ -49,6 +49,7 @@ extension EventStore {
         var peerLow: UInt64
         var port: Int64
         var verdict: Int64
+        var proto: Int64
     }
 
     private struct AggregateValue {
@@ -104,7 +105,7 @@ extension EventStore {
             let direction = StoreCode.direction(e.direction)
             let verdict = StoreCode.verdict(c.verdict)
             let key = AggregateKey(workload: ids.workload, direction: direction, peerHigh: peer.high, peerLow: peer.low,
-                                   port: Int64(e.destinationPort), verdict: verdict)
+                                   port: Int64(e.destinationPort), verdict: verdict, proto: StoreCode.proto(e.proto))
             let n = c.repeatCount ?? 1
             let failed: Int64 = e.outcome == .failed ? n : 0
             let t = e.timeNanoseconds
@@ -157,6 +158,7 @@ extension EventStore {
             } else {
                 sqlite3_bind_null(stmt, 19)
             }
+            sqlite3_bind_int64(stmt, 20, StoreCode.proto(e.proto))
             try step(stmt, db, StoreSchema.insertEvent)
             let rowID = db.lastInsertedRowID
             if firstID == nil { firstID = rowID }
@@ -176,6 +178,7 @@ extension EventStore {
             sqlite3_bind_int64(upsert, 7, v.last)
             sqlite3_bind_int64(upsert, 8, v.count)
             sqlite3_bind_int64(upsert, 9, v.failed)
+            sqlite3_bind_int64(upsert, 10, k.proto)
             try step(upsert, db, StoreSchema.upsertAggregate)
         }
         for (identity, event) in lastEventOfIdentity {

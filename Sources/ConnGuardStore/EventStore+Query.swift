@@ -24,7 +24,7 @@ extension EventStore {
             var sql = """
                 SELECT e.id, e.time, e.direction, e.outcome, e.error, e.pid, e.comm, e.uid, e.cgroup_id,
                        e.netns, e.local_addr, e.local_port, e.peer_addr, e.peer_port, e.hook,
-                       e.process_known, e.verdict, e.identity_id, pw.name
+                       e.process_known, e.verdict, e.identity_id, pw.name, e.protocol
                 FROM event e LEFT JOIN workload pw ON pw.id = e.peer_workload_id
                 """
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
@@ -108,6 +108,7 @@ extension EventStore {
         }
         if let d = query.direction { conditions.append("\(t).direction = ?"); arguments.append(StoreCode.direction(d)) }
         if let v = query.verdict { conditions.append("\(t).verdict = ?"); arguments.append(StoreCode.verdict(v)) }
+        if let p = query.proto { conditions.append("\(t).protocol = ?"); arguments.append(StoreCode.proto(p)) }
         return (conditions, arguments)
     }
 
@@ -150,7 +151,7 @@ extension EventStore {
             cgroupID: UInt64(bitPattern: row[8] as Int64), netns: UInt32(truncatingIfNeeded: row[9] as Int64),
             source: accept ? peer : local, sourcePort: accept ? peerPort : localPort,
             destination: accept ? local : peer, destinationPort: accept ? localPort : peerPort,
-            hook: StoreCode.hook(row[14] as Int64), processKnown: row[15])
+            hook: StoreCode.hook(row[14] as Int64), processKnown: row[15], proto: StoreCode.proto(row[19] as Int64))
         let identity = try identities.identity(row[17] as Int64, db)
         return StoredConnection(id: row[0], event: event, identity: identity, verdict: StoreCode.verdict(row[16] as Int64),
                                 peerWorkload: row[18])
@@ -168,7 +169,7 @@ extension EventStore {
             guard case (let conditions, var arguments)? = try EventStore.conditions(query, on: .aggregates, db) else { return [] }
             var sql = """
                 SELECT a.id, w.name, w.namespace, a.direction, a.peer_addr, a.port, a.verdict,
-                       a.first_seen, a.last_seen, a.count, a.failed
+                       a.first_seen, a.last_seen, a.count, a.failed, a.protocol
                 FROM connection_aggregate a JOIN workload w ON w.id = a.workload_id
                 """
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
@@ -181,7 +182,7 @@ extension EventStore {
                     id: row[0], workload: row[1], namespace: row[2], direction: StoreCode.direction(row[3] as Int64),
                     peer: StoreAddress.address(row[4] as Data), port: UInt16(truncatingIfNeeded: row[5] as Int64),
                     verdict: StoreCode.verdict(row[6] as Int64), firstSeen: row[7], lastSeen: row[8],
-                    count: row[9], failedCount: row[10]))
+                    count: row[9], failedCount: row[10], proto: StoreCode.proto(row[11] as Int64)))
             }
             return query.last != nil ? out.reversed() : out
         }

@@ -26,8 +26,11 @@ let SQLITE_TRANSIENT = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_
 /// - connection_aggregate: one row per (workload, direction, peer, port,
 ///   verdict) with first/last seen and counts, kept much longer.
 /// - events_view: the events with names and text, for a person at sqlite3.
+/// store-v2: event.peer_workload_id. store-v3: the protocol (StoreCode: 0
+/// tcp, 1 udp) of events and aggregates; an aggregate is one per (workload,
+/// direction, peer, port, verdict, protocol).
 public enum StoreSchema {
-    public static let storeMigrations: [String] = ["store-v1", "store-v2"]
+    public static let storeMigrations: [String] = ["store-v1", "store-v2", "store-v3"]
 
     /// Registers the store's own migrations; call first, then a later layer's.
     public static func registerMigrations(in migrator: inout DatabaseMigrator) {
@@ -108,22 +111,50 @@ public enum StoreSchema {
         migrator.registerMigration("store-v2") { db in
             try db.execute(sql: "ALTER TABLE event ADD COLUMN peer_workload_id INTEGER")
         }
+        // UDP: the protocol of each event and aggregate (everything before
+        // was TCP). The aggregate's unique key gains it, which SQLite can only
+        // do by rebuilding the table; its ids are kept.
+        migrator.registerMigration("store-v3") { db in
+            try db.execute(sql: """
+                ALTER TABLE event ADD COLUMN protocol INTEGER NOT NULL DEFAULT 0;
+                CREATE TABLE connection_aggregate_v3 (
+                    id INTEGER PRIMARY KEY,
+                    workload_id INTEGER NOT NULL,
+                    direction INTEGER NOT NULL,
+                    peer_addr BLOB NOT NULL,
+                    port INTEGER NOT NULL,
+                    verdict INTEGER NOT NULL,
+                    first_seen INTEGER NOT NULL,
+                    last_seen INTEGER NOT NULL,
+                    count INTEGER NOT NULL,
+                    failed INTEGER NOT NULL,
+                    protocol INTEGER NOT NULL DEFAULT 0,
+                    UNIQUE (workload_id, direction, peer_addr, port, verdict, protocol)
+                );
+                INSERT INTO connection_aggregate_v3
+                    (id, workload_id, direction, peer_addr, port, verdict, first_seen, last_seen, count, failed, protocol)
+                    SELECT id, workload_id, direction, peer_addr, port, verdict, first_seen, last_seen, count, failed, 0
+                    FROM connection_aggregate;
+                DROP TABLE connection_aggregate;
+                ALTER TABLE connection_aggregate_v3 RENAME TO connection_aggregate;
+                """)
+        }
     }
 
     static let insertEvent = """
         INSERT INTO event (time, workload_id, identity_id, direction, outcome, error, pid, comm, uid,
                            cgroup_id, netns, local_addr, local_port, peer_addr, peer_port, hook,
-                           process_known, verdict, peer_workload_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           process_known, verdict, peer_workload_id, protocol)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
     static let touchIdentity = "UPDATE identity SET last_event_id = ? WHERE id = ?"
 
     static let upsertAggregate = """
         INSERT INTO connection_aggregate (workload_id, direction, peer_addr, port, verdict,
-                                          first_seen, last_seen, count, failed)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (workload_id, direction, peer_addr, port, verdict) DO UPDATE SET
+                                          first_seen, last_seen, count, failed, protocol)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (workload_id, direction, peer_addr, port, verdict, protocol) DO UPDATE SET
             first_seen = min(first_seen, excluded.first_seen),
             last_seen = max(last_seen, excluded.last_seen),
             count = count + excluded.count,
@@ -167,6 +198,9 @@ enum StoreCode {
         }
     }
 
+    static func proto(_ p: ConnectionEvent.IPProtocol) -> Int64 { p == .tcp ? 0 : 1 }
+    static func proto(_ c: Int64) -> ConnectionEvent.IPProtocol { c == 1 ? .udp : .tcp }
+
     static func hook(_ h: ConnectionEvent.Hook) -> Int64 {
         switch h {
         case .tracepoint: return 0
@@ -176,6 +210,7 @@ enum StoreCode {
         case .cgroupConnect: return 4
         case .cgroupSKB: return 5
         case .snapshot: return 6
+        case .cgroupSockAddr: return 7
         }
     }
     static func hook(_ c: Int64) -> ConnectionEvent.Hook {
@@ -186,6 +221,7 @@ enum StoreCode {
         case 4: return .cgroupConnect
         case 5: return .cgroupSKB
         case 6: return .snapshot
+        case 7: return .cgroupSockAddr
         default: return .unknown
         }
     }

@@ -69,10 +69,11 @@ public struct AggregatedConnection: Sendable, Equatable {
     public var count: Int64
     /// How many of `count` were failed connects.
     public var failedCount: Int64
+    public var proto: ConnectionEvent.IPProtocol
 
     public init(id: Int64, workload: String, namespace: String? = nil, direction: ConnectionEvent.Direction,
                 peer: IPAddress, port: UInt16, verdict: Verdict, firstSeen: Int64, lastSeen: Int64,
-                count: Int64, failedCount: Int64) {
+                count: Int64, failedCount: Int64, proto: ConnectionEvent.IPProtocol = .tcp) {
         self.id = id
         self.workload = workload
         self.namespace = namespace
@@ -84,10 +85,11 @@ public struct AggregatedConnection: Sendable, Equatable {
         self.lastSeen = lastSeen
         self.count = count
         self.failedCount = failedCount
+        self.proto = proto
     }
 
     /// Keys: workload, namespace, event, peer, port, verdict, first_seen,
-    /// last_seen (RFC 3339 UTC), count, failed.
+    /// last_seen (RFC 3339 UTC), count, failed, protocol.
     public var json: JSONValue {
         .object([
             ("workload", .string(workload)),
@@ -100,6 +102,7 @@ public struct AggregatedConnection: Sendable, Equatable {
             ("last_seen", .string(RFC3339.string(lastSeen))),
             ("count", .int(count)),
             ("failed", .int(failedCount)),
+            ("protocol", .string(proto.rawValue)),
         ])
     }
 
@@ -124,6 +127,7 @@ extension StoredConnection: Codable {
     enum CodingKeys: String, CodingKey {
         case id, time_ns, event, outcome, error, pid, comm, uid, cgroup_id, netns, src, sport, dst, dport
         case hook, process_known, identity, verdict, peer_workload
+        case proto = "protocol"
     }
 
     public init(from decoder: Decoder) throws {
@@ -149,7 +153,8 @@ extension StoredConnection: Codable {
             source: try address(.src), sourcePort: try c.decode(UInt16.self, forKey: .sport),
             destination: try address(.dst), destinationPort: try c.decode(UInt16.self, forKey: .dport),
             hook: try c.decode(ConnectionEvent.Hook.self, forKey: .hook),
-            processKnown: try c.decode(Bool.self, forKey: .process_known))
+            processKnown: try c.decode(Bool.self, forKey: .process_known),
+            proto: try c.decodeIfPresent(ConnectionEvent.IPProtocol.self, forKey: .proto) ?? .tcp)
         identity = try c.decode(Identity.self, forKey: .identity)
         verdict = try c.decode(Verdict.self, forKey: .verdict)
         peerWorkload = try c.decodeIfPresent(String.self, forKey: .peer_workload)
@@ -173,6 +178,7 @@ extension StoredConnection: Codable {
         try c.encode(event.destinationPort, forKey: .dport)
         try c.encode(event.hook, forKey: .hook)
         try c.encode(event.processKnown, forKey: .process_known)
+        try c.encode(event.proto, forKey: .proto)
         try c.encode(identity, forKey: .identity)
         try c.encode(verdict, forKey: .verdict)
         try c.encodeIfPresent(peerWorkload, forKey: .peer_workload)
@@ -182,6 +188,7 @@ extension StoredConnection: Codable {
 extension AggregatedConnection: Codable {
     enum CodingKeys: String, CodingKey {
         case id, workload, namespace, event, peer, port, verdict, first_seen_ns, last_seen_ns, count, failed
+        case proto = "protocol"
     }
 
     public init(from decoder: Decoder) throws {
@@ -199,7 +206,8 @@ extension AggregatedConnection: Codable {
                   firstSeen: try c.decode(Int64.self, forKey: .first_seen_ns),
                   lastSeen: try c.decode(Int64.self, forKey: .last_seen_ns),
                   count: try c.decode(Int64.self, forKey: .count),
-                  failedCount: try c.decode(Int64.self, forKey: .failed))
+                  failedCount: try c.decode(Int64.self, forKey: .failed),
+                  proto: try c.decodeIfPresent(ConnectionEvent.IPProtocol.self, forKey: .proto) ?? .tcp)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -215,5 +223,6 @@ extension AggregatedConnection: Codable {
         try c.encode(lastSeen, forKey: .last_seen_ns)
         try c.encode(count, forKey: .count)
         try c.encode(failedCount, forKey: .failed)
+        try c.encode(proto, forKey: .proto)
     }
 }

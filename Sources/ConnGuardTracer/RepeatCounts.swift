@@ -21,6 +21,8 @@ public struct RepeatCount: Sendable, Equatable {
     public var hook: ConnectionEvent.Hook
     /// As in the events it stands for (`ConnectionEvent.peerCgroupID`).
     public var peerCgroupID: UInt64 = 0
+    /// UDP datagrams are always counted; TCP repeats only with `countRepeats`.
+    public var proto: ConnectionEvent.IPProtocol = .tcp
 
     /// The record that stands for all of them: the connection's fields, no
     /// process, the time of the latest, and the unspecified address on this
@@ -31,7 +33,7 @@ public struct RepeatCount: Sendable, Equatable {
             timeNanoseconds: lastSeenNanoseconds, direction: direction, outcome: outcome, pid: 0, comm: "", uid: 0,
             cgroupID: cgroupID, source: direction == .accept ? peer : here, sourcePort: 0,
             destination: direction == .accept ? here : peer, destinationPort: port, hook: hook, processKnown: false,
-            peerCgroupID: peerCgroupID)
+            peerCgroupID: peerCgroupID, proto: proto)
         return ConnectionRecord(event, source: .counted(count))
     }
 }
@@ -83,10 +85,12 @@ final class RepeatCounter {
     private func repeatCount(_ key: cg_repeat_key, count: UInt64, lastBoot: UInt64) -> RepeatCount? {
         guard let peer = withUnsafeBytes(of: key.peer, { IPAddress(family: Int32(key.family), networkBytes: $0.baseAddress!) }),
               let direction = ConnectionEvent.Direction(kernel: key.direction),
-              let outcome = ConnectionEvent.Outcome(kernel: key.outcome)
+              let outcome = ConnectionEvent.Outcome(kernel: key.outcome),
+              let proto = ConnectionEvent.IPProtocol(kernel: key.protocol)
         else { return nil }
         return RepeatCount(cgroupID: key.cgroup_id, direction: direction, outcome: outcome, peer: peer, port: key.port,
-                           count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot), hook: hook,
-                           peerCgroupID: key.peer_cgroup_id)
+                           count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot),
+                           hook: proto == .udp ? .cgroupSockAddr : hook,
+                           peerCgroupID: key.peer_cgroup_id, proto: proto)
     }
 }

@@ -18,6 +18,9 @@ public struct LossCounts: Sendable, Equatable {
     /// Accepts that could not wait for accept() (the `accepting` map was
     /// full): sent at once, naming the listener's owner.
     public var acceptMapFull: UInt64 = 0
+    /// UDP sockets whose role (client or server) could not be remembered:
+    /// taken as what each call made them, so a reply may show as a flow.
+    public var udpRoleStorage: UInt64 = 0
     /// Records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64 = 0
     /// Times the kernel skipped one of our programs because it was already
@@ -103,6 +106,11 @@ public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
     /// On the tracepoint rung, the programs on accept()'s and accept4()'s
     /// exit that name the accepting process.
     static let acceptCallPrograms = ["cg_tp_accept4_exit", "cg_tp_accept_exit"]
+
+    /// UDP, on every rung: cgroup sock_addr programs that always allow,
+    /// attached at the cgroup v2 root (bpf/trace.bpf.c, "UDP").
+    static let udpPrograms = ["cg_udp_connect4", "cg_udp_connect6", "cg_udp_sendmsg4", "cg_udp_sendmsg6",
+                              "cg_udp_recvmsg4", "cg_udp_recvmsg6"]
 }
 
 /// Which process an accept event names.
@@ -244,9 +252,9 @@ public final class Tracer {
         acceptAttributionFallback = acceptFallback
         heldAccepts = attached.acceptViaSyscall ? try object.map("accepting") : nil
         heldCount = try object.map("held_count")
-        repeatCounter = configuration.countRepeats
-            ? try RepeatCounter(object: object, clock: clock, hook: attached.rung.eventHook)
-            : nil
+        // Always: UDP datagrams are counted in the kernel whatever
+        // countRepeats says (it decides only for TCP).
+        repeatCounter = try RepeatCounter(object: object, clock: clock, hook: attached.rung.eventHook)
 
         // unowned(unsafe): the reader belongs to this tracer and calls back
         // only from inside run(), so self is alive; a checked unowned
@@ -285,7 +293,9 @@ public final class Tracer {
 
     /// Opens a fresh object with only `rung`'s programs on, loads and
     /// attaches them. On any failure everything is released.
-    static func open(rung: HookRung, acceptViaSyscall: Bool, configuration: Configuration) throws -> (BPFObject, [BPFLink], [HookChoice]) {
+    /// `udp: false`: without the UDP programs (after a kernel refused them).
+    static func open(rung: HookRung, acceptViaSyscall: Bool, configuration: Configuration,
+                     udp: Bool = true) throws -> (BPFObject, [BPFLink], [HookChoice]) {
         var size: UInt = 0
         let start = cg_bpf_trace_object(&size)
         let bytes = Array(UnsafeRawBufferPointer(start: start, count: Int(size)))
@@ -298,16 +308,31 @@ public final class Tracer {
         let cpus = try BPFSystem.possibleCPUs()
         try object.setReadOnlyGlobal("repeats_sent_per_cpu", UInt64((max(0, configuration.repeatsSentPerSecond) + cpus - 1) / cpus))
         var plan = rung.plan
+        // Without a cgroup v2 hierarchy there is nowhere to attach the UDP
+        // programs: UDP is not traced (the hooks say so).
+        let cgroupRoot = udp ? CgroupMount.find() : nil
         if acceptViaSyscall {
             plan = plan.map { step in
                 (step.program, step.capabilities.filter { $0 != "accept" }, step.rung)
             } + HookRung.acceptCallPrograms.map { ($0, ["accept"], HookRung.tracepoint) }
         }
         let wanted = Set(plan.map(\.program))
-        for p in object.programs { p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name) }
+        for p in object.programs {
+            if HookRung.udpPrograms.contains(p.name) {
+                p.autoload = cgroupRoot != nil
+            } else {
+                p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name)
+            }
+        }
         do {
             try object.load()
         } catch let e as BPFError {
+            // UDP must not cost TCP its tracing: a kernel whose verifier
+            // refuses the sock_addr programs gets the rest, and says so.
+            if cgroupRoot != nil,
+               let without = try? open(rung: rung, acceptViaSyscall: acceptViaSyscall, configuration: configuration, udp: false) {
+                return (without.0, without.1, without.2.map { $0.capability == "udp" ? HookChoice(capability: "udp", rung: rung, detail: "not traced: the kernel refused the UDP programs (\(e))") : $0 })
+            }
             throw TracerError.load(e)
         }
         var links: [BPFLink] = []
@@ -324,6 +349,27 @@ public final class Tracer {
             for c in step.capabilities {
                 chosen.append(HookChoice(capability: c, rung: step.rung, detail: "\(program.name) (\(section))"))
             }
+        }
+        if let cgroupRoot {
+            // Tracing only (they return 1 whatever they see), so the root is
+            // a safe place: every process's UDP on the node passes them.
+            let fd = Glibc.open(cgroupRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            defer { if fd >= 0 { Glibc.close(fd) } }
+            for name in HookRung.udpPrograms {
+                let program = try object.program(name)
+                do {
+                    guard fd >= 0 else { throw BPFError("open \(cgroupRoot)", errno: errno) }
+                    links.append(try program.attach(cgroupFD: fd, cgroupPath: cgroupRoot))
+                } catch let e as BPFError {
+                    links.forEach { $0.detach() }
+                    throw TracerError.attach(e)
+                }
+            }
+            // One line: the same six sock_addr hooks on every rung.
+            chosen.append(HookChoice(capability: "udp", rung: rung, detail:
+                "cg_udp_* (cgroup/connect4, connect6, sendmsg4, sendmsg6, recvmsg4, recvmsg6; always allow) on \(cgroupRoot)"))
+        } else {
+            chosen.append(HookChoice(capability: "udp", rung: rung, detail: udp ? "not traced: no cgroup v2 hierarchy is mounted" : "not traced"))
         }
         // One line per capability: accept() and accept4() together.
         var merged: [HookChoice] = []
@@ -434,6 +480,7 @@ public final class Tracer {
         c.listenerMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_LISTENER_MAP_FULL.rawValue))
         c.cgroupRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_CGROUP_RINGBUF_FULL.rawValue))
         c.acceptMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_ACCEPT_MAP_FULL.rawValue))
+        c.udpRoleStorage = try drops.perCPUSum(index: UInt32(CG_DROP_UDP_ROLE_STORAGE.rawValue))
         c.undecodable = undecodable + (repeatCounter?.undecodable ?? 0)
         for p in object.programs {
             if let info = try? p.info() { c.recursionMisses += info.recursion_misses }

@@ -42,7 +42,9 @@ struct ConnectionsCommand: AsyncParsableCommand {
     var direction: String?
     @Option(help: "allowed, would_deny or denied.")
     var verdict: String?
-    @Flag(help: "One row per (workload, direction, peer, port, verdict), with counts.")
+    @Option(name: .customLong("protocol"), help: "tcp or udp.")
+    var proto: String?
+    @Flag(help: "One row per (workload, direction, peer, port, verdict, protocol), with counts.")
     var aggregate = false
     @Option(name: [.short, .customLong("output")], help: "table or json (one object per line).")
     var output: OutputFormat = .table
@@ -54,6 +56,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
         add("since", since); add("until", until); add("last", last.map(String.init))
         add("workload", workload); add("container", container); add("namespace", namespace); add("pod", pod)
         add("port", port.map(String.init)); add("peer", peer); add("direction", direction); add("verdict", verdict)
+        add("protocol", proto)
         if aggregate { q.append(("aggregate", "true")) }
         if follow { q.append(("follow", "true")) }
         return q
@@ -123,8 +126,8 @@ struct ConnectionTable {
 
     var columns: [(String, Int)] {
         aggregate
-            ? [("WORKLOAD", 36), ("DIR", 4), ("PEER", 40), ("PORT", 6), ("VERDICT", 11), ("COUNT", 8), ("FAILED", 7), ("FIRST SEEN", 20), ("LAST SEEN", 20)]
-            : [("TIME", 20), ("EVENT", 7), ("OUTCOME", 20), ("VERDICT", 11), ("WORKLOAD", 36), ("PROCESS", 22), ("SOURCE", 22), ("DESTINATION", 22),
+            ? [("WORKLOAD", 36), ("DIR", 4), ("PROTO", 5), ("PEER", 40), ("PORT", 6), ("VERDICT", 11), ("COUNT", 8), ("FAILED", 7), ("FIRST SEEN", 20), ("LAST SEEN", 20)]
+            : [("TIME", 20), ("EVENT", 7), ("PROTO", 5), ("OUTCOME", 20), ("VERDICT", 11), ("WORKLOAD", 36), ("PROCESS", 22), ("SOURCE", 22), ("DESTINATION", 22),
                ("PEER WORKLOAD", 0)]
     }
 
@@ -143,7 +146,7 @@ struct ConnectionTable {
             return t.count >= 19 ? String(t.prefix(19)).replacingOccurrences(of: "T", with: " ") : t
         }
         if aggregate {
-            return line([s("workload"), s("event") == "accept" ? "in" : "out", s("peer"), s("port"), s("verdict"),
+            return line([s("workload"), s("event") == "accept" ? "in" : "out", s("protocol"), s("peer"), s("port"), s("verdict"),
                          s("count"), s("failed"), time("first_seen"), time("last_seen")])
         }
         var outcome = s("outcome") == "failed" && o["error"] is String ? "failed " + s("error") : s("outcome")
@@ -151,7 +154,7 @@ struct ConnectionTable {
         if s("hook") == "snapshot" { outcome += " at start" }
         let process = (o["process_known"] as? Bool) == false ? "?" : "\(s("pid"))/\(s("comm"))"
         func endpoint(_ a: String, _ p: String) -> String { s(a).contains(":") ? "[\(s(a))]:\(s(p))" : "\(s(a)):\(s(p))" }
-        return line([time("time"), s("event"), outcome, s("verdict"), s("workload"), process,
+        return line([time("time"), s("event"), s("protocol"), outcome, s("verdict"), s("workload"), process,
                      endpoint("src", "sport"), endpoint("dst", "dport"), s("peer_workload")])
     }
 

@@ -8,10 +8,12 @@ import Logging
 struct TraceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "trace",
-        abstract: "Stream every TCP connect and accept on this node as it happens.",
+        abstract: "Stream every TCP connect and accept, and every UDP flow, on this node as it happens.",
         discussion: """
         Loads ConnGuard's BPF programs into the kernel, prints one line per connection until
-        interrupted or --duration passes, then detaches everything. Each event names the
+        interrupted or --duration passes, then detaches everything. A UDP flow (workload,
+        direction, peer, service port) is one line, with its process, for its first datagram in
+        each second, and one line a second with the count of the others ("count" in JSON). Each event names the
         workload, container and pod that made or accepted it (read from the container
         runtimes' files on this node); events that cannot be attributed say "unknown" and are
         counted. A summary of events seen, lost and unattributed goes to stderr. Needs root.
@@ -32,6 +34,9 @@ struct TraceCommand: ParsableCommand {
 
     @Option(help: "Only events whose cgroup is this cgroup v2 path or below it (absolute, or relative to the cgroup2 mount).")
     var cgroup: String?
+
+    @Option(name: .customLong("protocol"), help: "Only events of this protocol: tcp or udp.")
+    var proto: ConnectionEvent.IPProtocol?
 
     @Option(help: "Only events of this container (its name, or a prefix of its id).")
     var container: String?
@@ -69,7 +74,7 @@ struct TraceCommand: ParsableCommand {
     }
 
     private func trace() throws {
-        var filter = EventFilter(pid: pid, port: port)
+        var filter = EventFilter(pid: pid, port: port, proto: proto)
         var subtree: CgroupSubtree?
         if let cgroup {
             guard let mount = CgroupMount.find() else { throw Failure("no cgroup v2 hierarchy is mounted; --cgroup needs one") }
@@ -125,6 +130,27 @@ struct TraceCommand: ParsableCommand {
         var seen: UInt64 = 0
         var shown: UInt64 = 0
         // Saturating: a 100-year duration from a monotonic clock fits in Int64.
+        var lastTake = BootClock.now(CLOCK_MONOTONIC)
+        var counted: UInt64 = 0
+        // The kernel's counts of a UDP flow's later datagrams (RepeatCount),
+        // one line per flow and second. Filtered as events are, but for the
+        // process (they have none: a pid filter keeps them out).
+        func showCounts() throws {
+            lastTake = BootClock.now(CLOCK_MONOTONIC)
+            for r in try tracer.takeRepeats() {
+                let e = r.record.event
+                counted &+= r.count
+                guard pid == nil, filter.matches(e) else { continue }
+                let identity = identities?.resolve(e) ?? .unknown
+                guard identityFilter.matches(identity) else { continue }
+                switch format {
+                case .json: json.append(e, identity: identity, extra: [("count", .int(Int64(clamping: r.count)))], to: &out.bytes)
+                case .table:
+                    table.append(e, extra: [HumanText.escape(identity.workload), HumanText.escape(identity.containerColumn)],
+                                 count: r.count, to: &out.bytes)
+                }
+            }
+        }
         let deadline = duration.map { BootClock.now(CLOCK_MONOTONIC).addingReportingOverflow($0.nanoseconds) }.map { $0.overflow ? Int64.max : $0.partialValue }
 
         try tracer.run(
@@ -160,12 +186,18 @@ struct TraceCommand: ParsableCommand {
                     out.flushIfLarge()
                 }
             },
-            onIdle: { out.flush() })
+            onIdle: {
+                if BootClock.now(CLOCK_MONOTONIC) - lastTake >= 1_000_000_000 {
+                    do { try showCounts() } catch { printError("warning: reading the kernel's UDP counts: \(error)") }
+                }
+                out.flush()
+            })
+        try showCounts()
         out.flush()
 
         let loss = try tracer.lossCounts()
         tracer.close()
-        var summary = "\(seen) events seen, \(shown) shown, \(loss.lostEvents) lost"
+        var summary = "\(seen) events seen, \(shown) shown, \(loss.lostEvents) lost, \(counted) UDP datagrams counted in the kernel"
         if loss.lostEvents > 0 || loss.connectMapFull > 0 || loss.listenerMapFull > 0 || loss.cgroupRingBufferFull > 0 || loss.acceptMapFull > 0 {
             summary += " (ring buffer full: \(loss.ringBufferFull), undecodable: \(loss.undecodable); without process: \(loss.connectMapFull) connects, \(loss.listenerMapFull) listeners; accepts naming the listener's owner for want of room: \(loss.acceptMapFull); cgroup records lost: \(loss.cgroupRingBufferFull))"
         }
@@ -190,4 +222,5 @@ enum FileHandleStderr {
 }
 
 extension HookRung: ExpressibleByArgument {}
+extension ConnectionEvent.IPProtocol: ExpressibleByArgument {}
 extension AcceptAttribution: ExpressibleByArgument {}

@@ -20,8 +20,26 @@ final class DecodingTests: XCTestCase {
         r.direction = UInt8(CG_DIRECTION_CONNECT.rawValue)
         r.outcome = UInt8(CG_OUTCOME_ESTABLISHED.rawValue)
         r.hook = UInt8(CG_HOOK_TP_BTF.rawValue)
+        r.protocol = 6 // IPPROTO_TCP
         withUnsafeMutableBytes(of: &r.comm) { $0.copyBytes(from: Array("curl".utf8)) }
         return r
+    }
+
+    /// The protocol byte: TCP 6, UDP 17 (with the sock_addr hook); anything
+    /// else is a record this version cannot read, refused rather than guessed.
+    func testProtocolIsDecodedAndAnUnknownOneRefused() throws {
+        var r = rawConnect()
+        r.protocol = 17
+        r.hook = UInt8(CG_HOOK_CGROUP_SOCK_ADDR.rawValue)
+        guard case let .connection(e) = try decode(r) else { return XCTFail("not a connection") }
+        XCTAssertEqual(e.proto, .udp)
+        XCTAssertEqual(e.hook, .cgroupSockAddr)
+        var out: [UInt8] = []
+        var w = JSONLineWriter()
+        w.append(e, to: &out)
+        XCTAssertTrue(String(decoding: out, as: UTF8.self).contains(#""protocol":"udp""#))
+        r.protocol = 0
+        XCTAssertThrowsError(try decode(r))
     }
 
     func decode(_ raw: cg_connection_event) throws -> TraceRecord {

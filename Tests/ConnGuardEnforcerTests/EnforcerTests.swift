@@ -96,7 +96,7 @@ final class EnforcerTests: XCTestCase {
         let other = try box.child("enforced")
         try enforcer.setPolicy(cgroupID: other.id, workloadID: client, mode: .enforce)
         XCTAssertTrue(enforcer.hooksAttached)
-        XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }.count, 5)
+        XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.cgroupID == box.rootID }.count, 7)
         for mode in [Mode.learn, .monitor] {
             try enforcer.setPolicy(cgroupID: cg.id, workloadID: client, mode: mode)
             XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: a.port).ok, "\(mode)")
@@ -406,7 +406,7 @@ final class EnforcerTests: XCTestCase {
         XCTAssertTrue(events.contains { $0.pid == UInt32(whileAway.pid) }, "denial from the gap: \(events)")
         XCTAssertEqual(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).errno, EPERM)
         programIDs = BPFSystem.links().filter { $0.cgroupID == box.rootID }.map(\.programID)
-        XCTAssertEqual(programIDs.count, 5, "one link per program, not a second set")
+        XCTAssertEqual(programIDs.count, 7, "one link per program, not a second set")
 
         try second.close(failOpen: true)
         XCTAssertNotEqual(access(box.pinRoot, F_OK), 0, "pin root removed")
@@ -432,8 +432,8 @@ final class EnforcerTests: XCTestCase {
         XCTAssertEqual(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).errno, EPERM)
 
         let report = try Enforcer.removeAll(pinRoot: box.pinRoot)
-        XCTAssertEqual(report.detachedLinks.count, 5, "\(report)")
-        XCTAssertEqual(report.removedPins.count, 13, "5 links and 8 maps: \(report)")
+        XCTAssertEqual(report.detachedLinks.count, 7, "\(report)")
+        XCTAssertEqual(report.removedPins.count, 15, "7 links and 8 maps: \(report)")
         XCTAssertNotEqual(access(box.pinRoot, F_OK), 0)
         XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.programName.hasPrefix(Enforcer.programPrefix) }, [])
         XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok)
@@ -461,7 +461,7 @@ final class EnforcerTests: XCTestCase {
         cmd.process.waitUntilExit()
         let out = String(decoding: cmd.stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertEqual(cmd.process.terminationStatus, 0)
-        XCTAssertEqual(out.split(separator: "\n").filter { $0.hasPrefix("detached ") }.count, 5, out)
+        XCTAssertEqual(out.split(separator: "\n").filter { $0.hasPrefix("detached ") }.count, 7, out)
         XCTAssertNotEqual(access(box.pinRoot, F_OK), 0)
         XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok)
     }

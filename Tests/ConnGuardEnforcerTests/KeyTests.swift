@@ -39,6 +39,23 @@ final class KeyTests: XCTestCase {
         XCTAssertEqual(EnforcementRule(k), r)
     }
 
+    /// The protocol is part of the exact-match bits: a UDP rule and a TCP
+    /// rule on the same peer and port are different keys.
+    func testProtocolIsInTheKey() throws {
+        let tcp = EnforcementRule(workloadID: 3, direction: .connect, port: 53, peer: .cidr(CIDR("10.0.0.2")!))
+        let udp = EnforcementRule(workloadID: 3, direction: .connect, port: 53, peer: .cidr(CIDR("10.0.0.2")!), proto: .udp)
+        let kt = try XCTUnwrap(tcp.cidrKey), ku = try XCTUnwrap(udp.cidrKey)
+        XCTAssertEqual(kt.protocol, 6)
+        XCTAssertEqual(ku.protocol, 17)
+        XCTAssertEqual(EnforcementRule(ku), udp)
+        let pw = EnforcementRule(workloadID: 3, direction: .accept, port: 5353, peer: .workload(4), proto: .udp)
+        XCTAssertEqual(try XCTUnwrap(pw.peerKey).protocol, 17)
+        XCTAssertEqual(EnforcementRule(try XCTUnwrap(pw.peerKey)), pw)
+        var legacy = kt
+        legacy.protocol = 0 // a key pinned before protocols: not read as either
+        XCTAssertNil(EnforcementRule(legacy))
+    }
+
     func testAddressKeyMapsIPv4() {
         XCTAssertEqual(AddressKey.bytes(IPAddress("192.0.2.1")!), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1])
         XCTAssertEqual(AddressKey.address(AddressKey.tuple(IPAddress("192.0.2.1")!)), IPAddress("192.0.2.1"))
@@ -69,17 +86,17 @@ final class KeyTests: XCTestCase {
             ("kind", \.kind), ("pid", \.pid), ("timestamp_ns", \.timestamp_ns), ("cgroup_id", \.cgroup_id),
             ("uid", \.uid), ("netns", \.netns), ("error", \.error), ("family", \.family), ("sport", \.sport),
             ("dport", \.dport), ("direction", \.direction), ("outcome", \.outcome), ("hook", \.hook),
-            ("flags", \.flags), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
+            ("flags", \.flags), ("protocol", \.`protocol`), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
             ("peer_cgroup_id", \.peer_cgroup_id),
         ])
         check(cg_cgroup_policy.self, "cg_cgroup_policy", [("workload_id", \.workload_id), ("mode", \.mode), ("pad", \.pad)])
         check(cg_rule_key.self, "cg_rule_key", [
-            ("prefixlen", \.prefixlen), ("workload_id", \.workload_id), ("direction", \.direction), ("pad", \.pad),
-            ("port", \.port), ("addr", \.addr),
+            ("prefixlen", \.prefixlen), ("workload_id", \.workload_id), ("direction", \.direction),
+            ("protocol", \.`protocol`), ("port", \.port), ("addr", \.addr),
         ])
         check(cg_peer_rule_key.self, "cg_peer_rule_key", [
             ("workload_id", \.workload_id), ("peer_workload_id", \.peer_workload_id), ("port", \.port),
-            ("direction", \.direction), ("pad", \.pad),
+            ("direction", \.direction), ("protocol", \.`protocol`),
         ])
         check(cg_rule.self, "cg_rule", [("flags", \.flags)])
         check(cg_socket_owner.self, "cg_socket_owner", [("pid", \.pid), ("uid", \.uid), ("comm", \.comm)])

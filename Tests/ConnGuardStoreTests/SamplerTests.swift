@@ -7,7 +7,7 @@ import XCTest
 /// budget.
 final class SamplerTests: StoreTestCase {
     private func key(port: Int64, workload: Int64 = 1) -> EventStore.AggregateKey {
-        EventStore.AggregateKey(workload: workload, direction: 1, peerHigh: 0, peerLow: 0xffff_0a00_0001, port: port, verdict: 0)
+        EventStore.AggregateKey(workload: workload, direction: 1, peerHigh: 0, peerLow: 0xffff_0a00_0001, port: port, verdict: 0, proto: 0)
     }
 
     func testRepeatsAreKeptUpToTheBudgetAndNewConnectionsBeyondIt() {

@@ -40,6 +40,7 @@ final class EventStoreTests: StoreTestCase {
     func testHookCodesAreFixed() throws {
         let fixed: [(ConnectionEvent.Hook, Int64)] = [
             (.tracepoint, 0), (.fentry, 1), (.kprobe, 2), (.unknown, 3), (.cgroupConnect, 4), (.cgroupSKB, 5), (.snapshot, 6),
+            (.cgroupSockAddr, 7),
         ]
         XCTAssertEqual(Set(fixed.map(\.0.rawValue)), Set(ConnectionEvent.Hook.allCases.map(\.rawValue)), "every hook has a code here")
         for (hook, code) in fixed {
@@ -322,7 +323,7 @@ final class EventStoreTests: StoreTestCase {
         store = try EventStore(path: dbPath, options: .init(migrations: [policy, policy2]))
         XCTAssertEqual(try store.database.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM baseline WHERE mode IS NULL") }, 1)
         let applied = try store.database.read { db in try EventStore.migrator([policy, policy2]).appliedIdentifiers(db) }
-        XCTAssertEqual(Set(applied), ["store-v1", "store-v2", "policy-v1", "policy-v2"])
+        XCTAssertEqual(Set(applied), ["store-v1", "store-v2", "store-v3", "policy-v1", "policy-v2"])
         try store.close()
         // The CLI, which knows only the store's migrations, still opens it.
         let cli = try EventStore(path: dbPath, options: .init(readOnly: true))
@@ -365,13 +366,34 @@ final class EventStoreTests: StoreTestCase {
         try store.close()
     }
 
+    /// UDP and TCP to the same peer and port are two aggregates (store-v3),
+    /// and `proto` filters events and aggregates.
+    func testProtocolKeepsAggregatesApartAndFilters() throws {
+        let store = try EventStore(path: dbPath)
+        var udp = connection(base + 1, peerPort: 53)
+        udp.event.proto = .udp
+        var counted = connection(base + 2, peerPort: 53)
+        counted.event.proto = .udp
+        counted.repeatCount = 99
+        try store.append([connection(base, peerPort: 53), udp, counted])
+        XCTAssertEqual(try store.query(ConnectionQuery(proto: .udp)).map(\.event.proto), [.udp])
+        XCTAssertEqual(try store.query(ConnectionQuery(proto: .tcp)).count, 1)
+        let aggregates = try store.queryAggregates(ConnectionQuery())
+        XCTAssertEqual(aggregates.count, 2)
+        XCTAssertEqual(aggregates.first { $0.proto == .udp }?.count, 100)
+        XCTAssertEqual(aggregates.first { $0.proto == .tcp }?.count, 1)
+        XCTAssertEqual(try store.queryAggregates(ConnectionQuery(proto: .udp)).map(\.count), [100])
+        XCTAssertTrue(aggregates.first { $0.proto == .udp }!.jsonLine.contains(#""protocol":"udp""#))
+        try store.close()
+    }
+
     func testJSONHasTheTraceKeysAndIdentity() throws {
         let store = try EventStore(path: dbPath)
         try store.append([connection(base, outcome: .failed, identity: podA0, verdict: .wouldDeny),
                           connection(base + 1, identity: host, peerWorkload: "shop/db/postgres")])
         let rows = try store.query(ConnectionQuery())
         let traceKeys: Set<String> = ["time", "event", "outcome", "error", "pid", "comm", "uid", "cgroup_id", "family", "src",
-                                      "sport", "dst", "dport", "netns", "hook", "process_known"]
+                                      "sport", "dst", "dport", "netns", "hook", "process_known", "protocol"]
         let pod = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(rows[0].jsonLine.utf8)) as? [String: Any])
         XCTAssertEqual(Set(pod.keys), traceKeys.union(["workload", "container", "pod", "verdict", "peer_workload"]))
         XCTAssertEqual(pod["workload"] as? String, "shop/web/app")

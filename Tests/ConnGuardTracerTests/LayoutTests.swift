@@ -25,7 +25,7 @@ final class LayoutTests: XCTestCase {
             ("kind", \.kind), ("pid", \.pid), ("timestamp_ns", \.timestamp_ns), ("cgroup_id", \.cgroup_id),
             ("uid", \.uid), ("netns", \.netns), ("error", \.error), ("family", \.family), ("sport", \.sport),
             ("dport", \.dport), ("direction", \.direction), ("outcome", \.outcome), ("hook", \.hook),
-            ("flags", \.flags), ("pad", \.pad), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
+            ("flags", \.flags), ("protocol", \.`protocol`), ("pad", \.pad), ("saddr", \.saddr), ("daddr", \.daddr), ("comm", \.comm),
             ("peer_cgroup_id", \.peer_cgroup_id),
         ])
         check(cg_cgroup_event.self, "cg_cgroup_event", [
@@ -38,7 +38,8 @@ final class LayoutTests: XCTestCase {
         ])
         check(cg_repeat_key.self, "cg_repeat_key", [
             ("cgroup_id", \.cgroup_id), ("peer", \.peer), ("port", \.port), ("family", \.family),
-            ("direction", \.direction), ("outcome", \.outcome), ("pad", \.pad), ("peer_cgroup_id", \.peer_cgroup_id),
+            ("direction", \.direction), ("outcome", \.outcome), ("protocol", \.`protocol`), ("pad", \.pad),
+            ("peer_cgroup_id", \.peer_cgroup_id),
         ])
         check(cg_local_flow_key.self, "cg_local_flow_key", [
             ("client", \.client), ("server", \.server), ("netns", \.netns), ("client_port", \.client_port),

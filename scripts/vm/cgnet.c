@@ -10,6 +10,10 @@
  *                             waits for it
  *   cgnet connect ADDR PORT   connect once; print "ok" or the errno name; exit
  *                             0 on success, 1 otherwise
+ *   cgnet udpserve ADDR PORT N  bind a UDP socket, print "ready", answer N
+ *                             datagrams (recvfrom, sendto back), exit 0
+ *   cgnet udpsend ADDR PORT N   send N datagrams from one unconnected socket
+ *                             (sendto), reading each answer; print "ok"
  * ADDR is an IPv4 or IPv6 literal.
  */
 #include <arpa/inet.h>
@@ -55,6 +59,42 @@ int main(int argc, char **argv)
         return 2;
     }
     family = make_addr(argv[2], atoi(argv[3]), &ss, &len);
+    if (strncmp(argv[1], "udp", 3) == 0 && argc == 5) {
+        struct sockaddr_storage from;
+        socklen_t flen;
+        char buf[64];
+        int n = atoi(argv[4]);
+        struct timeval tv = {.tv_sec = 5};
+
+        fd = socket(family, SOCK_DGRAM, 0);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (strcmp(argv[1], "udpserve") == 0) {
+            if (bind(fd, (struct sockaddr *)&ss, len)) {
+                perror("bind");
+                return 2;
+            }
+            printf("ready\n");
+            fflush(stdout);
+            while (n-- > 0) {
+                ssize_t r;
+                flen = sizeof(from);
+                r = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &flen);
+                if (r < 0 || sendto(fd, buf, r, 0, (struct sockaddr *)&from, flen) != r) {
+                    perror("udpserve");
+                    return 2;
+                }
+            }
+            return 0;
+        }
+        while (n-- > 0) {
+            if (sendto(fd, "ping", 4, 0, (struct sockaddr *)&ss, len) != 4 || recv(fd, buf, sizeof(buf), 0) != 4) {
+                printf("%s\n", strerror(errno));
+                return 1;
+            }
+        }
+        printf("ok\n");
+        return 0;
+    }
     fd = socket(family, SOCK_STREAM, 0);
     if (fd < 0) {
         perror("socket");

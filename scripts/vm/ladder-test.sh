@@ -24,6 +24,12 @@ count() {
     grep -c . "$TMP/c.0"
 }
 
+# udp_total FILE PORT EVENT: a UDP flow's datagrams, its events plus its counts
+udp_total() {
+    grep -F "\"dport\":$2," "$1" | grep -F "\"event\":\"$3\"" | grep -F '"protocol":"udp"' \
+        | awk '{ if (match($0, /"count":[0-9]+/)) n += substr($0, RSTART + 8, RLENGTH - 8); else n += 1 } END { print n + 0 }'
+}
+
 # expect LABEL N FILE PATTERN...
 expect() {
     label="$1"; want="$2"; shift 2
@@ -35,7 +41,7 @@ expect() {
 
 for rung in fentry kprobe tracepoint; do
     base=$((base + 10))
-    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3))
+    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3)); pu4=$((p4 + 4)); pu6=$((p4 + 5))
     out="$TMP/$rung.json"; err="$TMP/$rung.err"
     expected=no
     case " $EXPECT " in *" $rung "*) expected=yes ;; esac
@@ -74,8 +80,15 @@ for rung in fentry kprobe tracepoint; do
     # A listener that hands accept() to a child: the owner and the acceptor differ.
     "$NET" handoff 127.0.0.1 $ph >"$TMP/sh" &
     sh_owner=$!
+    # UDP servers in the same cgroup: 3 datagrams each, answered.
+    sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET udpserve 127.0.0.1 $pu4 3" >"$TMP/u4" &
+    u4=$!
+    sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET udpserve ::1 $pu6 3" >"$TMP/u6" &
+    u6=$!
     i=0
-    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh" && grep -q ready "$TMP/u4" && grep -q ready "$TMP/u6"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    "$NET" udpsend 127.0.0.1 $pu4 3 >"$TMP/uc4" & uc4=$!; wait $uc4; ru4=$?
+    "$NET" udpsend ::1 $pu6 3 >"$TMP/uc6" & uc6=$!; wait $uc6; ru6=$?
     "$NET" connect 127.0.0.1 $p4 >"$TMP/c4" & c4=$!; wait $c4; r4=$?
     "$NET" connect ::1 $p6 >"$TMP/c6" & c6=$!; wait $c6; r6=$?
     "$NET" connect 127.0.0.1 $pr >"$TMP/cr" & cr=$!; wait $cr
@@ -84,9 +97,10 @@ for rung in fentry kprobe tracepoint; do
     # The servers exit once they have accepted (on the fentry and kprobe rungs
     # the accept event comes from accept() itself).
     i=0
-    while { kill -0 $s4 || kill -0 $s6 || kill -0 $sh_owner; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    kill $s4 $s6 $sh_owner 2>/dev/null
-    sleep 1
+    while { kill -0 $s4 || kill -0 $s6 || kill -0 $sh_owner || kill -0 $u4 || kill -0 $u6; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill $s4 $s6 $sh_owner $u4 $u6 2>/dev/null
+    # The UDP counts come once a second.
+    sleep 1.5
     kill -INT $tpid; wait $tpid
     rmdir "$srv"
     secs=$(( $(date +%s) - start ))
@@ -111,15 +125,36 @@ for rung in fentry kprobe tracepoint; do
     acceptor=$sh_child
     expect "handoff events" 2 "$out" "\"dport\":$ph,"
     expect "handoff accept" 1 "$out" "\"dport\":$ph," '"event":"accept"' "\"pid\":$acceptor," "$h"
+    # UDP, the same on every rung (cgroup sock_addr hooks): one flow each way
+    # per family, the first datagram an event with its process, the rest
+    # counted; the answers make no flows.
+    [ $ru4 -eq 0 ] || problems="$problems; UDP IPv4 exchange failed: $(cat "$TMP/uc4")"
+    [ $ru6 -eq 0 ] || problems="$problems; UDP IPv6 exchange failed: $(cat "$TMP/uc6")"
+    hu='"hook":"cgroup_sock_addr"'
+    for f in 4 6; do
+        eval "pu=\$pu$f uc=\$uc$f us=\$u$f"
+        fam=ipv$f
+        # At least one event (one per CPU and second) with the process...
+        [ "$(count "$out" "\"dport\":$pu," '"event":"connect"' '"protocol":"udp"' "\"pid\":$uc," "\"family\":\"$fam\"" "$hu" '"process_known":true')" -ge 1 ] \
+            || problems="$problems; udp v$f: no outbound event of pid $uc"
+        [ "$(count "$out" "\"dport\":$pu," '"event":"accept"' '"protocol":"udp"' "\"pid\":$us," "\"cgroup_id\":$srvid," "\"family\":\"$fam\"" "$hu")" -ge 1 ] \
+            || problems="$problems; udp v$f: no inbound event of server pid $us in cgroup $srvid"
+        # ...and events plus kernel counts are exactly the 3 datagrams each way.
+        for ev in connect accept; do
+            n=$(udp_total "$out" "$pu" "$ev")
+            [ "$n" = 3 ] || problems="$problems; udp v$f $ev: $n datagrams in events and counts, want 3"
+        done
+    done
+    expect "udp answers" 0 "$out" "\"sport\":$pu4," '"event":"connect"'
     expect "lost" 1 "$err" " 0 lost"
     n=$(grep -c . "$out")
     if [ -z "$problems" ] && [ "$expected" = yes ]; then
-        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner) exact; $n events in ${secs}s"
+        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner), UDP v4 and v6 flows both ways exact; $n events in ${secs}s"
     elif [ -z "$problems" ]; then
         echo "RESULT rung=$rung ok (not expected to load here)"
     else
         echo "RESULT rung=$rung fail:${problems#;}"
-        echo "--- events of $rung"; grep "\"dport\":\($p4\|$p6\|$pr\|$ph\)," "$out"; echo "--- stderr"; cat "$err"
+        echo "--- events of $rung"; grep "\"dport\":\($p4\|$p6\|$pr\|$ph\|$pu4\|$pu6\)," "$out"; echo "--- stderr"; cat "$err"
         status=1
     fi
 done

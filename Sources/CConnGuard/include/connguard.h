@@ -50,6 +50,7 @@ enum cg_hook {
     CG_HOOK_KPROBE = 3,    /* kprobe/kretprobe */
     CG_HOOK_CGROUP_CONNECT = 4, /* cgroup/connect4, cgroup/connect6 (enforcement) */
     CG_HOOK_CGROUP_SKB = 5,     /* cgroup_skb/ingress (enforcement) */
+    CG_HOOK_CGROUP_SOCK_ADDR = 6, /* cgroup/connect, sendmsg, recvmsg 4/6: UDP flows (tracing, always allow) */
 };
 
 /* Bits of cg_connection_event.flags. */
@@ -66,10 +67,13 @@ enum cg_event_flags {
 };
 
 /*
- * One TCP connection, made (connect) or taken (accept). Addresses are in
- * network byte order; ports in host byte order. For an IPv4 connection the
- * first 4 bytes of saddr/daddr hold the address. For accept, src is the
- * remote client and dst the local listener (flow direction).
+ * One TCP connection, made (connect) or taken (accept), or the first datagram
+ * of a UDP flow in a counting period: sent or connect()ed to a peer
+ * (CG_DIRECTION_CONNECT), or received by a local server from a peer
+ * (CG_DIRECTION_ACCEPT). Addresses are in network byte order; ports in host
+ * byte order. For an IPv4 connection the first 4 bytes of saddr/daddr hold
+ * the address. For accept, src is the remote client and dst the local
+ * listener (flow direction).
  */
 struct cg_connection_event {
     __u32 kind;          /* CG_RECORD_CONNECTION */
@@ -86,7 +90,8 @@ struct cg_connection_event {
     __u8 outcome;        /* enum cg_outcome */
     __u8 hook;           /* enum cg_hook */
     __u8 flags;          /* enum cg_event_flags */
-    __u8 pad[2];
+    __u8 protocol;       /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8 pad[1];
     __u8 saddr[16];
     __u8 daddr[16];
     char comm[CG_COMM_LEN];
@@ -119,13 +124,17 @@ enum cg_drop_reason {
     CG_DROP_LISTENER_MAP_FULL = 2,   /* could not remember a listener's owner: its accepts carry CG_FLAG_LISTENER_UNKNOWN */
     CG_DROP_CGROUP_RINGBUF_FULL = 3, /* a cgroup mkdir/rmdir record was lost */
     CG_DROP_ACCEPT_MAP_FULL = 4,     /* could not hold an accept for accept(): sent at once, naming the listener's owner */
-    CG_DROP_REASON_COUNT = 5,
+    CG_DROP_UDP_ROLE_STORAGE = 5,    /* could not remember whether a UDP socket is a client or a server: taken as a client */
+    CG_DROP_REASON_COUNT = 6,
 };
 
-/* Repeat counting (the agent): a connection is (cgroup, direction, outcome,
- * peer, port). The first event of each in a period, and a budget of others,
- * go to the ring buffer; the rest are counted per CPU under this key, and
- * user space folds the counts into the connection's aggregate. */
+/* Repeat counting: a connection is (cgroup, direction, outcome, protocol,
+ * peer, port). The first event of each in a period, and (TCP, in the agent)
+ * a budget of others, go to the ring buffer; the rest are counted per CPU
+ * under this key, and user space folds the counts into the connection's
+ * aggregate. UDP datagrams are always counted this way (trace and agent):
+ * the peer port of an outbound flow and the local port of an inbound one are
+ * the key's port, never a client's ephemeral source port. */
 struct cg_repeat_key {
     __u64 cgroup_id;     /* as in the event */
     __u8 peer[16];       /* connect: daddr; accept: saddr (the client); as in the event */
@@ -133,7 +142,8 @@ struct cg_repeat_key {
     __u16 family;        /* AF_INET or AF_INET6 */
     __u8 direction;      /* enum cg_direction */
     __u8 outcome;        /* enum cg_outcome */
-    __u8 pad[2];
+    __u8 protocol;       /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8 pad[1];
     __u64 peer_cgroup_id; /* as in the event: local clients of one server stay apart */
 };
 _Static_assert(sizeof(struct cg_repeat_key) == 40, "cg_repeat_key layout changed");
@@ -184,6 +194,15 @@ struct cg_local_flow_key {
 };
 _Static_assert(sizeof(struct cg_local_flow_key) == 40, "cg_local_flow_key layout changed");
 
+/* Socket storage of the tracer's `udp_roles`: what a UDP socket did first.
+ * A socket that sent first is a client, and what it receives are replies; one
+ * that received first is a server, and what it sends are replies. Replies
+ * are part of the flow that began it, not flows of their own. */
+enum cg_udp_role {
+    CG_UDP_ROLE_CLIENT = 1,
+    CG_UDP_ROLE_SERVER = 2,
+};
+
 /* Value of the `connecting` map: who called connect(), remembered from
  * SYN_SENT until the outcome is known. */
 struct cg_connecting {
@@ -215,14 +234,14 @@ struct cg_cgroup_policy {
 };
 _Static_assert(sizeof(struct cg_cgroup_policy) == 8, "cg_cgroup_policy layout changed");
 
-/* Bits of a rules_cidr key before the address: workload_id, direction, pad, port. */
+/* Bits of a rules_cidr key before the address: workload_id, direction, protocol, port. */
 #define CG_RULE_KEY_FIXED_BITS 64
 
 /*
  * Key of the `rules_cidr` LPM trie: "workload W may <direction> on port P
  * with peers in addr/n". prefixlen = CG_RULE_KEY_FIXED_BITS + address bits
  * (IPv4 as ::ffff:a.b.c.d, so an IPv4 /n is 96 + n address bits), which makes
- * workload, direction and port an exact match and the address a prefix.
+ * workload, direction, protocol and port an exact match and the address a prefix.
  * An exact address is a full-length prefix: addresses and CIDRs are one lookup.
  * port is the service port: the remote port for connect, the local (listening)
  * port for accept. Host byte order. There is no wildcard port.
@@ -231,7 +250,7 @@ struct cg_rule_key {
     __u32 prefixlen;     /* LPM trie: bits of what follows that must match */
     __u32 workload_id;
     __u8 direction;      /* enum cg_direction */
-    __u8 pad;
+    __u8 protocol;       /* IPPROTO_TCP or IPPROTO_UDP */
     __u16 port;
     __u8 addr[16];       /* network byte order; IPv4 mapped into ::ffff:0:0/96 */
 };
@@ -244,7 +263,7 @@ struct cg_peer_rule_key {
     __u32 peer_workload_id;
     __u16 port;          /* host byte order; as in cg_rule_key */
     __u8 direction;      /* enum cg_direction */
-    __u8 pad;
+    __u8 protocol;       /* IPPROTO_TCP or IPPROTO_UDP */
 };
 _Static_assert(sizeof(struct cg_peer_rule_key) == 12, "cg_peer_rule_key layout changed");
 

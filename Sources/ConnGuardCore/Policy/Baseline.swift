@@ -82,7 +82,7 @@ public struct RuleKey: Hashable, Sendable, Comparable {
     public var direction: ConnectionEvent.Direction
     public var peer: Peer
     public var port: UInt16
-    /// Only "tcp" today.
+    /// "tcp" or "udp" (`ConnectionEvent.IPProtocol`).
     public var proto: String
 
     public init(direction: ConnectionEvent.Direction, peer: Peer, port: UInt16, proto: String = "tcp") {
@@ -93,12 +93,13 @@ public struct RuleKey: Hashable, Sendable, Comparable {
     }
 
     public static func < (a: RuleKey, b: RuleKey) -> Bool {
-        (a.direction.ruleName, a.port, a.peer) < (b.direction.ruleName, b.port, b.peer)
+        (a.direction.ruleName, a.port, a.peer, a.proto) < (b.direction.ruleName, b.port, b.peer, b.proto)
     }
 
-    /// Without `proto`, which is "tcp" in every key today: hashing a string
-    /// is the dearest part of a key, and the policy engine hashes a key for
-    /// every event. (Equal keys still hash equally.)
+    /// Without `proto`: hashing a string is the dearest part of a key, and
+    /// the policy engine hashes a key for every event; the TCP and UDP rules
+    /// of one peer and port only share a bucket. (Equal keys still hash
+    /// equally.)
     public func hash(into h: inout Hasher) {
         h.combine(direction)
         h.combine(port)
@@ -134,7 +135,10 @@ extension RuleKey {
             let full = event.peer.family == .ipv4 ? 32 : 128
             peer = .network(CIDR(address: event.peer, prefixLength: full))
         }
-        self.init(direction: direction, peer: peer, port: event.direction == .connect ? event.remotePort : event.localPort)
+        // The service port: the peer's for outbound, ours for inbound; never
+        // a client's ephemeral source port (for UDP as for TCP).
+        self.init(direction: direction, peer: peer, port: event.direction == .connect ? event.remotePort : event.localPort,
+                  proto: event.proto.rawValue)
     }
 }
 
@@ -173,7 +177,8 @@ public struct Baseline: Sendable, Equatable {
     public func allows(_ event: ConnectionEvent, peerWorkload: String?) -> Bool {
         let direction = event.direction
         let port = event.direction == .connect ? event.remotePort : event.localPort
-        if let w = peerWorkload, rules[RuleKey(direction: direction, peer: .workload(w), port: port)] != nil {
+        let proto = event.proto.rawValue
+        if let w = peerWorkload, rules[RuleKey(direction: direction, peer: .workload(w), port: port, proto: proto)] != nil {
             return true
         }
         let exact = RuleKey(event: event, peerWorkload: nil)
@@ -181,7 +186,8 @@ public struct Baseline: Sendable, Equatable {
         // Operator-imported blocks: a linear scan, only over network rules
         // wider than one address (few, in practice).
         return rules.keys.contains { k in
-            k.direction == direction && k.port == port && k.peer.matches(address: event.peer, workload: peerWorkload)
+            k.direction == direction && k.port == port && k.proto == proto
+                && k.peer.matches(address: event.peer, workload: peerWorkload)
         }
     }
 
