@@ -131,7 +131,7 @@ public final class EventPipeline: @unchecked Sendable {
         }
         // The time first: past the start-up window, no hashing per event.
         if r.source == .traced, e.timeNanoseconds <= seenAtStart.completedAt, seenAtStart.isSeenAgain(e) { return }
-        if r.source == .denied { nameServer(&e) }
+        if r.source == .denied { nameServer(&e) } else { rememberUDPServer(e) }
         let who = identity.resolve(e)
         if who.isUnknown { tally.counts.unattributed += n }
         let judged: PolicyEngine.Judgement
@@ -159,12 +159,41 @@ public final class EventPipeline: @unchecked Sendable {
     /// enforce) has no owner of theirs: the tracer's record of listen()
     /// names the server of a denied accept.
     private func nameServer(_ e: inout ConnectionEvent) {
-        guard e.direction == .accept, !e.processKnown,
-              let owner = tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) else { return }
+        guard e.direction == .accept, !e.processKnown else { return }
+        if e.proto == .udp {
+            // A UDP server bound before enforcement was attached has no
+            // owner in the kernel's socket storage; the datagrams it received
+            // while traced named it.
+            guard let owner = udpLock.withLock({ udpServers[UDPServer(cgroupID: e.cgroupID, port: e.localPort)] }) else { return }
+            (e.pid, e.uid, e.comm) = (owner.pid, owner.uid, owner.comm)
+            e.processKnown = true
+            return
+        }
+        guard let owner = tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) else { return }
         e.pid = owner.pid
         e.uid = owner.uid
         e.comm = owner.comm
         e.processKnown = true
+    }
+
+    /// The process that last received a traced datagram on each UDP server
+    /// port, by cgroup (bounded: emptied past 65,536 entries).
+    private struct UDPServer: Hashable {
+        var cgroupID: UInt64
+        var port: UInt16
+    }
+
+    private let udpLock = Mutex()
+    private var udpServers: [UDPServer: (pid: UInt32, uid: UInt32, comm: String)] = [:]
+
+    private func rememberUDPServer(_ e: ConnectionEvent) {
+        guard e.proto == .udp, e.direction == .accept, e.processKnown, e.pid != 0 else { return }
+        let key = UDPServer(cgroupID: e.cgroupID, port: e.localPort)
+        udpLock.withLock {
+            if udpServers[key]?.pid == e.pid { return }
+            if udpServers.count >= 65_536 { udpServers.removeAll() }
+            udpServers[key] = (e.pid, e.uid, e.comm)
+        }
     }
 
     /// Folds in what the kernel counted instead of sending (once a second,

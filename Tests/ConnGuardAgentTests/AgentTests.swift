@@ -535,6 +535,80 @@ final class AgentTests: XCTestCase {
         _ = try cli(["mode", serverWorkload, "learn", "--socket", socket])
     }
 
+    /// UDP end to end through the agent: a client and a server in cgroups
+    /// of the subtree learn their flow as udp rules (on the service port,
+    /// never the client's ephemeral one); enforced, the learnt flow keeps
+    /// working, a new peer port gets EPERM at sendto() and at connect(), and
+    /// a datagram from an address outside the server's baseline is dropped;
+    /// each refusal is a denied event naming the process.
+    func testUDPIsLearntThenEnforced() throws {
+        let agent = try startAgent()
+        defer { agent.stop(signal: SIGKILL) }
+        let serverGroup = try root.child("udpserver")
+        defer { serverGroup.remove() }
+        let server = try Child("/bin/sh", ["-c", """
+            echo $$ > \(serverGroup.path)/cgroup.procs && exec python3 -c '
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+            print(s.getsockname()[1], flush=True)
+            while True:
+                d, a = s.recvfrom(2048); s.sendto(b"pong:" + d, a)
+            '
+            """])
+        defer { server.stop(signal: SIGKILL) }
+        let port = try XCTUnwrap(server.readLine().flatMap { UInt16($0) })
+        /// From the clients cgroup (or `source`), one datagram; the reply or the error.
+        func ask(_ p: UInt16, connected: Bool = false, source: String = "127.0.0.1") throws -> String {
+            let script = """
+                import socket, sys
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); s.bind(("\(source)", 0))
+                try:
+                    if \(connected ? "True" : "False"):
+                        s.connect(("127.0.0.1", \(p))); s.send(b"ping")
+                    else:
+                        s.sendto(b"ping", ("127.0.0.1", \(p)))
+                    print(s.recv(64).decode())
+                except Exception as e:
+                    print(type(e).__name__)
+                """
+            let c = try Child("/bin/sh", ["-c", "echo $$ > \(clients.path)/cgroup.procs && exec python3 -c \"$0\"", script])
+            defer { c.process.waitUntilExit() }
+            return c.readLine() ?? ""
+        }
+        XCTAssertEqual(try ask(port), "pong:ping")
+        XCTAssertEqual(try ask(port, connected: true), "pong:ping")
+        let client = clients.relativePath, serverWorkload = serverGroup.relativePath
+        try waitFor("the udp rules of both") {
+            try !rules(client, "out", port: port).filter { $0["protocol"] as? String == "udp" }.isEmpty
+                && !rules(serverWorkload, "in", port: port).filter { $0["protocol"] as? String == "udp" }.isEmpty
+        }
+        let show = try cli(["baseline", "show", client, "-o", "json", "--socket", socket]).stdout
+        let all = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["rules"] as? [[String: Any]] ?? []
+        XCTAssertEqual(Set(all.compactMap { $0["port"] as? Int }), [Int(port)], "no rule on an ephemeral port: \(all)")
+        let udpRows = try connections(["--protocol", "udp", "--workload", client])
+        XCTAssertFalse(udpRows.isEmpty)
+        XCTAssertTrue(udpRows.allSatisfy { $0["protocol"] as? String == "udp" })
+
+        for w in [client, serverWorkload] {
+            let r = try cli(["mode", w, "enforce", "--socket", socket])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        XCTAssertEqual(try ask(port), "pong:ping", "the learnt flow, enforced")
+        XCTAssertEqual(try ask(port, connected: true), "pong:ping")
+        let other = port == 65535 ? port - 1 : port + 1
+        XCTAssertEqual(try ask(other), "PermissionError", "sendto() to a new peer port")
+        XCTAssertEqual(try ask(other, connected: true), "PermissionError", "connect() to a new peer port")
+        XCTAssertEqual(try ask(port, source: "127.0.0.2"), "TimeoutError", "a datagram from outside the server's baseline is dropped")
+        try waitFor("the denials") {
+            let out = try connections(["--verdict", "denied", "--protocol", "udp", "--workload", client]).filter {
+                $0["dport"] as? Int == Int(other) && $0["comm"] as? String == "python3" && $0["error"] as? String == "EPERM"
+            }
+            let inbound = try connections(["--verdict", "denied", "--protocol", "udp", "--direction", "in", "--workload", serverWorkload])
+            return !out.isEmpty && inbound.contains { $0["pid"] as? Int == Int(server.pid) && $0["src"] as? String == "127.0.0.2" }
+        }
+        for w in [client, serverWorkload] { _ = try cli(["mode", w, "learn", "--socket", socket]) }
+    }
+
     func testBadInputIsRefusedWithOneLine() throws {
         let agent = try startAgent()
         defer { agent.stop(signal: SIGKILL) }
