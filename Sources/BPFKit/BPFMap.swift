@@ -59,15 +59,7 @@ public struct BPFMap {
 
     /// The value at `key`, or nil if there is none.
     public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, as: V.Type = V.self) throws -> V? {
-        var k = key
-        return try withUnsafeMutableBytes(of: &k) { kb -> V? in
-            try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<V>.size, alignment: MemoryLayout<V>.alignment) { vb -> V? in
-                let r = bpf_map_lookup_elem(fd, kb.baseAddress, vb.baseAddress)
-                if r == -ENOENT { return nil }
-                try check(r, "look up in map \(name)")
-                return vb.load(as: V.self)
-            }
-        }
+        try MapCalls.lookup(fd, key: key, as: V.self, "map \(name)")
     }
 
     /// Deletes `key`; false if it was not there.
@@ -83,6 +75,26 @@ public struct BPFMap {
     /// Every key, in the map's order. A map edited meanwhile may skip or
     /// repeat keys (the kernel's get_next_key semantics).
     public func keys<K: BitwiseCopyable>(as: K.Type) throws -> [K] {
+        try MapCalls.keys(fd, as: K.self, "map \(name)")
+    }
+}
+
+/// The calls on a map's fd, for a loaded object's maps (`BPFMap`) and for
+/// maps opened by their pin (`BPFPinnedMap`).
+enum MapCalls {
+    static func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(_ fd: Int32, key: K, as: V.Type, _ what: @autoclosure () -> String) throws -> V? {
+        var k = key
+        return try withUnsafeMutableBytes(of: &k) { kb -> V? in
+            try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<V>.size, alignment: MemoryLayout<V>.alignment) { vb -> V? in
+                let r = bpf_map_lookup_elem(fd, kb.baseAddress, vb.baseAddress)
+                if r == -ENOENT { return nil }
+                try check(r, "look up in \(what())")
+                return vb.load(as: V.self)
+            }
+        }
+    }
+
+    static func keys<K: BitwiseCopyable>(_ fd: Int32, as: K.Type, _ what: @autoclosure () -> String) throws -> [K] {
         var result: [K] = []
         try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<K>.size, alignment: MemoryLayout<K>.alignment) { cur in
             try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<K>.size, alignment: MemoryLayout<K>.alignment) { next in
@@ -90,7 +102,7 @@ public struct BPFMap {
                 while true {
                     let r = bpf_map_get_next_key(fd, prev, next.baseAddress)
                     if r == -ENOENT { return }
-                    try check(r, "iterate map \(name)")
+                    try check(r, "iterate \(what())")
                     let key = next.load(as: K.self)
                     result.append(key)
                     cur.storeBytes(of: key, as: K.self)

@@ -20,34 +20,12 @@ public final class BPFPinnedMap: @unchecked Sendable {
 
     /// The value at `key`, or nil if there is none.
     public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, as: V.Type = V.self) throws -> V? {
-        var k = key
-        return try withUnsafeMutableBytes(of: &k) { kb -> V? in
-            try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<V>.size, alignment: MemoryLayout<V>.alignment) { vb -> V? in
-                let r = bpf_map_lookup_elem(fd, kb.baseAddress, vb.baseAddress)
-                if r == -ENOENT { return nil }
-                try check(r, "look up in pinned map \(path)")
-                return vb.load(as: V.self)
-            }
-        }
+        try MapCalls.lookup(fd, key: key, as: V.self, "pinned map \(path)")
     }
 
-    /// How many keys the map holds now (walks it with get_next_key: a map
-    /// edited meanwhile may be off by the keys that moved).
-    public func count(keySize: Int) throws -> Int {
-        var n = 0
-        try withUnsafeTemporaryAllocation(byteCount: keySize, alignment: 8) { cur in
-            try withUnsafeTemporaryAllocation(byteCount: keySize, alignment: 8) { next in
-                var prev: UnsafeMutableRawPointer? = nil
-                while true {
-                    let r = bpf_map_get_next_key(fd, prev, next.baseAddress)
-                    if r == -ENOENT { return }
-                    try check(r, "iterate pinned map \(path)")
-                    n += 1
-                    cur.copyMemory(from: UnsafeRawBufferPointer(next))
-                    prev = cur.baseAddress
-                }
-            }
-        }
-        return n
+    /// Every key, as `BPFMap.keys` (a map edited meanwhile may skip or
+    /// repeat keys).
+    public func keys<K: BitwiseCopyable>(as: K.Type) throws -> [K] {
+        try MapCalls.keys(fd, as: K.self, "pinned map \(path)")
     }
 }

@@ -291,7 +291,7 @@ final class ClusterSync: Service, @unchecked Sendable {
     /// An import replaces the workload's cluster baseline and sets its mode
     /// for the cluster, then here.
     func importBaseline(_ b: Baseline, who: String) async throws {
-        if b.mode == .enforce { try policy.checkFits(b.workload, keys: Set(b.rules.keys)) }
+        if b.mode == .enforce { try policy.checkCanEnforce(b.workload, rules: Set(b.rules.keys)) }
         let merged: ClusterBaseline
         do {
             merged = try await store.replaceRules(Array(b.rules.values), of: b.workload)

@@ -194,8 +194,7 @@ public final class PolicyEngine: @unchecked Sendable {
                             return .allowed
                         }
                     }
-                    let isNew = settings.clustered && entry.baseline.rules[key] == nil
-                    let (rule, _) = entry.baseline.learn(key, at: e.timeNanoseconds, hits: count)
+                    let (rule, isNew) = entry.baseline.learn(key, at: e.timeNanoseconds, hits: count)
                     entry.pending[rule.key] = rule
                     if settings.clustered { Self.noteForCluster(&entry, key, at: e.timeNanoseconds, hits: count, new: isNew) }
                     return .allowed
@@ -943,21 +942,12 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
-    /// Makes sure a workload of the cluster has an entry here (in `mode`,
-    /// which decides nothing in the kernel, when it is new), so that its
-    /// first cgroup on this node is armed at once with the cluster's
-    /// baseline and mode.
-    private func ensureEntry(_ workload: String, mode: Mode) -> Bool {
-        if lock.withLock({ entries[workload] != nil }) { return true }
-        let now = BootClock.now(CLOCK_REALTIME)
-        guard let id = try? store.workloadID(for: workload, createWith: mode, now: now) else { return false }
-        lock.withLock {
-            guard entries[workload] == nil else { return }
-            entries[workload] = Entry(baseline: Baseline(workload: workload, mode: mode, learningSince: now), workloadID: id)
-            byID[id] = workload
-            peerIDs[workload] = nil
-        }
-        return true
+    /// Makes sure a workload of the cluster has an entry here (created as
+    /// on first sight, in the default mode; its cluster mode then moves it),
+    /// so that its first cgroup on this node is armed at once with the
+    /// cluster's baseline and mode.
+    private func ensureEntry(_ workload: String) -> Bool {
+        lock.withLock { entryLocked(workload) != nil }
     }
 
     /// The workload's cluster baseline (from the watch, or the answer to a
@@ -967,7 +957,7 @@ public final class PolicyEngine: @unchecked Sendable {
     /// from it), and, if the workload is enforced, goes into the kernel.
     /// An older revision than the one applied is ignored.
     public func applyClusterBaseline(_ cb: ClusterBaseline) {
-        guard ensureEntry(cb.workload, mode: settings.defaultMode) else { return }
+        guard ensureEntry(cb.workload) else { return }
         let applied: Baseline? = lock.withLock {
             guard var e = entries[cb.workload], cb.revision > e.clusterRevision else { return nil }
             var rules: [RuleKey: Rule] = [:]
@@ -1009,9 +999,8 @@ public final class PolicyEngine: @unchecked Sendable {
     /// change): applied here unless it is already the mode, audited with
     /// who set it, on which node, when.
     public func applyClusterMode(_ m: ModeSetting) {
-        // Created in the default mode, then moved by setMode, which puts its
-        // rules in the kernel and arms its cgroups.
-        guard ensureEntry(m.workload, mode: settings.defaultMode) else { return }
+        // Moved by setMode, which puts its rules in the kernel and arms its cgroups.
+        guard ensureEntry(m.workload) else { return }
         guard baseline(m.workload)?.mode != m.mode else { return }
         do {
             try setMode(m.workload, m.mode, who: "\(m.by) on \(m.node)", reason: "cluster: set on node \(m.node) at \(RFC3339.string(m.at))")
@@ -1021,9 +1010,6 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
-    /// Whether these rules would fit the kernel as `workload`'s, beside
-    /// every other enforced workload's.
-    public func checkFits(_ workload: String, keys: Set<RuleKey>) throws { try checkCapacity(workload, keys: keys) }
 
     /// What `prune` would remove now (nothing is changed).
     public func pruneCandidates(_ workload: String, unusedForSeconds: Double) throws -> [Rule] {
@@ -1032,11 +1018,13 @@ public final class PolicyEngine: @unchecked Sendable {
         return b.prune(unusedSince: now - DurationParser.nanoseconds(unusedForSeconds), now: now)
     }
 
-    /// Whether `workload` could be enforced here now (its rules fit the
-    /// kernel beside the others'): checked before a cluster-wide change.
+    /// Whether `workload` could be enforced here now with `rules` (nil:
+    /// its baseline's), beside every other enforced workload's: checked
+    /// before a cluster-wide change.
     public func checkCanEnforce(_ workload: String, rules: Set<RuleKey>? = nil) throws {
+        if let rules { return try checkCapacity(workload, keys: rules) }
         guard let b = baseline(workload) else { throw APIError.notFound("no workload named '\(workload)' (see `connguard baseline list`)") }
-        try checkCapacity(workload, keys: rules ?? Set(b.rules.keys))
+        try checkCapacity(workload, keys: Set(b.rules.keys))
     }
 
     private func kernelRule(_ k: RuleKey, workloadID: UInt32) -> EnforcementRule? {

@@ -468,7 +468,7 @@ struct BenchCluster {
             let end = now() + o.loadTimeout
             var last = -1.0
             while true {
-                mapCount = try poller.map.count(keySize: 16)
+                mapCount = try poller.map.keys(as: (UInt64, UInt64).self).count
                 if mapCount >= expected { break }
                 if now() > end {
                     missed.append("the agent's map held \(mapCount) of \(expected) addresses \(Int(o.loadTimeout)) s after the load began")
@@ -551,7 +551,7 @@ struct BenchCluster {
             let end = now() + poller.timeout + 1
             while poller.pendingCount > 0, now() < end { try await Task.sleep(nanoseconds: 20_000_000) }
             poller.stop()
-            mapCount = try poller.map.count(keySize: 16)
+            mapCount = try poller.map.keys(as: (UInt64, UInt64).self).count
         }
         let agentEnd = o.agentPID.flatMap(ProcessUsage.read)
         let selfEnd = ProcessUsage.read(getpid())
