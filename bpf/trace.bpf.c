@@ -257,42 +257,43 @@ static __always_inline long wakeup_flags(__u64 record_size)
                : BPF_RB_NO_WAKEUP;
 }
 
-/* With count_repeats: whether `e` was counted as a repeat, so that it must
- * not be sent. The first event of a connection in a period makes its entry
- * (and is sent); later ones are sent while this CPU's budget for the second
- * lasts, then counted. A full map only means more events are sent. */
-static __always_inline int counted_as_repeat(const struct cg_connection_event *e)
+/* The repeat-count key of an event: its connection, as one flow. */
+static __always_inline void repeat_key_of(struct cg_repeat_key *key, const struct cg_connection_event *e)
 {
-    struct cg_repeat_key key = {};
+    key->cgroup_id = e->cgroup_id;
+    __builtin_memcpy(key->peer, e->direction == CG_DIRECTION_CONNECT ? e->daddr : e->saddr, 16);
+    key->port = e->dport;
+    key->family = e->family;
+    key->direction = e->direction;
+    key->outcome = e->outcome;
+    key->protocol = e->protocol;
+    key->peer_cgroup_id = e->peer_cgroup_id;
+}
+
+/* Whether the event of `key` at `now` was counted as a repeat, so that it
+ * must not be sent. The first event of a connection in a period makes its
+ * entry (and is sent); later TCP ones are sent while this CPU's budget for
+ * the second lasts, then counted; later UDP datagrams are only counted,
+ * undated (`now` 0). A full map only means more events are sent. */
+static __always_inline int counted_key(const struct cg_repeat_key *key, __u64 now)
+{
     struct cg_repeat_count *n, first = {};
     struct cg_repeat_budget *budget;
     __u32 zero = 0;
     void *counts;
 
-    /* UDP is always counted, in `trace` too: a datagram is not an event. */
-    if (!count_repeats && e->protocol != IPPROTO_UDP)
-        return 0;
     counts = bpf_map_lookup_elem(&repeats, &zero);
     if (!counts)
         return 0;
-    key.cgroup_id = e->cgroup_id;
-    __builtin_memcpy(key.peer, e->direction == CG_DIRECTION_CONNECT ? e->daddr : e->saddr, 16);
-    key.port = e->dport;
-    key.family = e->family;
-    key.direction = e->direction;
-    key.outcome = e->outcome;
-    key.protocol = e->protocol;
-    key.peer_cgroup_id = e->peer_cgroup_id;
-    n = bpf_map_lookup_elem(counts, &key);
+    n = bpf_map_lookup_elem(counts, key);
     if (!n) {
-        bpf_map_update_elem(counts, &key, &first, BPF_NOEXIST);
+        bpf_map_update_elem(counts, key, &first, BPF_NOEXIST);
         return 0;
     }
-    /* A flow's later datagrams are only counted: no budget sends them. */
-    budget = e->protocol == IPPROTO_UDP ? 0 : bpf_map_lookup_elem(&repeat_budget, &zero);
+    budget = key->protocol == IPPROTO_UDP ? 0 : bpf_map_lookup_elem(&repeat_budget, &zero);
     if (budget) {
-        if (e->timestamp_ns - budget->second_start >= 1000000000ULL) {
-            budget->second_start = e->timestamp_ns;
+        if (now - budget->second_start >= 1000000000ULL) {
+            budget->second_start = now;
             budget->sent = 0;
         }
         if (budget->sent < repeats_sent_per_cpu) {
@@ -301,8 +302,20 @@ static __always_inline int counted_as_repeat(const struct cg_connection_event *e
         }
     }
     n->count += 1; /* this CPU's slot: no atomics needed */
-    n->last_ns = e->timestamp_ns;
+    n->last_ns = now;
     return 1;
+}
+
+/* With count_repeats (UDP: always, in `trace` too, since a datagram is not
+ * an event): whether `e` was counted as a repeat. */
+static __always_inline int counted_as_repeat(const struct cg_connection_event *e)
+{
+    struct cg_repeat_key key = {};
+
+    if (!count_repeats && e->protocol != IPPROTO_UDP)
+        return 0;
+    repeat_key_of(&key, e);
+    return counted_key(&key, e->timestamp_ns);
 }
 
 /* Sends a finished event (built on the stack). */
@@ -827,40 +840,49 @@ int BPF_PROG(cg_tp_cgroup_rmdir, struct cgroup *cgrp, const char *path)
  *               (the kernel runs it only then): outbound;
  *   recvmsg4/6: recvfrom()/recvmsg() asking for the sender's address (every
  *               UDP server does, to reply): inbound, naming the server.
- * Each datagram goes through counted_as_repeat: the first of a flow in a
+ * Each datagram goes through counted_key: the first of a flow in a
  * counting period is sent, the rest counted in `repeats`, which user space
  * swaps and reads once a second.
  * A client's replies and a server's answers are not flows of their own: a
- * socket's first act decides its role (udp_roles), and a client's receives
+ * socket's first act decides its role (udp_sockets), and a client's receives
  * and a server's sends are its replies. Known gaps: datagrams a connected
  * socket sends with send()/write() (counted in no flow after its connect),
  * and a server that reads with recv()/read() without asking who sent. */
 
-/* What each UDP socket did first (enum cg_udp_role). Writer and reader: the
- * programs below; the kernel frees an entry with its socket. */
+/* What the tracer keeps per UDP socket. Writer and reader: the programs
+ * below; the kernel frees an entry with its socket. */
+struct udp_socket {
+    __u32 role;       /* what it did first (enum cg_udp_role) */
+    __u32 pad;
+    __u64 cgroup_id;  /* of the process that did it: the flows' workload */
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_SK_STORAGE);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __type(key, int);
-    __type(value, __u32);
-} udp_roles SEC(".maps");
+    __type(value, struct udp_socket);
+} udp_sockets SEC(".maps");
 
-/* The socket's role, made `role` if it has none yet. Without storage (counted)
- * the socket is taken as what this call makes it. */
-static __always_inline __u32 udp_role(struct bpf_sock *sk, __u32 role)
+/* The socket's state, its role made `role` if it has none yet (then the
+ * cgroup is read, once per socket: a helper call costs ~50 ns here, on every
+ * datagram). 0 without storage (counted): the caller reads what it needs. */
+static __always_inline struct udp_socket *udp_socket(struct bpf_sock *sk, __u32 role)
 {
-    __u32 *r;
+    struct udp_socket *u;
 
     if (!sk)
-        return role;
-    r = bpf_sk_storage_get(&udp_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!r) {
+        return 0;
+    u = bpf_sk_storage_get(&udp_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!u) {
         count_drop(CG_DROP_UDP_ROLE_STORAGE);
-        return role;
+        return 0;
     }
-    if (!*r)
-        *r = role;
-    return *r;
+    if (!u->role) {
+        u->role = role;
+        u->cgroup_id = bpf_get_current_cgroup_id();
+    }
+    return u;
 }
 
 /* The network namespace of the calling process (a sock_addr program cannot
@@ -899,41 +921,6 @@ static __always_inline void udp_addr6(struct udp_addr *a, __u32 w0, __u32 w1, __
     a->family = AF_INET6;
 }
 
-/* One datagram (or a connect) of a flow: sent as the flow's event if it is
- * the first in this counting period, else counted. local/lport: this side;
- * peer/pport: the other side. */
-static __always_inline void on_udp(__u8 direction, const struct udp_addr *local, __u16 lport,
-                                   const struct udp_addr *peer, __u16 pport)
-{
-    struct cg_connection_event e;
-    __u16 family = peer->family;
-
-    fill_event(&e, direction, CG_OUTCOME_ESTABLISHED, CG_HOOK_CGROUP_SOCK_ADDR, family, bpf_get_current_cgroup_id());
-    e.protocol = IPPROTO_UDP;
-    e.netns = current_netns();
-    event_process_current(&e);
-    /* Flow direction, as for TCP: for an inbound flow the peer is the source.
-     * A udp_addr is already in the event's layout (IPv4 in the first word,
-     * the rest 0). An unbound side, or one of the other family (an IPv6
-     * socket's wildcard address talking IPv4), is left 0. */
-    __builtin_memset(e.saddr, 0, 16);
-    __builtin_memset(e.daddr, 0, 16);
-    if (direction == CG_DIRECTION_CONNECT) {
-        if (local->family == family)
-            __builtin_memcpy(e.saddr, local->w, 16);
-        __builtin_memcpy(e.daddr, peer->w, 16);
-        e.sport = lport;
-        e.dport = pport;
-    } else {
-        __builtin_memcpy(e.saddr, peer->w, 16);
-        if (local->family == family)
-            __builtin_memcpy(e.daddr, local->w, 16);
-        e.sport = pport;
-        e.dport = lport;
-    }
-    send_event(&e);
-}
-
 /* This socket's own address and port (the address is 0 if not bound to one). */
 static __always_inline void udp_local(struct bpf_sock_addr *ctx, struct udp_addr *a, __u16 *port, int v6)
 {
@@ -951,6 +938,61 @@ static __always_inline void udp_local(struct bpf_sock_addr *ctx, struct udp_addr
     *port = (__u16)sk->src_port; /* host byte order */
 }
 
+/* One datagram (or a connect) of a flow: counted if its flow was already
+ * reported in this counting period, else sent as the flow's event. This runs
+ * for every datagram, so the common case, a repeat, costs only the key and
+ * one lookup: the process and the namespace are read for a flow's first
+ * datagram alone. peer/pport: the other side. */
+static __always_inline void on_udp(struct bpf_sock_addr *ctx, int v6, __u64 cgroup_id, __u8 direction,
+                                   const struct udp_addr *peer, __u16 pport)
+{
+    struct cg_repeat_key key = {};
+    struct cg_connection_event e;
+    struct udp_addr local;
+    __u16 family = peer->family, lport;
+
+    udp_local(ctx, &local, &lport, v6);
+    key.cgroup_id = cgroup_id;
+    __builtin_memcpy(key.peer, peer->w, 16);
+    /* The service port, as the event's dport: the peer's going out, this
+     * socket's coming in (the client's source port is ephemeral). */
+    key.port = direction == CG_DIRECTION_CONNECT ? pport : lport;
+    key.family = family;
+    key.direction = direction;
+    key.outcome = CG_OUTCOME_ESTABLISHED;
+    key.protocol = IPPROTO_UDP;
+    /* No time for a repeat: reading the clock (~120 ns here) would double
+     * the cost. User space dates a flow's counted datagrams when it reads
+     * them, at most a second after the last. */
+    if (counted_key(&key, 0))
+        return;
+
+    fill_event(&e, direction, CG_OUTCOME_ESTABLISHED, CG_HOOK_CGROUP_SOCK_ADDR, family, cgroup_id);
+    e.protocol = IPPROTO_UDP;
+    e.netns = current_netns();
+    event_process_current(&e);
+    /* Flow direction, as for TCP: for an inbound flow the peer is the source.
+     * A udp_addr is already in the event's layout (IPv4 in the first word,
+     * the rest 0). An unbound side, or one of the other family (an IPv6
+     * socket's wildcard address talking IPv4), is left 0. */
+    __builtin_memset(e.saddr, 0, 16);
+    __builtin_memset(e.daddr, 0, 16);
+    if (direction == CG_DIRECTION_CONNECT) {
+        if (local.family == family)
+            __builtin_memcpy(e.saddr, local.w, 16);
+        __builtin_memcpy(e.daddr, peer->w, 16);
+        e.sport = lport;
+        e.dport = pport;
+    } else {
+        __builtin_memcpy(e.saddr, peer->w, 16);
+        if (local.family == family)
+            __builtin_memcpy(e.daddr, local.w, 16);
+        e.sport = pport;
+        e.dport = lport;
+    }
+    send_now(&e);
+}
+
 static __always_inline int is_udp(struct bpf_sock_addr *ctx)
 {
     return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
@@ -960,25 +1002,23 @@ static __always_inline int is_udp(struct bpf_sock_addr *ctx)
  * answering. */
 static __always_inline void udp_out(struct bpf_sock_addr *ctx, const struct udp_addr *peer, int v6)
 {
-    struct udp_addr local;
-    __u16 lport;
+    struct udp_socket *u = udp_socket(ctx->sk, CG_UDP_ROLE_CLIENT);
 
-    if (udp_role(ctx->sk, CG_UDP_ROLE_CLIENT) != CG_UDP_ROLE_CLIENT)
+    if (u && u->role != CG_UDP_ROLE_CLIENT)
         return;
-    udp_local(ctx, &local, &lport, v6);
-    on_udp(CG_DIRECTION_CONNECT, &local, lport, peer, bpf_ntohs((__u16)ctx->user_port));
+    on_udp(ctx, v6, u ? u->cgroup_id : bpf_get_current_cgroup_id(), CG_DIRECTION_CONNECT, peer,
+           bpf_ntohs((__u16)ctx->user_port));
 }
 
 /* Inbound: a datagram this socket receives, unless it is a client's reply. */
 static __always_inline void udp_in(struct bpf_sock_addr *ctx, const struct udp_addr *peer, int v6)
 {
-    struct udp_addr local;
-    __u16 lport;
+    struct udp_socket *u = udp_socket(ctx->sk, CG_UDP_ROLE_SERVER);
 
-    if (udp_role(ctx->sk, CG_UDP_ROLE_SERVER) != CG_UDP_ROLE_SERVER)
+    if (u && u->role != CG_UDP_ROLE_SERVER)
         return;
-    udp_local(ctx, &local, &lport, v6);
-    on_udp(CG_DIRECTION_ACCEPT, &local, lport, peer, bpf_ntohs((__u16)ctx->user_port));
+    on_udp(ctx, v6, u ? u->cgroup_id : bpf_get_current_cgroup_id(), CG_DIRECTION_ACCEPT, peer,
+           bpf_ntohs((__u16)ctx->user_port));
 }
 
 /* The address the call names (destination, or a received datagram's

@@ -88,8 +88,11 @@ final class RepeatCounter {
               let outcome = ConnectionEvent.Outcome(kernel: key.outcome),
               let proto = ConnectionEvent.IPProtocol(kernel: key.protocol)
         else { return nil }
+        // The kernel does not date UDP datagrams (a clock read would double
+        // their cost): they are dated now, at most a second after the last.
+        let lastSeen = proto == .udp ? BootClock.now(CLOCK_REALTIME) : clock.wallNanoseconds(bootNanoseconds: lastBoot)
         return RepeatCount(cgroupID: key.cgroup_id, direction: direction, outcome: outcome, peer: peer, port: key.port,
-                           count: count, lastSeenNanoseconds: clock.wallNanoseconds(bootNanoseconds: lastBoot),
+                           count: count, lastSeenNanoseconds: lastSeen,
                            hook: proto == .udp ? .cgroupSockAddr : hook,
                            peerCgroupID: key.peer_cgroup_id, proto: proto)
     }

@@ -221,6 +221,43 @@ final class UDPTracerTests: XCTestCase {
     /// server, a 64 KiB datagram, a connected socket that gets ICMP port
     /// unreachable back. One inbound flow (the client's source port is not in
     /// it), one outbound flow, counted; no event storm; nothing lost.
+    /// One client socket (one source port) to 16 servers: 16 inbound flows,
+    /// one per server port, each with its exact count. An inbound flow is
+    /// keyed by the local (service) port, never by the client's port.
+    func testOneClientToSixteenServersIsSixteenInboundFlows() throws {
+        let collector = try TraceCollector()
+        defer { collector.finish() }
+        var servers: [Int32] = []
+        defer { servers.forEach { close($0) } }
+        for _ in 0..<16 {
+            let fd = try udpSocket(AF_INET)
+            try Net.withSockaddr(family: AF_INET, address: "127.0.0.1", port: 0) { sa, len in XCTAssertEqual(bind(fd, sa, len), 0) }
+            var big = Int32(1 << 20)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+            servers.append(fd)
+        }
+        let ports = servers.map { Net.localPort($0) }
+        let client = try udpSocket(AF_INET)
+        defer { close(client) }
+        _ = try collector.tracer.takeRepeats()
+        for _ in 0..<50 {
+            for p in ports { XCTAssertEqual(try sendTo(client, family: AF_INET, address: "127.0.0.1", port: p), 4) }
+            for s in servers { XCTAssertEqual(receive(s), 4) }
+        }
+        let counts = try collector.tracer.takeRepeats().filter { $0.proto == .udp && $0.direction == .accept && ports.contains($0.port) }
+        let mine = { (e: ConnectionEvent) in e.proto == .udp && e.direction == .accept && ports.contains(e.destinationPort) }
+        _ = collector.wait { Set($0.filter(mine).map(\.destinationPort)).count == 16 }
+        usleep(200_000)
+        var perPort: [UInt16: UInt64] = [:]
+        for e in collector.connections.filter(mine) {
+            perPort[e.destinationPort, default: 0] += 1
+            XCTAssertEqual(e.pid, UInt32(getpid()), "the server's process")
+        }
+        for c in counts { perPort[c.port, default: 0] += c.count }
+        XCTAssertEqual(Set(perPort.keys), Set(ports))
+        for (port, n) in perPort { XCTAssertEqual(n, 50, "server port \(port)") }
+    }
+
     func testFloodFrom10000SourcePortsIsOneFlow() throws {
         let collector = try TraceCollector()
         defer { collector.finish() }
