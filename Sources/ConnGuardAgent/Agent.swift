@@ -141,8 +141,10 @@ public final class Agent: @unchecked Sendable {
         metrics = AgentMetrics(clustered: settings.clustered)
         pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
         pipeline.policy = policy
-        // Per-program run time and count, for the metrics: held while this fd is open.
-        statsToken = BPFSystem.enableRunTimeStatistics()
+        // Per-program run time and count, for the metrics: held while this fd
+        // is open. Opt-in: the kernel's timing of each run costs more than
+        // most of the programs (~75 ns a run here).
+        if configuration.programStats { statsToken = BPFSystem.enableRunTimeStatistics() }
     }
 
     /// Runs until SIGTERM or SIGINT.
@@ -228,6 +230,7 @@ public final class Agent: @unchecked Sendable {
             let w = writer.snapshot
             metrics.update(loss: loss, writeQueueLost: w.lost, aggregatedOnly: w.aggregatedOnly)
         }
+        if let drops = try? enforcer?.dropCounts() { metrics.update(enforcementDrops: drops) }
         metrics.update(programStats: tracer.programs.compactMap { p in
             guard let info = try? p.info() else { return nil }
             return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)
@@ -244,6 +247,7 @@ public final class Agent: @unchecked Sendable {
     func status() -> AgentStatus {
         let c = pipeline.snapshot
         let loss = (try? tracer.lossCounts()) ?? LossCounts()
+        let drops = (try? enforcer?.dropCounts()) ?? nil
         let w = writer.snapshot
         let s = try? store.stats()
         let summaries = policy.list()
@@ -260,11 +264,13 @@ public final class Agent: @unchecked Sendable {
             events: .init(connect: n(c.connects), accept: n(c.accepts), unattributed: n(c.unattributed),
                           outsideCgroupRoot: n(c.outOfScope), stored: n(w.written), aggregatedOnly: n(w.aggregatedOnly),
                           countedInKernel: n(c.countedInKernel)),
-            lost: .init(total: n(loss.lostEvents + w.lost), kernelRingBufferFull: n(loss.ringBufferFull),
-                        kernelCgroupRecords: n(loss.cgroupRingBufferFull), undecodable: n(loss.undecodable),
+            lost: .init(total: n(loss.lostEvents + w.lost + (drops?.lostDenials ?? 0) + (drops?.undecodable ?? 0)),
+                        kernelRingBufferFull: n(loss.ringBufferFull), kernelCgroupRecords: n(loss.cgroupRingBufferFull),
+                        denials: n((drops?.lostDenials ?? 0) + (drops?.undecodable ?? 0)), undecodable: n(loss.undecodable),
                         writeQueueFull: n(w.dropped), writeFailed: n(w.failed), possiblyLostKernelRecursion: n(loss.recursionMisses)),
             incomplete: .init(connectsWithoutProcess: n(loss.connectMapFull), listenersWithoutOwner: n(loss.listenerMapFull),
-                              acceptsNamingListener: n(loss.acceptMapFull)),
+                              acceptsNamingListener: n(loss.acceptMapFull), udpSocketsWithoutRole: n(loss.udpRoleStorage),
+                              socketsWithoutBinder: n(drops?.ownerNotRecorded ?? 0)),
             workloads: n(s?.workloads ?? 0), cgroupsTracked: n(identity.trackedCgroups),
             database: .init(path: configuration.databasePath, sizeBytes: s?.totalBytes ?? 0, events: n(s?.events ?? 0),
                             connections: n(s?.aggregates ?? 0)),
@@ -276,7 +282,8 @@ public final class Agent: @unchecked Sendable {
                 arming: Nullable(enforcer?.armingLatency()?.description),
                 kernelRules: .init(address: n(kernel.address), addressCapacity: n(kernel.addressCapacity),
                                    workload: n(kernel.workload), workloadCapacity: n(kernel.workloadCapacity)),
-                heldBack: kernel.heldBack),
+                heldBack: kernel.heldBack, unparsedPackets: n(drops?.unparsedPackets ?? 0),
+                newCgroupsMissed: n(drops?.lostNewCgroups ?? 0), udpDenialsCounted: n(drops?.udpDenialRepeats ?? 0)),
             modes: Dictionary(uniqueKeysWithValues: Mode.allCases.map { m in (m.rawValue, n(summaries.filter { $0.mode == m }.count)) }),
             audit: .init(recent: recent),
             cluster: Nullable(cluster?.status()))

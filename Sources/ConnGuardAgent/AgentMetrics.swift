@@ -1,4 +1,5 @@
 import ConnGuardCore
+import ConnGuardEnforcer
 import ConnGuardTracer
 import Prometheus
 
@@ -12,6 +13,9 @@ public final class AgentMetrics: Sendable {
     private let lostKernel: [String: Counter]
     private let lostAgent: [String: Counter]
     private let incomplete: [String: Counter]
+    /// Enforcement's own counts: unparsed packets, missed new cgroups, UDP
+    /// denials counted instead of sent.
+    private let enforcement: [String: Counter]
     private let unattributed: Counter
     private let followDropped: Counter
     private let aggregatedOnly: Counter
@@ -50,16 +54,24 @@ public final class AgentMetrics: Sendable {
         }
         events = ev
         let lostHelp = "Events lost before they were stored, by where and why. Never silent: any non-zero value means the record is incomplete."
-        lostKernel = Dictionary(uniqueKeysWithValues: ["ring_buffer_full", "cgroup_ring_buffer_full"].map {
+        lostKernel = Dictionary(uniqueKeysWithValues: ["ring_buffer_full", "cgroup_ring_buffer_full", "denial_ring_buffer_full"].map {
             ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_lost_total", help: lostHelp), labels: [("stage", "kernel"), ("reason", $0)]))
         })
-        lostAgent = Dictionary(uniqueKeysWithValues: ["write_queue_full", "undecodable"].map {
+        lostAgent = Dictionary(uniqueKeysWithValues: ["write_queue_full", "undecodable", "denial_undecodable"].map {
             ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_lost_total", help: lostHelp), labels: [("stage", "agent"), ("reason", $0)]))
         })
-        incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full", "accept_map_full"].map {
-            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_incomplete_total", help: "Events delivered without their process (accept_map_full: naming the listener's owner instead of the process that accepted), because a kernel map was full."),
+        incomplete = Dictionary(uniqueKeysWithValues: ["connect_map_full", "listener_map_full", "accept_map_full", "udp_role_storage", "socket_owner_storage"].map {
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_incomplete_total", help: "Events delivered without their process (accept_map_full: naming the listener's owner instead of the process that accepted; udp_role_storage: UDP sockets whose client or server role could not be kept; socket_owner_storage: sockets whose binder enforcement could not record, so their inbound denials carry no process), because a kernel map was full."),
                                       labels: [("reason", $0)]))
         })
+        enforcement = [
+            "unparsed": registry.makeCounter(descriptor: AgentMetrics.metric("connguard_enforcement_packets_unparsed_total",
+                help: "Inbound packets whose TCP or UDP header enforcement could not find (let through).")),
+            "cgroups_missed": registry.makeCounter(descriptor: AgentMetrics.metric("connguard_enforcement_cgroups_missed_total",
+                help: "New cgroups in the watched subtree not reported at birth (their ring buffer was full; armed by the agent's sweep).")),
+            "udp_denials_counted": registry.makeCounter(descriptor: AgentMetrics.metric("connguard_udp_denials_counted_total",
+                help: "UDP denials counted in the kernel instead of sent (their flow's first denial that second was sent)."))
+        ]
         unattributed = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_unattributed_total",
                                             help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown')."))
         followDropped = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_follow_events_dropped_total",
@@ -131,6 +143,16 @@ public final class AgentMetrics: Sendable {
         advance("i/connect_map_full", loss.connectMapFull) { incomplete["connect_map_full"]!.increment(by: $0) }
         advance("i/listener_map_full", loss.listenerMapFull) { incomplete["listener_map_full"]!.increment(by: $0) }
         advance("i/accept_map_full", loss.acceptMapFull) { incomplete["accept_map_full"]!.increment(by: $0) }
+        advance("i/udp_role_storage", loss.udpRoleStorage) { incomplete["udp_role_storage"]!.increment(by: $0) }
+    }
+
+    public func update(enforcementDrops d: EnforcementDropCounts) {
+        advance("k/denial_ring_buffer_full", d.lostDenials) { lostKernel["denial_ring_buffer_full"]!.increment(by: $0) }
+        advance("a/denial_undecodable", d.undecodable) { lostAgent["denial_undecodable"]!.increment(by: $0) }
+        advance("i/socket_owner_storage", d.ownerNotRecorded) { incomplete["socket_owner_storage"]!.increment(by: $0) }
+        advance("e/unparsed", d.unparsedPackets) { enforcement["unparsed"]!.increment(by: $0) }
+        advance("e/cgroups_missed", d.lostNewCgroups) { enforcement["cgroups_missed"]!.increment(by: $0) }
+        advance("e/udp_denials_counted", d.udpDenialRepeats) { enforcement["udp_denials_counted"]!.increment(by: $0) }
     }
 
     public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64, misses: UInt64)]) {

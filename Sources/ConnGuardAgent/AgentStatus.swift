@@ -50,6 +50,9 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var total: Int64
         public var kernelRingBufferFull: Int64
         public var kernelCgroupRecords: Int64
+        /// Denials that happened (the connection or datagram was refused) but
+        /// whose events were lost, or could not be decoded.
+        public var denials: Int64
         public var undecodable: Int64
         public var writeQueueFull: Int64
         public var writeFailed: Int64
@@ -61,6 +64,12 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var connectsWithoutProcess: Int64
         public var listenersWithoutOwner: Int64
         public var acceptsNamingListener: Int64
+        /// UDP sockets whose role (client or server) could not be kept: taken
+        /// by each datagram as what it makes them.
+        public var udpSocketsWithoutRole: Int64
+        /// Sockets whose binder enforcement could not record: their inbound
+        /// denials carry no process.
+        public var socketsWithoutBinder: Int64
     }
 
     public struct DatabaseStatus: Codable, Sendable, Equatable {
@@ -84,6 +93,14 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var kernelRules: KernelRules
         /// Enforced workloads whose rules did not fit (monitored in the kernel).
         public var heldBack: [String]
+        /// Inbound packets whose TCP or UDP header was not found (let through).
+        public var unparsedPackets: Int64
+        /// New cgroups in the subtree not reported at birth (armed later, by
+        /// the agent's sweep).
+        public var newCgroupsMissed: Int64
+        /// UDP denials counted, not sent one by one (their flow's first denial
+        /// that second was).
+        public var udpDenialsCounted: Int64
     }
 
     public struct KernelRules: Codable, Sendable, Equatable {

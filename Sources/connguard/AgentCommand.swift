@@ -85,6 +85,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Flag(help: "On exit, detach enforcement instead of leaving it pinned in the kernel.")
     var failOpen = false
 
+    @Flag(help: "Time every BPF program run, for the connguard_bpf_program_* metrics (costs ~75 ns a run).")
+    var programStats = false
+
     @Option(help: "bpffs folder where enforcement is pinned (default /sys/fs/bpf/connguard).")
     var pinRoot: String?
 
@@ -151,6 +154,7 @@ struct AgentCommand: AsyncParsableCommand {
         if autoEnforce { c.autoEnforce = true }
         if let unknown { c.unknownCgroups = unknown }
         if failOpen { c.failOpen = true }
+        if programStats { c.programStats = true }
         if let pinRoot { c.pinRoot = absolute(pinRoot) }
         if let clusterEndpoints { c.clusterEndpoints = AgentConfiguration.endpointList(clusterEndpoints) }
         if let nodeName { c.nodeName = nodeName }

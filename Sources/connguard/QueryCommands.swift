@@ -199,7 +199,11 @@ struct StatusCommand: AsyncParsableCommand {
             let e = s.events
             say("events:     \(e.connect) connects, \(e.accept) accepts, \(e.stored) stored (\(e.aggregatedOnly) as counts only, \(e.countedInKernel) of them counted in the kernel), \(e.unattributed) unattributed")
             let l = s.lost
-            say("lost:       \(l.total) (kernel ring buffer \(l.kernelRingBufferFull), write queue \(l.writeQueueFull), write failed \(l.writeFailed)); possibly lost to kernel recursion: \(l.possiblyLostKernelRecursion)")
+            say("lost:       \(l.total) (kernel ring buffer \(l.kernelRingBufferFull), denials \(l.denials), write queue \(l.writeQueueFull), write failed \(l.writeFailed)); possibly lost to kernel recursion: \(l.possiblyLostKernelRecursion)")
+            let i = s.incomplete
+            if i.connectsWithoutProcess + i.listenersWithoutOwner + i.acceptsNamingListener + i.udpSocketsWithoutRole + i.socketsWithoutBinder > 0 {
+                say("incomplete: \(i.connectsWithoutProcess) connects and \(i.listenersWithoutOwner) listeners without their process, \(i.acceptsNamingListener) accepts naming the listener's owner, \(i.udpSocketsWithoutRole) UDP sockets without a role, \(i.socketsWithoutBinder) sockets without their binder (kernel maps full)")
+            }
             say("workloads:  \(s.workloads) known, \(s.cgroupsTracked) cgroups tracked")
             let d = s.database
             say("database:   \(d.path), \(String(format: "%.1f MiB", Double(d.sizeBytes) / 1_048_576)), \(d.events) events, \(d.connections) aggregated connections")
@@ -208,6 +212,9 @@ struct StatusCommand: AsyncParsableCommand {
             let attached = enf.programsAttached ? "programs attached" : "programs not attached (nothing enforced)"
             say("enforce:    on \(enf.cgroup), \(attached), pinned at \(enf.pinnedAt)\(enf.adopted ? " (adopted from the previous agent)" : ""); unknown cgroups: \(enf.unknownCgroups); on exit: \(enf.onExit)")
             if let a = enf.arming.value { say("arming:     \(a)") }
+            if enf.unparsedPackets + enf.newCgroupsMissed + enf.udpDenialsCounted > 0 {
+                say("            \(enf.udpDenialsCounted) UDP denials counted (not sent one by one), \(enf.unparsedPackets) inbound packets not parsed (let through), \(enf.newCgroupsMissed) new cgroups missed at birth")
+            }
             let k = enf.kernelRules
             say("rules:      \(k.address) of \(k.addressCapacity) address rules, \(k.workload) of \(k.workloadCapacity) workload rules in the kernel (enforced workloads)")
             if !enf.heldBack.isEmpty {

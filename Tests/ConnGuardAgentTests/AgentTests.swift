@@ -123,7 +123,7 @@ final class AgentTests: XCTestCase {
     }
 
     func testStoresQueriesFiltersAndExportsMetrics() throws {
-        let agent = try startAgent()
+        let agent = try startAgent(extra: ["--program-stats"])
         defer { agent.stop(signal: SIGKILL) }
         let (server, port) = try startServer()
         defer { server.stop(signal: SIGKILL) }
@@ -190,6 +190,11 @@ final class AgentTests: XCTestCase {
         let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
         XCTAssertEqual((s["events"] as? [String: Any])?["connect"] as? Int, 3)
         XCTAssertEqual((s["lost"] as? [String: Any])?["total"] as? Int, 0)
+        XCTAssertEqual((s["lost"] as? [String: Any])?["denials"] as? Int, 0)
+        XCTAssertEqual((s["incomplete"] as? [String: Any])?["udp_sockets_without_role"] as? Int, 0)
+        XCTAssertEqual((s["enforcement"] as? [String: Any])?["udp_denials_counted"] as? Int, 0)
+        XCTAssertEqual(metricValue(metrics, #"connguard_events_lost_total{stage="kernel",reason="denial_ring_buffer_full"}"#), 0)
+        XCTAssertEqual(metricValue(metrics, #"connguard_events_incomplete_total{reason="udp_role_storage"}"#), 0)
         XCTAssertNotNil(s["version"])
         let human = try cli(["status", "--socket", socket])
         XCTAssertTrue(human.stdout.contains("up since"), human.stdout)
@@ -606,6 +611,13 @@ final class AgentTests: XCTestCase {
             let inbound = try connections(["--verdict", "denied", "--protocol", "udp", "--direction", "in", "--workload", serverWorkload])
             return !out.isEmpty && inbound.contains { $0["pid"] as? Int == Int(server.pid) && $0["src"] as? String == "127.0.0.2" }
         }
+        // Denials of one flow within a second: one event, the rest counted,
+        // and the count shows in status.
+        for _ in 0..<4 { XCTAssertEqual(try ask(other), "PermissionError") }
+        let st = try cli(["status", "--socket", socket, "-o", "json"])
+        let stj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any])
+        XCTAssertGreaterThan((stj["enforcement"] as? [String: Any])?["udp_denials_counted"] as? Int ?? 0, 0, st.stdout)
+        XCTAssertEqual((stj["lost"] as? [String: Any])?["denials"] as? Int, 0)
         for w in [client, serverWorkload] { _ = try cli(["mode", w, "learn", "--socket", socket]) }
     }
 

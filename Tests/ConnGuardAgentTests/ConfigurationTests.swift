@@ -16,7 +16,11 @@ final class ConfigurationTests: XCTestCase {
             individual_events_per_second: 0
             event_retention: 2h
             ring_buffer_mib: 64
+            program_stats: true
             """)
+        XCTAssertTrue(c.programStats)
+        XCTAssertFalse(AgentConfiguration().programStats, "the kernel's timing of every run is opt-in")
+        XCTAssertThrowsError(try AgentConfiguration.load(yaml: "program_stats: sometimes"))
         XCTAssertEqual(c.databasePath, "/tmp/c.db")
         XCTAssertEqual(c.individualEventsPerSecond, 0)
         XCTAssertEqual(c.eventRetentionSeconds, 7200)
