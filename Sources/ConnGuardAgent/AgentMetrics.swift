@@ -93,7 +93,7 @@ public final class AgentMetrics: Sendable {
         heldBack = registry.makeGauge(descriptor: AgentMetrics.metric("connguard_workloads_held_back",
             help: "Workloads in enforce mode whose rules do not fit the kernel's maps: monitored there, not enforced."))
         programRuns = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
-            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_runs_total", help: "Times each BPF program ran (kernel statistics)."),
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_runs_total", help: "Times each BPF program ran (kernel statistics, with --program-stats; else 0)."),
                                       labels: [("program", $0)]))
         })
         programMisses = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
@@ -101,7 +101,7 @@ public final class AgentMetrics: Sendable {
                                       labels: [("program", $0)]))
         })
         programSeconds = Dictionary(uniqueKeysWithValues: AgentMetrics.programNames.map {
-            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_run_seconds_total", help: "CPU time spent in each BPF program (kernel statistics)."),
+            ($0, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_bpf_program_run_seconds_total", help: "CPU time spent in each BPF program (kernel statistics, with --program-stats; else 0)."),
                                       labels: [("program", $0)]))
         })
         cluster = clustered ? (
