@@ -526,12 +526,7 @@ static __always_inline int udp_denial_is_repeat(__u64 cgroup_id, __u8 direction,
     struct cg_repeat_key k = {};
     __u64 now = bpf_ktime_get_boot_ns(), *last;
 
-    k.cgroup_id = cgroup_id;
-    __builtin_memcpy(k.peer, peer, 16);
-    k.port = port;
-    k.direction = direction;
-    k.outcome = CG_OUTCOME_DENIED;
-    k.protocol = IPPROTO_UDP;
+    repeat_key(&k, cgroup_id, peer, port, 0, direction, CG_OUTCOME_DENIED, IPPROTO_UDP, 0);
     last = bpf_map_lookup_elem(&udp_denied, &k);
     if (last && now - *last < 1000000000ULL) {
         count(&udp_denial_repeats, 0);

@@ -65,4 +65,22 @@ static __always_inline void event_address(__u8 out[16], const __u8 mapped[16], _
         __builtin_memcpy(out, mapped, 16);
 }
 
+/* The repeat-count key of one flow (struct cg_repeat_key), for the
+ * tracer's counts and enforcement's UDP denials. peer: 16 bytes in the
+ * event's layout (or IPv4 mapped, as enforcement keeps it); port: the
+ * service port. The caller zeroes *k (padding included: it is a hash key). */
+static __always_inline void repeat_key(struct cg_repeat_key *k, __u64 cgroup_id, const void *peer, __u16 port,
+                                       __u16 family, __u8 direction, __u8 outcome, __u8 protocol,
+                                       __u64 peer_cgroup_id)
+{
+    k->cgroup_id = cgroup_id;
+    __builtin_memcpy(k->peer, peer, 16);
+    k->port = port;
+    k->family = family;
+    k->direction = direction;
+    k->outcome = outcome;
+    k->protocol = protocol;
+    k->peer_cgroup_id = peer_cgroup_id;
+}
+
 #endif /* CONNGUARD_EVENT_H */

@@ -257,19 +257,6 @@ static __always_inline long wakeup_flags(__u64 record_size)
                : BPF_RB_NO_WAKEUP;
 }
 
-/* The repeat-count key of an event: its connection, as one flow. */
-static __always_inline void repeat_key_of(struct cg_repeat_key *key, const struct cg_connection_event *e)
-{
-    key->cgroup_id = e->cgroup_id;
-    __builtin_memcpy(key->peer, e->direction == CG_DIRECTION_CONNECT ? e->daddr : e->saddr, 16);
-    key->port = e->dport;
-    key->family = e->family;
-    key->direction = e->direction;
-    key->outcome = e->outcome;
-    key->protocol = e->protocol;
-    key->peer_cgroup_id = e->peer_cgroup_id;
-}
-
 /* Whether the event of `key` at `now` was counted as a repeat, so that it
  * must not be sent. The first event of a connection in a period makes its
  * entry (and is sent); later TCP ones are sent while this CPU's budget for
@@ -314,7 +301,8 @@ static __always_inline int counted_as_repeat(const struct cg_connection_event *e
 
     if (!count_repeats && e->protocol != IPPROTO_UDP)
         return 0;
-    repeat_key_of(&key, e);
+    repeat_key(&key, e->cgroup_id, e->direction == CG_DIRECTION_CONNECT ? e->daddr : e->saddr, e->dport, e->family,
+               e->direction, e->outcome, e->protocol, e->peer_cgroup_id);
     return counted_key(&key, e->timestamp_ns);
 }
 
@@ -921,28 +909,24 @@ static __always_inline void udp_addr6(struct udp_addr *a, __u32 w0, __u32 w1, __
     a->family = AF_INET6;
 }
 
-/* This socket's own address and port (the address is 0 if not bound to one). */
-static __always_inline void udp_local(struct bpf_sock_addr *ctx, struct udp_addr *a, __u16 *port, int v6)
+/* This socket's own address (0 if not bound to one). */
+static __always_inline void udp_local_address(struct bpf_sock_addr *ctx, struct udp_addr *a, int v6)
 {
     struct bpf_sock *sk = ctx->sk;
 
-    if (!sk) {
+    if (!sk)
         udp_addr4(a, 0);
-        *port = 0;
-        return;
-    }
-    if (v6)
+    else if (v6)
         udp_addr6(a, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
     else
         udp_addr4(a, sk->src_ip4);
-    *port = (__u16)sk->src_port; /* host byte order */
 }
 
 /* One datagram (or a connect) of a flow: counted if its flow was already
  * reported in this counting period, else sent as the flow's event. This runs
  * for every datagram, so the common case, a repeat, costs only the key and
- * one lookup: the process and the namespace are read for a flow's first
- * datagram alone. peer/pport: the other side. */
+ * one lookup: the process, the namespace and the socket's own address are
+ * read for a flow's first datagram alone. peer/pport: the other side. */
 static __always_inline void on_udp(struct bpf_sock_addr *ctx, int v6, __u64 cgroup_id, __u8 direction,
                                    const struct udp_addr *peer, __u16 pport)
 {
@@ -951,21 +935,18 @@ static __always_inline void on_udp(struct bpf_sock_addr *ctx, int v6, __u64 cgro
     struct udp_addr local;
     __u16 family = peer->family, lport;
 
-    udp_local(ctx, &local, &lport, v6);
-    key.cgroup_id = cgroup_id;
-    __builtin_memcpy(key.peer, peer->w, 16);
+    lport = ctx->sk ? (__u16)ctx->sk->src_port : 0; /* host byte order */
     /* The service port, as the event's dport: the peer's going out, this
      * socket's coming in (the client's source port is ephemeral). */
-    key.port = direction == CG_DIRECTION_CONNECT ? pport : lport;
-    key.family = family;
-    key.direction = direction;
-    key.outcome = CG_OUTCOME_ESTABLISHED;
-    key.protocol = IPPROTO_UDP;
+    repeat_key(&key, cgroup_id, peer->w, direction == CG_DIRECTION_CONNECT ? pport : lport, family, direction,
+               CG_OUTCOME_ESTABLISHED, IPPROTO_UDP, 0);
     /* No time for a repeat: reading the clock (~120 ns here) would double
      * the cost. User space dates a flow's counted datagrams when it reads
      * them, at most a second after the last. */
     if (counted_key(&key, 0))
         return;
+
+    udp_local_address(ctx, &local, v6);
 
     fill_event(&e, direction, CG_OUTCOME_ESTABLISHED, CG_HOOK_CGROUP_SOCK_ADDR, family, cgroup_id);
     e.protocol = IPPROTO_UDP;
