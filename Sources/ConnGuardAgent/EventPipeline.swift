@@ -160,19 +160,14 @@ public final class EventPipeline: @unchecked Sendable {
     /// names the server of a denied accept.
     private func nameServer(_ e: inout ConnectionEvent) {
         guard e.direction == .accept, !e.processKnown else { return }
-        if e.proto == .udp {
-            // A UDP server bound before enforcement was attached has no
-            // owner in the kernel's socket storage; the datagrams it received
-            // while traced named it.
-            guard let owner = udpLock.withLock({ udpServers[UDPServer(cgroupID: e.cgroupID, port: e.localPort)] }) else { return }
-            (e.pid, e.uid, e.comm) = (owner.pid, owner.uid, owner.comm)
-            e.processKnown = true
-            return
-        }
-        guard let owner = tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family) else { return }
-        e.pid = owner.pid
-        e.uid = owner.uid
-        e.comm = owner.comm
+        // A UDP server bound before enforcement was attached has no owner in
+        // the kernel's socket storage either; the datagrams it received while
+        // traced named it.
+        let owner = e.proto == .udp
+            ? udpLock.withLock { udpServers[UDPServer(cgroupID: e.cgroupID, port: e.localPort)] }
+            : tracer.listenerOwner(netns: e.netns, port: e.localPort, family: e.family)
+        guard let owner else { return }
+        (e.pid, e.uid, e.comm) = (owner.pid, owner.uid, owner.comm)
         e.processKnown = true
     }
 

@@ -1010,7 +1010,6 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
-
     /// What `prune` would remove now (nothing is changed).
     public func pruneCandidates(_ workload: String, unusedForSeconds: Double) throws -> [Rule] {
         guard var b = baseline(workload) else { throw APIError.notFound("no workload named '\(workload)'") }
