@@ -51,6 +51,8 @@
 #include "kernel_types.h"
 #include "connguard.h"
 #include "event.h"
+#include "packet.h"
+#include "connguard_dns.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -61,11 +63,13 @@ const struct cg_rule_key *unused_rule_key __attribute__((unused));
 const struct cg_peer_rule_key *unused_peer_rule_key __attribute__((unused));
 const struct cg_rule *unused_rule __attribute__((unused));
 const struct cg_socket_owner *unused_socket_owner __attribute__((unused));
+const struct cg_name_key *unused_name_key __attribute__((unused));
+const struct cg_name_rule_key *unused_name_rule_key __attribute__((unused));
+const struct cg_dns_grant_key *unused_dns_grant_key __attribute__((unused));
+const struct cg_dns_grant *unused_dns_grant __attribute__((unused));
 
 #define SOCK_STREAM 1
 #define IPPROTO_MPTCP 262
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define EPERM 1
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -271,6 +275,66 @@ struct {
     __type(value, __u64);
 } udp_denial_repeats SEC(".maps");
 
+/* ---- DNS names ---------------------------------------------------------
+ * A rule on a name (`peer: {name: api.example.test}`, or a pattern
+ * `*.example.test`) allows the addresses that DNS gives the workload for it.
+ * The ingress program reads every answer an enforced workload receives from
+ * a resolver its baseline lets it use, before the socket has it; for an
+ * allowed name it grants the answer's addresses (dns_grants), so a client
+ * that resolves and connects at once finds them granted. A grant holds
+ * max(TTL, dns_floor_ns) after the last answer; connect only looks at it,
+ * so an established connection is never cut. */
+
+/* Set by user space before load: the operator's floor (default 5 minutes). */
+const volatile __u64 dns_floor_ns = 300ULL * 1000000000ULL;
+
+/* The names a workload's rules name (struct cg_name_key). Writer and
+ * deleter: user space, with the rules. Reader: ingress, per answer. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 16384);
+    __type(key, struct cg_name_key);
+    __type(value, __u32);
+} names_allowed SEC(".maps");
+
+/* Rules on names, by port and protocol. Writer and deleter: user space.
+ * Reader: connect and sendmsg, for a granted address. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 65536);
+    __type(key, struct cg_name_rule_key);
+    __type(value, struct cg_rule);
+} rules_name SEC(".maps");
+
+/* Addresses granted by answers for allowed names. Writer: ingress. Reader:
+ * connect and sendmsg. Deleter: user space, once every name's grant ended.
+ * A plain hash: full is counted (CG_DNS_COUNT_GRANTS_FULL), not evicted. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 65536);
+    __type(key, struct cg_dns_grant_key);
+    __type(value, struct cg_dns_grant);
+} dns_grants SEC(".maps");
+
+/* Where an answer is parsed, per CPU (too big for the stack). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct cg_dns_work);
+} dns_work SEC(".maps");
+
+/* What became of answers (enum cg_dns_count). Reader: user space. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, CG_DNS_COUNT_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} dns_counts SEC(".maps");
+
 static __always_inline void count(void *map, __u32 index)
 {
     __u64 *n = bpf_map_lookup_elem(map, &index);
@@ -381,6 +445,37 @@ static __always_inline void local_peer_of(struct bpf_sock *sk, struct local_peer
     bpf_sk_release(sk);
 }
 
+/* Whether a rule on a name allows connecting to `addr` on `port`: an
+ * answer for that name gave the workload this address, and has not ended. */
+static __always_inline int dns_allows(__u32 workload, __u8 protocol, __u16 port, const __u8 addr[16])
+{
+    struct cg_dns_grant_key gk = {};
+    struct cg_name_rule_key rk = {};
+    struct cg_dns_grant *g;
+    __u64 now;
+
+    gk.workload_id = workload;
+    __builtin_memcpy(gk.addr, addr, 16);
+    g = bpf_map_lookup_elem(&dns_grants, &gk);
+    if (!g)
+        return 0;
+    now = bpf_ktime_get_boot_ns();
+    rk.workload_id = workload;
+    rk.port = port;
+    rk.protocol = protocol;
+    for (int i = 0; i < CG_DNS_GRANT_NAMES; i++) {
+        if (g->names[i].expires_ns <= now)
+            continue;
+        rk.name_hash = g->names[i].name_hash;
+        rk.pattern = g->names[i].pattern;
+        if (bpf_map_lookup_elem(&rules_name, &rk)) {
+            count(&dns_counts, CG_DNS_COUNT_ALLOWED_CONNECTS);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Whether the baseline of `workload` holds (direction, port, peer). A local
  * peer is allowed by a rule on its workload, or by an address block wider
  * than one address (an operator's CIDR); an inbound rule on one exact
@@ -418,10 +513,12 @@ static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u8 
         return 0;
 
     peer = bpf_map_lookup_elem(&peer_addresses, key.addr);
-    if (!peer)
-        return 0;
-    peer_key.peer_workload_id = *peer;
-    return bpf_map_lookup_elem(&rules_peer, &peer_key) != NULL;
+    if (peer) {
+        peer_key.peer_workload_id = *peer;
+        if (bpf_map_lookup_elem(&rules_peer, &peer_key))
+            return 1;
+    }
+    return direction == CG_DIRECTION_CONNECT && dns_allows(workload, protocol, port, key.addr);
 }
 
 /* Why a decision was made: indexes of `decisions`, relative to the
@@ -705,104 +802,21 @@ int cg_enf_bind6(struct bpf_sock *sk)
 
 /* ---- inbound ----------------------------------------------------------- */
 
-struct syn {
-    __u8 saddr[16]; /* remote, mapped for IPv4 */
-    __u8 daddr[16]; /* local */
-    __u16 sport;
-    __u16 dport;
-    __u16 family;
-};
-
-/* Offset of the TCP or UDP header in an IPv6 packet, past the extension
- * headers the stack leaves in place (*proto says which); -1 if neither, -2
- * if not found within a few headers. */
-static __always_inline int ipv6_l4_offset(struct __sk_buff *skb, __u8 nexthdr, __u8 *proto)
+/* 1 if the packet is a TCP SYN without ACK or a UDP datagram (s->proto
+ * says which); 0: it is not (or neither protocol); -1: could not be parsed. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *s)
 {
-    int off = 40;
+    __u8 tcp_flags;
+    int r = packet_parse(skb, s);
 
-    for (int i = 0; i < 4; i++) {
-        __u8 h[2];
-
-        if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP) {
-            *proto = nexthdr;
-            return off;
-        }
-        if (nexthdr != 0 && nexthdr != 43 && nexthdr != 60 && nexthdr != 44 && nexthdr != 51)
-            return -1; /* another protocol: not ours */
-        if (bpf_skb_load_bytes(skb, off, h, 2))
-            return -2;
-        if (nexthdr == 44)
-            off += 8;
-        else if (nexthdr == 51)
-            off += (h[1] + 2) * 4;
-        else
-            off += (h[1] + 1) * 8;
-        nexthdr = h[0];
-    }
-    if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP) {
-        *proto = nexthdr;
-        return off;
-    }
-    return -2;
-}
-
-/* Fills *s if the packet is a TCP SYN without ACK or a UDP datagram (*proto
- * says which). 1: it is; 0: it is not (or neither protocol); -1: could not
- * be parsed. */
-static __always_inline int parse_packet(struct __sk_buff *skb, struct syn *s, __u8 *proto)
-{
-    __u8 tcp[14];
-    int off;
-
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        __u8 ip[20];
-        if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
-            return -1;
-        if (ip[9] != IPPROTO_TCP && ip[9] != IPPROTO_UDP)
-            return 0;
-        *proto = ip[9];
-        off = (ip[0] & 0x0f) * 4;
-        if (off < 20)
-            return -1;
-        s->family = AF_INET;
-        __builtin_memset(s->saddr, 0, 16);
-        __builtin_memset(s->daddr, 0, 16);
-        s->saddr[10] = s->saddr[11] = 0xff;
-        s->daddr[10] = s->daddr[11] = 0xff;
-        __builtin_memcpy(s->saddr + 12, ip + 12, 4);
-        __builtin_memcpy(s->daddr + 12, ip + 16, 4);
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        __u8 ip[40];
-        if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
-            return -1;
-        off = ipv6_l4_offset(skb, ip[6], proto);
-        if (off == -1)
-            return 0;
-        if (off < 0)
-            return -1;
-        s->family = AF_INET6;
-        __builtin_memcpy(s->saddr, ip + 8, 16);
-        __builtin_memcpy(s->daddr, ip + 24, 16);
-    } else {
-        return 0;
-    }
-    if (*proto == IPPROTO_UDP) {
-        if (bpf_skb_load_bytes(skb, off, tcp, 4))
-            return -1;
-        s->sport = ((__u16)tcp[0] << 8) | tcp[1];
-        s->dport = ((__u16)tcp[2] << 8) | tcp[3];
-        return 1;
-    }
-    if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
+    if (r <= 0 || s->proto == IPPROTO_UDP)
+        return r;
+    if (bpf_skb_load_bytes(skb, s->l4_offset + 13, &tcp_flags, 1))
         return -1;
-    if ((tcp[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
-        return 0;
-    s->sport = ((__u16)tcp[0] << 8) | tcp[1];
-    s->dport = ((__u16)tcp[2] << 8) | tcp[3];
-    return 1;
+    return (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
-static __always_inline void report_accept(struct __sk_buff *skb, const struct syn *s, __u64 cgroup_id,
+static __always_inline void report_accept(struct __sk_buff *skb, const struct packet *s, __u64 cgroup_id,
                                           const struct local_peer *local, __u8 flags, __u8 protocol)
 {
     struct cg_connection_event *e;
@@ -846,7 +860,7 @@ static __always_inline void report_accept(struct __sk_buff *skb, const struct sy
  * the local port); else dropped before the socket sees it. A connected UDP
  * socket never comes here (ESTABLISHED: its connect() was checked, and it
  * receives only from its peer). */
-static __always_inline int on_udp_in(struct __sk_buff *skb, const struct syn *s)
+static __always_inline int on_udp_in(struct __sk_buff *skb, const struct packet *s)
 {
     struct local_peer local = {};
     struct udp_flow_key fk = {};
@@ -881,15 +895,136 @@ allowed:
     return 1;
 }
 
+/* ---- DNS answers -------------------------------------------------------- */
+
+/* bpf_loop's context must be on the stack: it holds the per-CPU work. */
+struct dns_loop {
+    struct cg_dns_work *w;
+};
+
+static long dns_step(__u64 index, void *ctx)
+{
+    struct cg_dns_work *w = ((struct dns_loop *)ctx)->w;
+
+    if (!w)
+        return 1;
+    return cg_dns_step(w) != CG_DNS_MORE; /* 1 ends bpf_loop */
+}
+
+/* Grants `addr` to `workload` for (name_hash, pattern) until max(ttl, floor). */
+static __always_inline void grant_address(__u32 workload, const __u8 addr[16], __u64 name_hash, __u32 pattern,
+                                          __u32 ttl, __u64 now)
+{
+    struct cg_dns_grant_key gk = {};
+    struct cg_dns_grant g = {};
+    struct cg_dns_grant *old;
+    __u64 hold = (__u64)ttl * 1000000000ULL;
+    int slot = 0;
+
+    gk.workload_id = workload;
+    __builtin_memcpy(gk.addr, addr, 16);
+    old = bpf_map_lookup_elem(&dns_grants, &gk);
+    if (old)
+        __builtin_memcpy(&g, old, sizeof(g));
+    /* This name's slot, or else the one that ends first. */
+    for (int i = 0; i < CG_DNS_GRANT_NAMES; i++) {
+        if (g.names[i].name_hash == name_hash && g.names[i].pattern == pattern) {
+            slot = i;
+            break;
+        }
+        if (g.names[i].expires_ns < g.names[slot].expires_ns)
+            slot = i;
+    }
+    if (hold < dns_floor_ns)
+        hold = dns_floor_ns;
+    slot &= CG_DNS_GRANT_NAMES - 1;
+    g.names[slot].name_hash = name_hash;
+    g.names[slot].pattern = pattern;
+    g.names[slot].ttl = ttl;
+    g.names[slot].expires_ns = now + hold;
+    if (bpf_map_update_elem(&dns_grants, &gk, &g, BPF_ANY))
+        count(&dns_counts, CG_DNS_COUNT_GRANTS_FULL);
+    else
+        count(&dns_counts, CG_DNS_COUNT_ADDRESSES);
+}
+
+/* A reply from port 53 to an enforced workload: if it comes from a resolver
+ * the baseline lets the workload use and answers a name its rules name,
+ * its addresses are granted before the socket has the answer. Never drops:
+ * what is not trusted or not understood is counted and passed on. A
+ * function of its own (not inlined): the verifier checks it once. */
+static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
+{
+    struct local_peer remote = {};
+    struct cg_name_key nk = {};
+    struct cg_cgroup_policy *p;
+    struct dns_loop loop;
+    struct cg_dns_work *w;
+    __u32 off, avail, len, n, zero = 0, exact, pattern;
+    __u64 cgroup_id, now;
+
+    if (!pk)
+        return 0;
+    p = policy_of_skb(skb, &cgroup_id);
+    if (!needs_peer(p))
+        return 0;
+    if (!dns_message_at(skb, pk, &off, &avail, &len))
+        return 0;
+    if (!baseline_allows(p->workload_id, CG_DIRECTION_CONNECT, pk->proto, DNS_PORT, pk->saddr, &remote)) {
+        count(&dns_counts, CG_DNS_COUNT_UNTRUSTED);
+        return 0;
+    }
+    w = bpf_map_lookup_elem(&dns_work, &zero);
+    if (!w)
+        return 0;
+    n = avail > CG_DNS_MAX_BYTES ? CG_DNS_MAX_BYTES : avail;
+    n &= CG_DNS_MASK;
+    if (n < 12 || n > CG_DNS_MAX_BYTES || bpf_skb_load_bytes(skb, off, w->buf, n)) {
+        count(&dns_counts, CG_DNS_COUNT_MALFORMED);
+        return 0;
+    }
+    cg_dns_begin(w, n, len <= n);
+    loop.w = w;
+    bpf_loop(CG_DNS_MAX_STEPS, dns_step, &loop, 0);
+    if (w->a.result != CG_DNS_OK || w->a.addresses == 0) {
+        count(&dns_counts, w->a.result == CG_DNS_MALFORMED ? CG_DNS_COUNT_MALFORMED : CG_DNS_COUNT_NOT_ANSWER);
+        return 0;
+    }
+    nk.workload_id = p->workload_id;
+    nk.name_hash = w->a.qname_hash;
+    exact = bpf_map_lookup_elem(&names_allowed, &nk) != NULL;
+    nk.name_hash = w->a.qname_parent_hash;
+    nk.pattern = 1;
+    pattern = nk.name_hash && bpf_map_lookup_elem(&names_allowed, &nk) != NULL;
+    if (!exact && !pattern) {
+        count(&dns_counts, CG_DNS_COUNT_NOT_ALLOWED);
+        return 0;
+    }
+    count(&dns_counts, CG_DNS_COUNT_GRANTED);
+    now = bpf_ktime_get_boot_ns();
+    for (__u32 i = 0; i < CG_DNS_MAX_ADDRESSES; i++) {
+        struct cg_dns_address *a;
+
+        if (i >= w->a.addresses)
+            break;
+        a = &w->a.address[i];
+        if (exact)
+            grant_address(p->workload_id, a->addr, w->a.qname_hash, 0, a->ttl, now);
+        if (pattern)
+            grant_address(p->workload_id, a->addr, w->a.qname_parent_hash, 1, a->ttl, now);
+    }
+    return 1;
+}
+
 SEC("cgroup_skb/ingress")
 int cg_enf_ingress(struct __sk_buff *skb)
 {
     struct local_peer local = {};
     struct bpf_sock *sk;
     struct cg_cgroup_policy *p;
-    struct syn s;
+    struct packet s = {};
     __u64 cgroup_id;
-    __u8 flags, proto = 0;
+    __u8 flags;
     int r;
 
     /* Only a listener takes new connections: a SYN that reaches a socket in
@@ -901,18 +1036,26 @@ int cg_enf_ingress(struct __sk_buff *skb)
     sk = skb->sk;
     if (!sk)
         return 1;
-    if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE)
+    if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE) {
+        /* A resolver's reply to a connected socket (glibc's, or TCP). */
+        if (may_be_dns_reply(skb, sk) && packet_parse(skb, &s) == 1)
+            dns_answer(skb, &s);
         return 1;
+    }
 
-    r = parse_packet(skb, &s, &proto);
+    r = parse_packet(skb, &s);
     if (r == 0)
         return 1;
     if (r < 0) {
         count(&enforce_drops, CG_ENF_DROP_UNPARSED);
         return 1;
     }
-    if (proto == IPPROTO_UDP)
-        return on_udp_in(skb, &s);
+    if (s.proto == IPPROTO_UDP) {
+        r = on_udp_in(skb, &s);
+        if (r && s.sport == DNS_PORT)
+            dns_answer(skb, &s); /* an unconnected socket's resolver (dig, dnsperf) */
+        return r;
+    }
     p = policy_of_skb(skb, &cgroup_id);
     /* A client on this node, in this network namespace, is in the kernel's
      * established table already (SYN_SENT): look it up by the flow seen from

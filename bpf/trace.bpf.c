@@ -55,6 +55,7 @@
 #include "kernel_types.h"
 #include "connguard.h"
 #include "event.h"
+#include "packet.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -62,6 +63,7 @@ char LICENSE[] SEC("license") = "GPL";
  * compare them with what Swift imports from connguard.h. */
 const struct cg_connection_event *unused_connection_event __attribute__((unused));
 const struct cg_cgroup_event *unused_cgroup_event __attribute__((unused));
+const struct cg_dns_message *unused_dns_message __attribute__((unused));
 
 /* Wake the reader only once this many bytes wait in the ring buffer (0: on
  * every event). Under load this spares a context switch per event; the reader
@@ -1076,5 +1078,61 @@ int cg_udp_recvmsg6(struct bpf_sock_addr *ctx)
         UDP_ADDR6(&peer, ctx);
         udp_in(ctx, &peer, 1);
     }
+    return 1;
+}
+
+/* ---- DNS answers ---------------------------------------------------------
+ * Every reply a socket of the node receives from port 53 (UDP, or the first
+ * segment of a TCP reply) goes to user space as a cg_dns_message, on the
+ * events ring: ahead of the connection its application makes next, so that
+ * user space knows the name of that connection's peer when it reads it.
+ * User space parses it (connguard_dns.h). Tracing only: always 1. Other
+ * packets cost two field reads (a connected socket) or a header read (an
+ * unconnected UDP socket). */
+
+SEC("cgroup_skb/ingress")
+int cg_dns_answers(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    struct cg_dns_message *m;
+    struct packet p = {};
+    __u32 off, avail, len, n;
+
+    if (!sk || !may_be_dns_reply(skb, sk))
+        return 1;
+    if (packet_parse(skb, &p) != 1 || !dns_message_at(skb, &p, &off, &avail, &len))
+        return 1;
+    m = bpf_ringbuf_reserve(&events, sizeof(*m), 0);
+    if (!m) {
+        count_drop(CG_DROP_DNS_RINGBUF_FULL);
+        return 1;
+    }
+    n = avail > CG_DNS_MAX_BYTES ? CG_DNS_MAX_BYTES : avail;
+    if (n == 0 || n > CG_DNS_MAX_BYTES || bpf_skb_load_bytes(skb, off, m->data, n)) {
+        bpf_ringbuf_discard(m, 0);
+        return 1;
+    }
+    m->kind = CG_RECORD_DNS_MESSAGE;
+    m->len = n;
+    m->message_len = len;
+    m->timestamp_ns = bpf_ktime_get_boot_ns();
+    m->cgroup_id = bpf_skb_cgroup_id(skb);
+    /* No helper reaches an IPv4 UDP socket's namespace from here (0 then);
+     * the cgroup names the workload either way. */
+    m->netns = 0;
+    sk = bpf_sk_fullsock(sk);
+    if (sk) {
+        const struct sock *s = (const struct sock *)bpf_skc_to_tcp_sock(sk);
+        if (!s)
+            s = (const struct sock *)bpf_skc_to_udp6_sock(sk);
+        if (s)
+            m->netns = sock_netns(s, 0);
+    }
+    __builtin_memcpy(m->resolver, p.saddr, 16);
+    m->resolver_port = p.sport;
+    m->protocol = p.proto;
+    m->pad = 0;
+    m->pad2 = 0;
+    bpf_ringbuf_submit(m, wakeup_flags(sizeof(*m) + 8 /* record header */));
     return 1;
 }

@@ -23,7 +23,7 @@ enum APIRoutes {
     /// GET needs the right to read, POST the right to change.
     static let methods: [String: HTTPRequest.Method] = [
         "/v1/status": .get, "/v1/connections": .get, "/v1/baselines": .get, "/v1/baseline": .get,
-        "/v1/baseline/diff": .get, "/v1/audit": .get,
+        "/v1/baseline/diff": .get, "/v1/audit": .get, "/v1/dns": .get,
         "/v1/baseline/import": .post, "/v1/baseline/prune": .post, "/v1/mode": .post,
     ]
 
@@ -78,6 +78,21 @@ enum APIRoutes {
     ///   GET  /v1/audit?limit=N
     /// Changes are audited under the peer's kernel credentials (user, uid, pid).
     static func addPolicyRoutes(_ router: Router<APIRequestContext>, agent: Agent) {
+        // What each workload resolved: one line per (workload, name, address).
+        router.get("/v1/dns") { request, _ -> Response in
+            handle {
+                let p = try params(request, allowed: ["workload", "name"])
+                if let n = p["name"], DNSName(n) == nil {
+                    throw APIError.badRequest("name: '\(n)' is not a DNS name (api.example.test)")
+                }
+                var out: [UInt8] = []
+                for line in agent.dnsLines(workload: p["workload"], name: p["name"].flatMap(DNSName.init)?.text) {
+                    line.append(to: &out)
+                    out.append(UInt8(ascii: "\n"))
+                }
+                return Response(status: .ok, headers: [.contentType: ndjson], body: .init(byteBuffer: ByteBuffer(bytes: out)))
+            }
+        }
         router.get("/v1/baselines") { request, _ -> Response in
             handle {
                 _ = try params(request, allowed: [])

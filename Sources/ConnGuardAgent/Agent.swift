@@ -21,6 +21,8 @@ public final class Agent: @unchecked Sendable {
     let writer: StoreWriter
     let tracer: Tracer
     let pipeline: EventPipeline
+    /// What each workload resolved through DNS (`connguard dns`, peer_name).
+    let names: ResolvedNames
     let identity: IdentitySource
     let metrics: AgentMetrics
     let enforcer: Enforcer?
@@ -94,6 +96,7 @@ public final class Agent: @unchecked Sendable {
         // counts the other repeats of a connection (0: every event, one by one).
         tracerConfig.countRepeats = configuration.individualEventsPerSecond > 0
         tracerConfig.repeatsSentPerSecond = configuration.individualEventsPerSecond
+        tracerConfig.dnsAnswers = configuration.dnsNames
         let tracer = try undo.step("") {
             if let h = configuration.hooks {
                 guard let rung = HookRung(rawValue: h) else { throw PrerequisiteError("hooks: \(h) is not one of fentry, kprobe, tracepoint") }
@@ -112,7 +115,8 @@ public final class Agent: @unchecked Sendable {
         let enforcer = try undo.step("enforcement: ") {
             try Enforcer.open(cgroupPath: rootPath, pinRoot: configuration.pinRoot,
                               unknown: configuration.unknownCgroups == "deny" ? .deny : .allow,
-                              allowRoot: configuration.cgroupRoot == "/", maxRules: UInt32(configuration.maxKernelRules))
+                              allowRoot: configuration.cgroupRoot == "/", maxRules: UInt32(configuration.maxKernelRules),
+                              dnsFloorNanoseconds: UInt64(DurationParser.nanoseconds(configuration.dnsFloorSeconds)))
         }
         undo.add { [failOpen = configuration.failOpen] in try? enforcer.close(failOpen: failOpen) }
         if configuration.unknownCgroups == "deny" {
@@ -139,8 +143,11 @@ public final class Agent: @unchecked Sendable {
         self.enforcer = enforcer
         self.policy = policy
         metrics = AgentMetrics(clustered: settings.clustered)
-        pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope, logger: logger)
+        names = ResolvedNames(floorNanoseconds: DurationParser.nanoseconds(configuration.dnsFloorSeconds))
+        pipeline = EventPipeline(tracer: tracer, identity: identity, writer: writer, metrics: metrics, scope: scope,
+                                 names: names, logger: logger)
         pipeline.policy = policy
+        policy.names = names
         // Per-program run time and count, for the metrics: held while this fd
         // is open. Opt-in: the kernel's timing of each run costs more than
         // most of the programs (~75 ns a run here).
@@ -243,6 +250,39 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// What `connguard dns` shows: for each workload, name and address it
+    /// resolved (and that still holds), the answer's TTL and what is left of
+    /// it, until when the address is held (max(TTL, floor)), the workload's
+    /// rules on that name, and whether the kernel holds the address for it
+    /// (an enforced workload, an allowed name, a trusted resolver).
+    func dnsLines(workload: String?, name: String?) -> [JSONValue] {
+        let now = BootClock.now(CLOCK_REALTIME)
+        let grants = (try? enforcer?.dnsGrants()) ?? []
+        var granted: [UInt32: [IPAddress: [Enforcer.DNSGrant.Name]]] = [:]
+        for g in grants { granted[g.workloadID, default: [:]][g.address] = g.names }
+        let boot = BootClock.now(CLOCK_BOOTTIME)
+        return names.resolutions(workload: workload, name: name, at: now).map { (w, address, r) in
+            let rules = (policy.baseline(w)?.sortedRules ?? []).filter { rule in
+                if case let .name(n) = rule.key.peer { return n.matches(r.name) } else { return false }
+            }
+            let dnsName = DNSName(r.name)
+            let kernel = policy.kernelWorkloadID(w).flatMap { granted[$0]?[address] }?.filter { g in
+                guard let dnsName else { return false }
+                return g.pattern ? rules.contains { rule in
+                    if case let .name(n) = rule.key.peer { return n.isPattern && n.kernelHash == g.hash } else { return false }
+                } : g.hash == dnsName.kernelHash
+            }.map(\.expiresBootNanoseconds).max()
+            let ttlLeft = max(0, (r.answeredAt + Int64(r.ttl) * 1_000_000_000 - now) / 1_000_000_000)
+            return JSONValue.object([
+                ("workload", .string(w)), ("name", .string(r.name)), ("address", .string(address.description)),
+                ("ttl", .int(Int64(r.ttl))), ("ttl_left", .int(ttlLeft)),
+                ("answered_at", .string(BaselineFile.rfc3339(r.answeredAt))), ("held_until", .string(BaselineFile.rfc3339(r.expires))),
+                ("rules", .array(rules.map { .string("\($0.key.direction.ruleName) \($0.key.peer) \($0.key.port)/\($0.key.proto)") })),
+                ("allowed_in_kernel_until", kernel.map { .string(BaselineFile.rfc3339(Int64($0) - boot + now)) } ?? .null),
+            ])
+        }
+    }
+
     /// What `connguard status` shows.
     func status() -> AgentStatus {
         let c = pipeline.snapshot
@@ -252,6 +292,8 @@ public final class Agent: @unchecked Sendable {
         let s = try? store.stats()
         let summaries = policy.list()
         let kernel = policy.kernelRules
+        let dnsSeen = names.snapshot
+        let dnsKernel = (try? enforcer?.dnsCounts()) ?? nil
         func n<T: BinaryInteger>(_ v: T) -> Int64 { Int64(clamping: v) }
         let recent = (try? BaselineStore(store: store).audit(limit: 5, workload: nil)
             .map { "\($0.who) \($0.action) \($0.workload ?? "") \($0.detail)" }.joined(separator: "; ")) ?? ""
@@ -284,6 +326,13 @@ public final class Agent: @unchecked Sendable {
                                    workload: n(kernel.workload), workloadCapacity: n(kernel.workloadCapacity)),
                 heldBack: kernel.heldBack, unparsedPackets: n(drops?.unparsedPackets ?? 0),
                 newCgroupsMissed: n(drops?.lostNewCgroups ?? 0), udpDenialsCounted: n(drops?.udpDenialRepeats ?? 0)),
+            dns: .init(answers: n(dnsSeen.answers), malformed: n(dnsSeen.malformed), notAnAnswer: n(dnsSeen.notAnAnswer),
+                       untrusted: n(dnsSeen.untrusted),
+                       lost: n(loss.dnsRingBufferFull), floorSeconds: configuration.dnsFloorSeconds,
+                       granted: n(dnsKernel?.granted ?? 0), addressesGranted: n(dnsKernel?.addressesGranted ?? 0),
+                       nameNotAllowed: n(dnsKernel?.nameNotAllowed ?? 0), untrustedResolver: n(dnsKernel?.untrustedResolver ?? 0),
+                       kernelMalformed: n(dnsKernel?.malformed ?? 0), grantsFull: n(dnsKernel?.grantsFull ?? 0),
+                       allowedByGrant: n(dnsKernel?.allowedByGrant ?? 0)),
             modes: Dictionary(uniqueKeysWithValues: Mode.allCases.map { m in (m.rawValue, n(summaries.filter { $0.mode == m }.count)) }),
             audit: .init(recent: recent),
             cluster: Nullable(cluster?.status()))
@@ -353,6 +402,7 @@ struct EnforcementService: Service {
         birthThread.start()
         var lastLost: UInt64 = (try? agent.tracer.lossCounts().lostEvents) ?? 0
         var lastFailed: UInt64 = 0
+        var ticks = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             // Woken by SIGTERM too: shutdown must not wait out the 2 s.
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(2)) }
@@ -360,6 +410,13 @@ struct EnforcementService: Service {
             let lost = ((try? agent.tracer.lossCounts().lostEvents) ?? 0) + agent.writer.snapshot.lost
             agent.policy.tick(eventsLostSinceLastTick: lost > lastLost)
             lastLost = lost
+            // Grants and names past max(TTL, floor): the kernel ignores
+            // ended grants already; this keeps both bounded.
+            ticks += 1
+            if ticks % 15 == 0 {
+                do { try agent.enforcer?.sweepDNSGrants() } catch { agent.logger.warning("sweeping DNS grants: \(error)") }
+                agent.names.expire(at: BootClock.now(CLOCK_REALTIME))
+            }
             // Failed writes are counted in status and the metrics; the log
             // says why, at most once per tick (a full disk by name).
             let w = agent.writer.snapshot

@@ -26,6 +26,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var database: DatabaseStatus
     public var metricsAddress: Nullable<String>
     public var enforcement: Enforcement
+    public var dns: DNS
     /// mode -> how many workloads are in it
     public var modes: [String: Int64]
     public var audit: Audit
@@ -101,6 +102,27 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         /// UDP denials counted, not sent one by one (their flow's first denial
         /// that second was).
         public var udpDenialsCounted: Int64
+    }
+
+    /// DNS answers: read in user space (peer_name, learning by name) and by
+    /// enforcement in the kernel (allowed names' addresses).
+    public struct DNS: Codable, Sendable, Equatable {
+        public var answers: Int64
+        public var malformed: Int64
+        public var notAnAnswer: Int64
+        /// From resolvers outside the workload's baseline: ignored.
+        public var untrusted: Int64
+        /// Not passed on to user space (ring buffer full).
+        public var lost: Int64
+        public var floorSeconds: Double
+        /// In the kernel, for enforced workloads (pinned counters).
+        public var granted: Int64
+        public var addressesGranted: Int64
+        public var nameNotAllowed: Int64
+        public var untrustedResolver: Int64
+        public var kernelMalformed: Int64
+        public var grantsFull: Int64
+        public var allowedByGrant: Int64
     }
 
     public struct KernelRules: Codable, Sendable, Equatable {

@@ -27,6 +27,9 @@ public final class EventPipeline: @unchecked Sendable {
     private let metrics: AgentMetrics
     private let scope: CgroupSubtree?
     private let logger: Logger
+    /// What each workload resolved: fed by the DNS answers below, read to
+    /// name connections' peers.
+    public let names: ResolvedNames
     /// Set once the policy engine exists (it needs the store and the enforcer).
     public var policy: PolicyEngine?
 
@@ -38,7 +41,8 @@ public final class EventPipeline: @unchecked Sendable {
     public private(set) var failure: Error?
 
     public init(tracer: Tracer, identity: IdentitySource, writer: StoreWriter, metrics: AgentMetrics,
-                scope: CgroupSubtree?, logger: Logger) {
+                scope: CgroupSubtree?, names: ResolvedNames, logger: Logger) {
+        self.names = names
         self.tracer = tracer
         self.identity = identity
         self.writer = writer
@@ -134,14 +138,19 @@ public final class EventPipeline: @unchecked Sendable {
         if r.source == .denied { nameServer(&e) } else { rememberUDPServer(e) }
         let who = identity.resolve(e)
         if who.isUnknown { tally.counts.unattributed += n }
+        if e.direction == .connect { e.peerName = names.name(of: e.peer, for: who.workload, at: e.timeNanoseconds) }
+        var expectedNames: [String] = []
         let judged: PolicyEngine.Judgement
         if r.source == .denied {
             // The kernel decided; nothing to learn from a refusal.
             judged = PolicyEngine.Judgement(verdict: .denied, peerWorkload: policy?.peerWorkload(of: e))
+            if e.direction == .connect { expectedNames = policy?.namesAllowing(e, workload: who.workload) ?? [] }
             logger.notice("denied", metadata: [
                 "event": "\(e.direction.rawValue)", "workload": "\(who.workload)",
                 "peer": "\(e.peer)", "peer_workload": "\(judged.peerWorkload ?? "-")",
                 "port": "\(e.direction == .connect ? e.destinationPort : e.localPort)",
+                "peer_name": "\(e.peerName ?? "-")",
+                "not_an_address_of": "\(expectedNames.isEmpty ? "-" : expectedNames.joined(separator: ","))",
             ])
         } else {
             judged = policy?.judge(e, identity: who, count: Int64(n)) ?? PolicyEngine.Judgement(verdict: .allowed, peerWorkload: nil)
@@ -151,7 +160,7 @@ public final class EventPipeline: @unchecked Sendable {
         tally.byVerdict[directions.firstIndex(of: e.direction)! * verdicts.count + verdicts.firstIndex(of: judged.verdict)!] += Int64(n)
         let repeatCount: Int64? = if case .counted = r.source { Int64(n) } else { nil }
         tally.pending.append(StoredConnection(event: e, identity: who, verdict: judged.verdict, peerWorkload: judged.peerWorkload,
-                                              repeatCount: repeatCount))
+                                              repeatCount: repeatCount, expectedNames: expectedNames))
         if tally.pending.count >= 1024 { submitPending(&tally) }
     }
 
@@ -238,6 +247,11 @@ public final class EventPipeline: @unchecked Sendable {
                         if !c.created, c.hierarchyID == 0 { self.policy?.cgroupRemoved(c.cgroupID) }
                     case let .connection(e):
                         self.handle(ConnectionRecord(e, source: .traced), &tally)
+                    case let .dns(m):
+                        if let scope = self.scope, !scope.contains(m.cgroupID) { return }
+                        let who = self.identity.identity(forCgroup: m.cgroupID).workload
+                        let trusted = self.policy?.trustsResolver(m.resolver, port: m.resolverPort, proto: m.proto, workload: who) ?? true
+                        self.names.record(m, workload: who, trusted: trusted)
                     }
                 },
                 onIdle: {

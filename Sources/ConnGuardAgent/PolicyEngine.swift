@@ -59,6 +59,9 @@ public final class PolicyEngine: @unchecked Sendable {
     let enforcer: Enforcer?
     let identity: IdentitySource
     let logger: Logger
+    /// What each workload resolved (set by the agent before events flow):
+    /// the names a peer's address stands for, for monitor's verdicts.
+    public var names: ResolvedNames?
     /// cgroup v2 mount + watched root, to find a workload's cgroups.
     let cgroupRootPath: String
     /// The watched subtree (nil: the whole node).
@@ -165,6 +168,9 @@ public final class PolicyEngine: @unchecked Sendable {
         let peerWorkload = peerWorkload(of: e)
         if let w = peerWorkload, e.peerCgroupID != 0 { armPeer(cgroupID: e.peerCgroupID, workload: w) }
         guard !who.isUnknown else { return Judgement(verdict: .allowed, peerWorkload: peerWorkload) }
+        func peerNames() -> [String] {
+            e.direction == .connect ? names?.names(of: e.peer, for: who.workload, at: e.timeNanoseconds) ?? [] : []
+        }
         var stopped: String?
         let verdict: Verdict = lock.withLock {
             // Found once by index, then changed in place: every event comes
@@ -204,7 +210,8 @@ public final class PolicyEngine: @unchecked Sendable {
                         if settings.clustered { Self.noteForCluster(&entry, hit.key, at: e.timeNanoseconds, hits: count, new: false) }
                         return .allowed
                     }
-                    if entry.baseline.allows(e, peerWorkload: peerWorkload) { return .allowed }  // an imported block
+                    // An imported block or pattern, or another name that gave this address.
+                    if entry.baseline.allows(e, peerWorkload: peerWorkload, peerNames: peerNames()) { return .allowed }
                     entry.baseline.lastWouldDeny = e.timeNanoseconds
                     pendingWouldDeny[who.workload] = e.timeNanoseconds
                     return .wouldDeny
@@ -754,6 +761,9 @@ public final class PolicyEngine: @unchecked Sendable {
         }
     }
 
+    /// The number the kernel knows `workload` by, if it has one.
+    public func kernelWorkloadID(_ workload: String) -> UInt32? { workloadID(workload) }
+
     private func workloadID(_ workload: String) -> UInt32? {
         if let id = lock.withLock({ entries[workload]?.workloadID ?? peerIDs[workload] }) { return id }
         guard let id = try? store.workloadID(for: workload, createWith: .learn, now: BootClock.now(CLOCK_REALTIME)) else { return nil }
@@ -1026,6 +1036,28 @@ public final class PolicyEngine: @unchecked Sendable {
         try checkCapacity(workload, keys: Set(b.rules.keys))
     }
 
+    /// Whether DNS answers from `resolver` may name `workload`'s peers: in
+    /// learn mode (or for a workload without a baseline) any resolver it
+    /// asked; otherwise only one its baseline lets it use, as enforcement
+    /// decides in the kernel. A forged answer from elsewhere names nothing.
+    public func trustsResolver(_ resolver: IPAddress, port: UInt16, proto: ConnectionEvent.IPProtocol, workload: String) -> Bool {
+        guard let b = baseline(workload), b.mode != .learn else { return true }
+        let query = ConnectionEvent(timeNanoseconds: 0, direction: .connect, outcome: .established, pid: 0, comm: "", uid: 0,
+                                    cgroupID: 0, source: resolver, sourcePort: 0, destination: resolver, destinationPort: port,
+                                    proto: proto)
+        return b.allows(query, peerWorkload: lock.withLock { owners[resolver] })
+    }
+
+    /// For a denied connect: the names whose rules (this port and protocol)
+    /// would have allowed it had DNS given the workload this address.
+    public func namesAllowing(_ e: ConnectionEvent, workload: String) -> [String] {
+        guard let b = baseline(workload) else { return [] }
+        return b.rules.keys.compactMap { k in
+            guard k.direction == .connect, k.port == e.remotePort, k.proto == e.proto.rawValue, case let .name(n) = k.peer else { return nil }
+            return n.text
+        }.sorted()
+    }
+
     private func kernelRule(_ k: RuleKey, workloadID: UInt32) -> EnforcementRule? {
         let peer: RulePeer
         switch k.peer {
@@ -1033,6 +1065,9 @@ public final class PolicyEngine: @unchecked Sendable {
         case let .workload(w):
             guard let id = self.workloadID(w) else { return nil }
             peer = .workload(id)
+        case let .name(n):
+            guard k.direction == .connect else { return nil }
+            peer = .name(hash: n.kernelHash, pattern: n.isPattern)
         }
         guard let proto = ConnectionEvent.IPProtocol(rawValue: k.proto) else { return nil }
         return EnforcementRule(workloadID: workloadID, direction: k.direction, port: k.port, peer: peer, proto: proto)

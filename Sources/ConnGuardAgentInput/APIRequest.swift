@@ -9,7 +9,7 @@ public struct ConnectionsRequest: Sendable, Equatable {
     public var follow = false
 
     public static let parameters: Set<String> = [
-        "since", "until", "last", "workload", "container", "namespace", "pod", "port", "peer", "direction",
+        "since", "until", "last", "workload", "container", "namespace", "pod", "port", "peer", "peer_name", "direction",
         "verdict", "aggregate", "follow", "protocol",
     ]
     /// The most rows one request returns; `last` above it is refused.
@@ -50,6 +50,10 @@ public struct ConnectionsRequest: Sendable, Equatable {
                 do { query.port = Int(try PortArgument.parse(value)) } catch { problems.append("\(error)") }
             case "peer":
                 if let c = CIDR(value) { query.peer = c } else { problems.append("peer: '\(value)' is not an IP address or CIDR") }
+            case "peer_name":
+                if let n = DNSName(value) { query.peerName = n } else {
+                    problems.append("peer_name: '\(value)' is not a DNS name (api.example.test) or a pattern (*.example.test)")
+                }
             case "direction":
                 switch value {
                 case "in", "accept": query.direction = .accept

@@ -58,6 +58,14 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// connguard_bpf_program_* metrics. Off by default: the timing itself
     /// costs ~75 ns a run here, more than a UDP datagram's whole tracing.
     public var programStats = false
+    /// Read the DNS answers workloads receive: connections name their peer
+    /// (`peer_name`), learning makes rules on names, and enforce allows an
+    /// allowed name's addresses as the answer arrives.
+    public var dnsNames = true
+    /// An allowed name's addresses stay allowed at least this long after its
+    /// last answer (longer if the answer's TTL is longer), so clients that
+    /// cache past the TTL keep working.
+    public var dnsFloorSeconds: Double = 300
     /// Where enforcement is pinned (bpffs).
     public var pinRoot = "/sys/fs/bpf/connguard"
     /// Entries of each kernel rule map (address and CIDR rules; rules on
@@ -102,6 +110,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         "database", "socket", "socket_group", "admin_group", "metrics_address", "cgroup_root", "event_retention",
         "event_retention_count", "individual_events_per_second", "aggregate_retention", "ring_buffer_mib", "write_queue_capacity", "log_level",
         "default_mode", "learning_period", "quiet_period", "auto_enforce", "unknown", "fail_open", "program_stats", "pin_root",
+        "dns_names", "dns_floor",
         "accept_attribution", "max_kernel_rules", "max_new_rules_per_minute",
         "cluster_endpoints", "node_name", "cluster_ca", "cluster_cert", "cluster_key", "cluster_lease_ttl",
     ]
@@ -187,11 +196,13 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let v = string("cluster_cert") { c.clusterCert = v }
         if let v = string("cluster_key") { c.clusterKey = v }
         if let v = duration("cluster_lease_ttl") { c.clusterLeaseTTLSeconds = v }
-        for key in ["auto_enforce", "fail_open", "program_stats"] where dict[key] != nil {
+        if let v = duration("dns_floor") { c.dnsFloorSeconds = v }
+        for key in ["auto_enforce", "fail_open", "program_stats", "dns_names"] where dict[key] != nil {
             guard let b = dict[key] as? Bool else { problems.append("\(key): expected true or false"); continue }
             switch key {
             case "auto_enforce": c.autoEnforce = b
             case "fail_open": c.failOpen = b
+            case "dns_names": c.dnsNames = b
             default: c.programStats = b
             }
         }
@@ -219,7 +230,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         // Also checked where they are parsed; here for values set in code.
         for (key, seconds) in [("event_retention", eventRetentionSeconds), ("aggregate_retention", aggregateRetentionSeconds),
                                ("learning_period", learningPeriodSeconds ?? 1), ("quiet_period", quietPeriodSeconds),
-                               ("api_idle_timeout", apiIdleTimeoutSeconds)]
+                               ("api_idle_timeout", apiIdleTimeoutSeconds), ("dns_floor", dnsFloorSeconds)]
         where !(seconds > 0 && seconds <= DurationParser.maximumSeconds) {
             problems.append("\(key): must be more than 0 and at most \(DurationParser.maximumDescription)")
         }

@@ -9,7 +9,8 @@ import Yams
 ///     mode: enforce
 ///     rules:
 ///       - direction: out          # out: it connects; in: it accepts
-///         peer: 10.0.3.7          # an address, a CIDR (10.0.0.0/8), or workload:NAME
+///         peer: 10.0.3.7          # an address, a CIDR (10.0.0.0/8), workload:NAME,
+///                                 # or {name: api.example.test} (out only; also *.example.test)
 ///         port: 5432              # the remote port (out) or local port (in)
 ///         protocol: tcp         # or udp (out: the peer's port; in: the local port the server is bound to)
 ///         first_seen: 2026-11-27T03:09:00Z   # optional, kept on export
@@ -46,7 +47,11 @@ public enum BaselineFile {
             lines.append("rules:")
             for r in b.sortedRules {
                 lines.append("  - direction: \(r.key.direction.ruleName)")
-                lines.append("    peer: \(quote(r.key.peer.description))")
+                if case let .name(n) = r.key.peer {
+                    lines.append("    peer: {name: \(quote(n.text))}")
+                } else {
+                    lines.append("    peer: \(quote(r.key.peer.description))")
+                }
                 lines.append("    port: \(r.key.port)")
                 lines.append("    protocol: \(r.key.proto)")
                 lines.append("    first_seen: \(rfc3339(r.firstSeen))")
@@ -95,8 +100,17 @@ public enum BaselineFile {
                 for k in r.keys.sorted() where !ruleKeys.contains(k) { problems.append("\(at): unknown key '\(k)'"); ok = false }
                 let direction = (r["direction"] as? String).flatMap(ConnectionEvent.Direction.init(ruleName:))
                 if direction == nil { problems.append("\(at).direction: must be out or in"); ok = false }
-                let peer = (r["peer"] as? String).flatMap(parsePeer)
-                if peer == nil { problems.append("\(at).peer: must be an address, a CIDR, or workload:NAME"); ok = false }
+                var peer = (r["peer"] as? String).flatMap(parsePeer)
+                // peer: {name: api.example.test} (or *.example.test), as the README writes it.
+                if let m = r["peer"] as? [String: Any], m.count == 1, let n = (m["name"] as? String).flatMap(DNSName.init) { peer = .name(n) }
+                if peer == nil {
+                    problems.append("\(at).peer: must be an address, a CIDR, workload:NAME, or {name: api.example.test} (a DNS name, or *.example.test)")
+                    ok = false
+                }
+                if case .name? = peer, direction == .accept {
+                    problems.append("\(at).peer: a DNS name is a rule on outbound connections only (direction: out)")
+                    ok = false
+                }
                 let port = (r["port"] as? Int).flatMap { (1...65535).contains($0) ? UInt16($0) : nil }
                 if port == nil { problems.append("\(at).port: must be a whole number from 1 to 65535"); ok = false }
                 let proto = r["protocol"] as? String ?? "tcp"
@@ -122,6 +136,7 @@ public enum BaselineFile {
             let w = String(text.dropFirst("workload:".count))
             return validWorkload(w) ? .workload(w) : nil
         }
+        if text.hasPrefix("name:") { return DNSName(String(text.dropFirst("name:".count))).map { .name($0) } }
         return CIDR(text).map { .network($0) }
     }
 

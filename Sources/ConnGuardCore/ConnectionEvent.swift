@@ -73,6 +73,10 @@ public struct ConnectionEvent: Sendable, Equatable {
     /// client of an accept. 0 when the peer is elsewhere or was not found.
     public var peerCgroupID: UInt64
     public var proto: IPProtocol
+    /// For an outbound connection to an address this workload resolved
+    /// through DNS: the name it resolved most recently to that address (set
+    /// in user space, from the answers the tracer passes on). nil otherwise.
+    public var peerName: String?
 
     public var family: IPAddress.Family { source.family }
 
@@ -86,7 +90,7 @@ public struct ConnectionEvent: Sendable, Equatable {
                 pid: UInt32, comm: String, uid: UInt32, cgroupID: UInt64, netns: UInt32 = 0,
                 source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
                 hook: Hook = .tracepoint, processKnown: Bool = true, peerCgroupID: UInt64 = 0,
-                proto: IPProtocol = .tcp) {
+                proto: IPProtocol = .tcp, peerName: String? = nil) {
         self.timeNanoseconds = timeNanoseconds
         self.direction = direction
         self.outcome = outcome
@@ -104,6 +108,29 @@ public struct ConnectionEvent: Sendable, Equatable {
         self.processKnown = processKnown
         self.peerCgroupID = peerCgroupID
         self.proto = proto
+        self.peerName = peerName
+    }
+}
+
+/// A DNS message that a socket of the node received from port 53, as the
+/// tracer passed it on, and what the parser read in it.
+public struct DNSMessage: Sendable, Equatable {
+    public var timeNanoseconds: Int64
+    /// The receiving socket's cgroup: the workload that resolved.
+    public var cgroupID: UInt64
+    public var resolver: IPAddress
+    public var resolverPort: UInt16
+    public var proto: ConnectionEvent.IPProtocol
+    public var answer: Result<DNSAnswer, DNSAnswer.Problem>
+
+    public init(timeNanoseconds: Int64, cgroupID: UInt64, resolver: IPAddress, resolverPort: UInt16,
+                proto: ConnectionEvent.IPProtocol, answer: Result<DNSAnswer, DNSAnswer.Problem>) {
+        self.timeNanoseconds = timeNanoseconds
+        self.cgroupID = cgroupID
+        self.resolver = resolver
+        self.resolverPort = resolverPort
+        self.proto = proto
+        self.answer = answer
     }
 }
 
@@ -129,6 +156,7 @@ public struct CgroupEvent: Sendable, Equatable {
 public enum TraceRecord: Sendable, Equatable {
     case connection(ConnectionEvent)
     case cgroup(CgroupEvent)
+    case dns(DNSMessage)
 }
 
 public enum RecordDecodingError: Error, Equatable {
@@ -160,6 +188,19 @@ extension TraceRecord {
                 timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: raw.timestamp_ns),
                 created: kind == UInt32(CG_RECORD_CGROUP_MKDIR.rawValue),
                 hierarchyID: raw.hierarchy_id, cgroupID: raw.cgroup_id, path: path))
+        case UInt32(CG_RECORD_DNS_MESSAGE.rawValue):
+            guard bytes.count >= MemoryLayout<cg_dns_message>.size else { throw RecordDecodingError.tooShort(bytes.count) }
+            let header = bytes.loadUnaligned(as: cg_dns_message.self)
+            guard let proto = ConnectionEvent.IPProtocol(kernel: header.protocol) else {
+                throw RecordDecodingError.badField("protocol \(header.protocol)")
+            }
+            // Parsed where it lies, as far as the kernel copied it.
+            let start = MemoryLayout<cg_dns_message>.offset(of: \cg_dns_message.data)!
+            let data = UnsafeRawBufferPointer(rebasing: bytes[start ..< start + Int(min(header.len, UInt32(CG_DNS_MAX_BYTES)))])
+            return .dns(DNSMessage(
+                timeNanoseconds: clock.wallNanoseconds(bootNanoseconds: header.timestamp_ns), cgroupID: header.cgroup_id,
+                resolver: withUnsafeBytes(of: header.resolver) { IPAddress(ipv6: Array($0)) }, resolverPort: header.resolver_port,
+                proto: proto, answer: DNSAnswer.parse(data, messageLength: Int(header.message_len))))
         default:
             throw RecordDecodingError.unknownKind(kind)
         }

@@ -20,6 +20,9 @@ public struct ConnectionQuery: Sendable, Equatable {
     public var port: Int?
     /// The remote side is inside this block.
     public var peer: CIDR?
+    /// The DNS name the workload resolved to the peer (`peer_name`), or a
+    /// pattern `*.example.test` (one label deep). Events only.
+    public var peerName: DNSName?
     public var direction: ConnectionEvent.Direction?
     public var verdict: Verdict?
     public var proto: ConnectionEvent.IPProtocol?

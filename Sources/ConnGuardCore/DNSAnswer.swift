@@ -54,11 +54,15 @@ public struct DNSAnswer: Sendable, Equatable {
     /// Reads `bytes` (a DNS message, as carried by UDP or after TCP's length
     /// prefix). Past CG_DNS_MAX_BYTES nothing is read. Never traps, never
     /// allocates more than the answer it returns.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<DNSAnswer, Problem> {
+    /// `messageLength`: the message's own length, when `bytes` holds only
+    /// its start (the kernel copies at most CG_DNS_MAX_BYTES): what is there
+    /// is read.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, messageLength: Int? = nil) -> Result<DNSAnswer, Problem> {
         let work = UnsafeMutablePointer<cg_dns_work>.allocate(capacity: 1)
         defer { work.deallocate() }
         let r = bytes.withMemoryRebound(to: UInt8.self) { b in
-            cg_dns_parse(work, b.baseAddress ?? UnsafePointer(bitPattern: 1)!, UInt32(clamping: b.count))
+            cg_dns_parse_part(work, b.baseAddress ?? UnsafePointer(bitPattern: 1)!, UInt32(clamping: b.count),
+                              UInt32(clamping: max(messageLength ?? b.count, b.count)))
         }
         let a = work.pointee.a
         switch UInt32(r) {

@@ -9,13 +9,16 @@ public struct EventFilter: Sendable {
     /// Matches events whose cgroup is in this subtree.
     public var cgroups: CgroupSubtree?
     public var proto: ConnectionEvent.IPProtocol?
+    /// Matches connections whose peer_name is this name (or matches this pattern).
+    public var peerName: DNSName?
 
     public init(pid: UInt32? = nil, port: UInt16? = nil, cgroups: CgroupSubtree? = nil,
-                proto: ConnectionEvent.IPProtocol? = nil) {
+                proto: ConnectionEvent.IPProtocol? = nil, peerName: DNSName? = nil) {
         self.pid = pid
         self.port = port
         self.cgroups = cgroups
         self.proto = proto
+        self.peerName = peerName
     }
 
     public func matches(_ e: ConnectionEvent) -> Bool {
@@ -23,6 +26,7 @@ public struct EventFilter: Sendable {
         if let pid, e.pid != pid { return false }
         if let port, e.sourcePort != port && e.destinationPort != port { return false }
         if let cgroups, !cgroups.contains(e.cgroupID) { return false }
+        if let peerName, !(e.peerName.map(peerName.matches) ?? false) { return false }
         return true
     }
 }

@@ -39,7 +39,7 @@ public struct JSONLineWriter {
         }
         // 400 bytes hold every fixed key and number; a string grows at most
         // sixfold when escaped (\u00XX).
-        let bound = 400 + LineCursor.stringBound(e.comm) + (identity?.jsonFieldsBound ?? 0) + rest.count
+        let bound = 420 + LineCursor.stringBound(e.comm) + LineCursor.stringBound(e.peerName) + (identity?.jsonFieldsBound ?? 0) + rest.count
         let start = scratch.reserve(bound)
         var w = LineCursor(start)
         w.put(#"{"time":""#)
@@ -75,7 +75,8 @@ public struct JSONLineWriter {
         w.put(#","hook":""#)
         w.put(e.hook.jsonName)
         w.put(e.processKnown ? #"","process_known":true"# : #"","process_known":false"#)
-        w.put(e.proto == .tcp ? #","protocol":"tcp""# : #","protocol":"udp""#)
+        w.put(e.proto == .tcp ? #","protocol":"tcp","peer_name":"# : #","protocol":"udp","peer_name":"#)
+        w.string(e.peerName)
         identity?.putJSONFields(&w)
         rest.withUnsafeBufferPointer { w.put($0) }
         w.put("}\n")
@@ -420,7 +421,8 @@ public struct TableWriter {
         if let count { outcome = "+\(count) counted" }
         let cells = [String(decoding: time, as: UTF8.self), e.direction.rawValue, e.proto.rawValue, outcome,
                      e.processKnown ? String(e.pid) : "?", e.processKnown ? HumanText.escape(e.comm) : "?",
-                     TableWriter.endpoint(e.source, e.sourcePort), TableWriter.endpoint(e.destination, e.destinationPort)] + extra
+                     TableWriter.endpoint(e.source, e.sourcePort),
+                     TableWriter.endpoint(e.destination, e.destinationPort) + (e.peerName.map { " (\(HumanText.escape($0)))" } ?? "")] + extra
         appendRow(cells, to: &out)
     }
 

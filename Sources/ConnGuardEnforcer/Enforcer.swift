@@ -34,6 +34,10 @@ public final class Enforcer: @unchecked Sendable {
         public var maxPeerAddresses: UInt32 = 65536
         /// Denials ring buffer, bytes (a power of two, at least a page).
         public var denialRingBytes: UInt32 = 1 << 20
+        /// How long an allowed name's addresses stay allowed after its last
+        /// answer, at least (longer when the answer's TTL is): clients that
+        /// cache past the TTL keep working.
+        public var dnsFloorNanoseconds: UInt64 = 300_000_000_000
         public init() {}
     }
 
@@ -54,6 +58,10 @@ public final class Enforcer: @unchecked Sendable {
     private let dropMap: BPFMap
     private let denialMap: BPFMap
     private let udpDenialRepeatMap: BPFMap
+    private let nameRules: BPFMap
+    private let allowedNames: BPFMap
+    private let dnsGrantMap: BPFMap
+    private let dnsCountMap: BPFMap
     /// The programs' links, nil until attached (see `hooksAttached`).
     /// Guarded by hookLock.
     private var links: [BPFLink]?
@@ -75,7 +83,8 @@ public final class Enforcer: @unchecked Sendable {
 
     /// Maps shared with the kernel, pinned by these names under the pin root.
     static let pinnedMaps = ["cgroup_policy", "rules_cidr", "rules_peer", "peer_addresses",
-                             "socket_owners", "denials", "decisions", "enforce_drops"]
+                             "socket_owners", "denials", "decisions", "enforce_drops",
+                             "names_allowed", "rules_name", "dns_grants", "dns_counts"]
     /// Programs, in attach order: bind recorders first, then the deciders.
     static let programNames = ["cg_enf_bind4", "cg_enf_bind6", "cg_enf_ingress", "cg_enf_connect4", "cg_enf_connect6",
                                "cg_enf_sendmsg4", "cg_enf_sendmsg6"]
@@ -87,8 +96,10 @@ public final class Enforcer: @unchecked Sendable {
     /// Loads (or adopts) enforcement for the cgroup subtree at `cgroupPath`.
     public static func open(cgroupPath: String, pinRoot: String = defaultPinRoot,
                             unknown: UnknownCgroups = .allow, allowRoot: Bool = false,
-                            maxRules: UInt32 = Configuration().maxAddressRules) throws -> Enforcer {
+                            maxRules: UInt32 = Configuration().maxAddressRules,
+                            dnsFloorNanoseconds: UInt64 = Configuration().dnsFloorNanoseconds) throws -> Enforcer {
         var c = Configuration()
+        c.dnsFloorNanoseconds = dnsFloorNanoseconds
         c.pinRoot = pinRoot
         c.unknownCgroups = unknown
         c.allowRoot = allowRoot
@@ -120,6 +131,7 @@ public final class Enforcer: @unchecked Sendable {
         try object.setReadOnlyGlobal("unknown_deny", UInt8(configuration.unknownCgroups == .deny ? 1 : 0))
         try object.setReadOnlyGlobal("watch_level", UInt32(dir.level))
         try object.setReadOnlyGlobal("watch_root_id", dir.id)
+        try object.setReadOnlyGlobal("dns_floor_ns", configuration.dnsFloorNanoseconds)
         try object.map("cgroup_policy").setMaxEntries(configuration.maxCgroups)
         let addressSize = BPFMap.pinnedMaxEntries(at: "\(root)/rules_cidr") ?? configuration.maxAddressRules
         let workloadSize = BPFMap.pinnedMaxEntries(at: "\(root)/rules_peer") ?? configuration.maxPeerRules
@@ -146,6 +158,10 @@ public final class Enforcer: @unchecked Sendable {
         dropMap = try object.map("enforce_drops")
         denialMap = try object.map("denials")
         udpDenialRepeatMap = try object.map("udp_denial_repeats")
+        nameRules = try object.map("rules_name")
+        allowedNames = try object.map("names_allowed")
+        dnsGrantMap = try object.map("dns_grants")
+        dnsCountMap = try object.map("dns_counts")
 
         // Links: an earlier enforcer's pinned links are adopted now (they
         // enforce already). Otherwise the programs are attached when first
@@ -340,6 +356,9 @@ public final class Enforcer: @unchecked Sendable {
             try update(addressRules, key: k, value: value)
         } else if let k = rule.peerKey {
             try update(peerRules, key: k, value: value)
+        } else if let k = rule.nameKey, let n = rule.allowedNameKey {
+            try update(allowedNames, key: n, value: UInt32(1))
+            try update(nameRules, key: k, value: value)
         }
     }
 
@@ -349,6 +368,15 @@ public final class Enforcer: @unchecked Sendable {
         try ensureOpen()
         if let k = rule.cidrKey { return try addressRules.delete(key: k) }
         if let k = rule.peerKey { return try peerRules.delete(key: k) }
+        if let k = rule.nameKey, let n = rule.allowedNameKey {
+            let removed = try nameRules.delete(key: k)
+            // The name stays allowed while another of its rules (another port) does.
+            let others = try nameRules.keys(as: cg_name_rule_key.self).contains {
+                $0.workload_id == k.workload_id && $0.name_hash == k.name_hash && $0.pattern == k.pattern
+            }
+            if !others { _ = try allowedNames.delete(key: n) }
+            return removed
+        }
         return false
     }
 
@@ -362,7 +390,71 @@ public final class Enforcer: @unchecked Sendable {
         for k in try peerRules.keys(as: cg_peer_rule_key.self) where workloadID == nil || k.workload_id == workloadID {
             if let r = EnforcementRule(k) { out.insert(r) }
         }
+        for k in try nameRules.keys(as: cg_name_rule_key.self) where workloadID == nil || k.workload_id == workloadID {
+            if let r = EnforcementRule(k) { out.insert(r) }
+        }
         return out
+    }
+
+    // MARK: - DNS grants
+
+    /// An address that answers for allowed names granted a workload.
+    public struct DNSGrant: Sendable, Equatable {
+        public struct Name: Sendable, Equatable {
+            public var hash: UInt64
+            public var pattern: Bool
+            /// CLOCK_BOOTTIME nanoseconds.
+            public var expiresBootNanoseconds: UInt64
+            public var ttl: UInt32
+        }
+        public var workloadID: UInt32
+        public var address: IPAddress
+        public var names: [Name]
+    }
+
+    /// The grants in the kernel (slots that ended left out).
+    public func dnsGrants(nowBoot: UInt64 = UInt64(BootClock.now(CLOCK_BOOTTIME))) throws -> [DNSGrant] {
+        try ensureOpen()
+        var out: [DNSGrant] = []
+        for k in try dnsGrantMap.keys(as: cg_dns_grant_key.self) {
+            guard let v = try dnsGrantMap.lookup(key: k, as: cg_dns_grant.self) else { continue }
+            let names = Self.names(of: v).filter { $0.expiresBootNanoseconds > nowBoot }
+            guard !names.isEmpty else { continue }
+            out.append(DNSGrant(workloadID: k.workload_id, address: AddressKey.address(k.addr), names: names))
+        }
+        return out
+    }
+
+    private static func names(of v: cg_dns_grant) -> [DNSGrant.Name] {
+        withUnsafeBytes(of: v) { raw in
+            raw.bindMemory(to: cg_dns_grant_name.self).compactMap { n in
+                n.expires_ns == 0 ? nil
+                    : DNSGrant.Name(hash: n.name_hash, pattern: n.pattern != 0, expiresBootNanoseconds: n.expires_ns, ttl: n.ttl)
+            }
+        }
+    }
+
+    /// Deletes the grants whose every name ended (the kernel ignores them
+    /// already; this keeps the map from filling). Returns how many went.
+    @discardableResult
+    public func sweepDNSGrants(nowBoot: UInt64 = UInt64(BootClock.now(CLOCK_BOOTTIME))) throws -> Int {
+        try ensureOpen()
+        var n = 0
+        for k in try dnsGrantMap.keys(as: cg_dns_grant_key.self) {
+            guard let v = try dnsGrantMap.lookup(key: k, as: cg_dns_grant.self) else { continue }
+            if Self.names(of: v).allSatisfy({ $0.expiresBootNanoseconds <= nowBoot }), try dnsGrantMap.delete(key: k) { n += 1 }
+        }
+        return n
+    }
+
+    /// What became of the DNS answers enforced workloads received.
+    public func dnsCounts() throws -> DNSCounts {
+        try ensureOpen()
+        func n(_ c: cg_dns_count) throws -> UInt64 { try dnsCountMap.perCPUSum(index: c.rawValue) }
+        return DNSCounts(granted: try n(CG_DNS_COUNT_GRANTED), addressesGranted: try n(CG_DNS_COUNT_ADDRESSES),
+                         nameNotAllowed: try n(CG_DNS_COUNT_NOT_ALLOWED), untrustedResolver: try n(CG_DNS_COUNT_UNTRUSTED),
+                         malformed: try n(CG_DNS_COUNT_MALFORMED), notAnAnswer: try n(CG_DNS_COUNT_NOT_ANSWER),
+                         grantsFull: try n(CG_DNS_COUNT_GRANTS_FULL), allowedByGrant: try n(CG_DNS_COUNT_ALLOWED_CONNECTS))
     }
 
     /// Makes a workload's rules exactly `rules` (a baseline import). New rules
@@ -522,6 +614,34 @@ public struct EnforcementDropCounts: Sendable, Equatable {
     /// UDP denials counted, not reported: their flow's first denial in that
     /// second was (not pinned: since this enforcer loaded).
     public var udpDenialRepeats: UInt64 = 0
+}
+
+/// What became of the DNS answers that enforced workloads received (read
+/// in the kernel, before the socket had them). Pinned: since the pin root
+/// was made.
+public struct DNSCounts: Sendable, Equatable, Codable {
+    /// Answers for an allowed name, from a trusted resolver: their addresses granted.
+    public var granted: UInt64
+    /// Addresses granted or renewed.
+    public var addressesGranted: UInt64
+    /// Answers for names no rule names: nothing granted.
+    public var nameNotAllowed: UInt64
+    /// Answers from a resolver outside the workload's baseline: ignored.
+    public var untrustedResolver: UInt64
+    /// Answers the parser refused: ignored.
+    public var malformed: UInt64
+    /// Error answers (NXDOMAIN), queries, answers without addresses.
+    public var notAnAnswer: UInt64
+    /// Addresses that could not be granted: the grant map was full.
+    public var grantsFull: UInt64
+    /// Connects and datagrams allowed by a grant.
+    public var allowedByGrant: UInt64
+
+    enum CodingKeys: String, CodingKey {
+        case granted, addressesGranted = "addresses_granted", nameNotAllowed = "name_not_allowed",
+             untrustedResolver = "untrusted_resolver", malformed, notAnAnswer = "not_an_answer",
+             grantsFull = "grants_full", allowedByGrant = "allowed_by_grant"
+    }
 }
 
 /// Median and tail of a set of latencies.

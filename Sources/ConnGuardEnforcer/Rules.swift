@@ -31,11 +31,15 @@ public enum RulePeer: Sendable, Hashable, CustomStringConvertible {
     case cidr(CIDR)
     /// Any address of this workload (addresses set with `setPeerAddress`).
     case workload(UInt32)
+    /// Any address that DNS gave the workload for this name (DNSName's
+    /// `kernelHash`), or for a name this pattern matches: outbound only.
+    case name(hash: UInt64, pattern: Bool)
 
     public var description: String {
         switch self {
         case let .cidr(c): return c.description
         case let .workload(w): return "workload \(w)"
+        case let .name(h, p): return "\(p ? "pattern" : "name") \(String(h, radix: 16))"
         }
     }
 }
@@ -135,6 +139,34 @@ extension EnforcementRule {
         }
         guard let cidr = CIDR(text) else { return nil }
         self.init(workloadID: k.workload_id, direction: direction, port: k.port, peer: .cidr(cidr), proto: proto)
+    }
+
+    /// The rules_name key, or nil for another peer.
+    var nameKey: cg_name_rule_key? {
+        guard case let .name(h, pattern) = peer, direction == .connect else { return nil }
+        var k = cg_name_rule_key()
+        k.name_hash = h
+        k.workload_id = workloadID
+        k.port = port
+        k.protocol = proto.kernelValue
+        k.pattern = pattern ? 1 : 0
+        return k
+    }
+
+    /// The names_allowed key its rule needs, or nil for another peer.
+    var allowedNameKey: cg_name_key? {
+        guard case let .name(h, pattern) = peer else { return nil }
+        var k = cg_name_key()
+        k.name_hash = h
+        k.workload_id = workloadID
+        k.pattern = pattern ? 1 : 0
+        return k
+    }
+
+    init?(_ k: cg_name_rule_key) {
+        guard let proto = ConnectionEvent.IPProtocol(kernel: k.protocol) else { return nil }
+        self.init(workloadID: k.workload_id, direction: .connect, port: k.port, peer: .name(hash: k.name_hash, pattern: k.pattern != 0),
+                  proto: proto)
     }
 
     init?(_ k: cg_peer_rule_key) {

@@ -159,6 +159,15 @@ extension EventStore {
                 sqlite3_bind_null(stmt, 19)
             }
             sqlite3_bind_int64(stmt, 20, StoreCode.proto(e.proto))
+            for (i, text) in [(Int32(21), e.peerName), (22, c.expectedNames.isEmpty ? nil : c.expectedNames.joined(separator: ","))] {
+                if var t = text {
+                    t.withUTF8 { u in
+                        u.withMemoryRebound(to: CChar.self) { p in _ = sqlite3_bind_text(stmt, i, p.baseAddress, Int32(p.count), SQLITE_TRANSIENT) }
+                    }
+                } else {
+                    sqlite3_bind_null(stmt, i)
+                }
+            }
             try step(stmt, db, StoreSchema.insertEvent)
             let rowID = db.lastInsertedRowID
             if firstID == nil { firstID = rowID }

@@ -24,7 +24,7 @@ extension EventStore {
             var sql = """
                 SELECT e.id, e.time, e.direction, e.outcome, e.error, e.pid, e.comm, e.uid, e.cgroup_id,
                        e.netns, e.local_addr, e.local_port, e.peer_addr, e.peer_port, e.hook,
-                       e.process_known, e.verdict, e.identity_id, pw.name, e.protocol
+                       e.process_known, e.verdict, e.identity_id, pw.name, e.protocol, e.peer_name, e.expected_names
                 FROM event e LEFT JOIN workload pw ON pw.id = e.peer_workload_id
                 """
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
@@ -95,6 +95,17 @@ extension EventStore {
             if let until = query.until { conditions.append("e.time < ?"); arguments.append(until) }
             if let port = query.port { conditions.append("(e.local_port = ? OR e.peer_port = ?)"); arguments += [port, port] }
             if let after = query.afterID { conditions.append("e.id > ?"); arguments.append(after) }
+            if let n = query.peerName {
+                if n.isPattern {
+                    // One label before the pattern's parent, as rules match.
+                    let suffix = String(n.text.dropFirst(1)) // ".example.test"
+                    conditions.append("(e.peer_name LIKE ? ESCAPE '\\' AND instr(substr(e.peer_name, 1, length(e.peer_name) - ?), '.') = 0)")
+                    arguments += ["%" + suffix.replacingOccurrences(of: "_", with: "\\_"), suffix.utf8.count]
+                } else {
+                    conditions.append("e.peer_name = ?")
+                    arguments.append(n.text)
+                }
+            }
         case .aggregates:
             // Aggregates whose [first seen, last seen] overlaps the range.
             if let since = query.since { conditions.append("a.last_seen >= ?"); arguments.append(since) }
@@ -151,10 +162,13 @@ extension EventStore {
             cgroupID: UInt64(bitPattern: row[8] as Int64), netns: UInt32(truncatingIfNeeded: row[9] as Int64),
             source: accept ? peer : local, sourcePort: accept ? peerPort : localPort,
             destination: accept ? local : peer, destinationPort: accept ? localPort : peerPort,
-            hook: StoreCode.hook(row[14] as Int64), processKnown: row[15], proto: StoreCode.proto(row[19] as Int64))
+            hook: StoreCode.hook(row[14] as Int64), processKnown: row[15], proto: StoreCode.proto(row[19] as Int64),
+            peerName: row[20])
         let identity = try identities.identity(row[17] as Int64, db)
+        let expected: String? = row[21]
         return StoredConnection(id: row[0], event: event, identity: identity, verdict: StoreCode.verdict(row[16] as Int64),
-                                peerWorkload: row[18])
+                                peerWorkload: row[18],
+                                expectedNames: expected.map { $0.split(separator: ",").map(String.init) } ?? [])
     }
 
     /// Aggregated connections matching `query`, by last seen, oldest first.

@@ -28,9 +28,12 @@ let SQLITE_TRANSIENT = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_
 /// - events_view: the events with names and text, for a person at sqlite3.
 /// store-v2: event.peer_workload_id. store-v3: the protocol (StoreCode: 0
 /// tcp, 1 udp) of events and aggregates; an aggregate is one per (workload,
-/// direction, peer, port, verdict, protocol).
+/// direction, peer, port, verdict, protocol). store-v4: event.peer_name (the
+/// DNS name the workload resolved to the peer) and event.expected_names (of
+/// a denied connect: the names its rules on that port allow, which did not
+/// give this address).
 public enum StoreSchema {
-    public static let storeMigrations: [String] = ["store-v1", "store-v2", "store-v3"]
+    public static let storeMigrations: [String] = ["store-v1", "store-v2", "store-v3", "store-v4"]
 
     /// Registers the store's own migrations; call first, then a later layer's.
     public static func registerMigrations(in migrator: inout DatabaseMigrator) {
@@ -139,13 +142,19 @@ public enum StoreSchema {
                 ALTER TABLE connection_aggregate_v3 RENAME TO connection_aggregate;
                 """)
         }
+        migrator.registerMigration("store-v4") { db in
+            try db.execute(sql: """
+                ALTER TABLE event ADD COLUMN peer_name TEXT;
+                ALTER TABLE event ADD COLUMN expected_names TEXT;
+                """)
+        }
     }
 
     static let insertEvent = """
         INSERT INTO event (time, workload_id, identity_id, direction, outcome, error, pid, comm, uid,
                            cgroup_id, netns, local_addr, local_port, peer_addr, peer_port, hook,
-                           process_known, verdict, peer_workload_id, protocol)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           process_known, verdict, peer_workload_id, protocol, peer_name, expected_names)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
     static let touchIdentity = "UPDATE identity SET last_event_id = ? WHERE id = ?"

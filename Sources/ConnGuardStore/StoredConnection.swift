@@ -17,27 +17,34 @@ public struct StoredConnection: Sendable, Equatable {
     /// n: it stands for n events of this connection that the kernel counted
     /// without sending them: folded into the aggregate, never a row.
     public var repeatCount: Int64?
+    /// A denied connect to an address no DNS answer of an allowed name gave:
+    /// the names that the workload's rules on that port and protocol allow.
+    public var expectedNames: [String]
     /// The events this stands for.
     public var eventCount: Int { Int(repeatCount ?? 1) }
 
     public init(id: Int64? = nil, event: ConnectionEvent, identity: Identity, verdict: Verdict = .allowed,
-                peerWorkload: String? = nil, repeatCount: Int64? = nil) {
+                peerWorkload: String? = nil, repeatCount: Int64? = nil, expectedNames: [String] = []) {
         self.id = id
         self.event = event
         self.identity = identity
         self.verdict = verdict
         self.peerWorkload = peerWorkload
         self.repeatCount = repeatCount
+        self.expectedNames = expectedNames
     }
 
     /// One JSON line: the keys of `connguard trace -o json` (time, event,
     /// outcome, error, pid, comm, uid, cgroup_id, family, src, sport, dst,
     /// dport, netns, hook, process_known, workload, container {id, runtime,
     /// name, image} or null, pod {namespace, name, uid, container} or null),
-    /// then verdict and peer_workload (or null).
+    /// then verdict, peer_workload (or null) and, for a denied connect that
+    /// rules on names might have allowed, expected_names.
     public func appendJSONLine(using writer: inout JSONLineWriter, to out: inout [UInt8]) {
-        writer.append(event, identity: identity, extra: [("verdict", .string(verdict.rawValue)),
-                                                          ("peer_workload", peerWorkload.map(JSONValue.string) ?? .null)], to: &out)
+        var extra: [(String, JSONValue)] = [("verdict", .string(verdict.rawValue)),
+                                            ("peer_workload", peerWorkload.map(JSONValue.string) ?? .null)]
+        if !expectedNames.isEmpty { extra.append(("expected_names", .array(expectedNames.map(JSONValue.string)))) }
+        writer.append(event, identity: identity, extra: extra, to: &out)
     }
 
     /// `appendJSONLine` as a String, newline included.
@@ -126,7 +133,7 @@ enum RFC3339 {
 extension StoredConnection: Codable {
     enum CodingKeys: String, CodingKey {
         case id, time_ns, event, outcome, error, pid, comm, uid, cgroup_id, netns, src, sport, dst, dport
-        case hook, process_known, identity, verdict, peer_workload
+        case hook, process_known, identity, verdict, peer_workload, peer_name, expected_names
         case proto = "protocol"
     }
 
@@ -154,10 +161,12 @@ extension StoredConnection: Codable {
             destination: try address(.dst), destinationPort: try c.decode(UInt16.self, forKey: .dport),
             hook: try c.decode(ConnectionEvent.Hook.self, forKey: .hook),
             processKnown: try c.decode(Bool.self, forKey: .process_known),
-            proto: try c.decodeIfPresent(ConnectionEvent.IPProtocol.self, forKey: .proto) ?? .tcp)
+            proto: try c.decodeIfPresent(ConnectionEvent.IPProtocol.self, forKey: .proto) ?? .tcp,
+            peerName: try c.decodeIfPresent(String.self, forKey: .peer_name))
         identity = try c.decode(Identity.self, forKey: .identity)
         verdict = try c.decode(Verdict.self, forKey: .verdict)
         peerWorkload = try c.decodeIfPresent(String.self, forKey: .peer_workload)
+        expectedNames = try c.decodeIfPresent([String].self, forKey: .expected_names) ?? []
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -182,6 +191,8 @@ extension StoredConnection: Codable {
         try c.encode(identity, forKey: .identity)
         try c.encode(verdict, forKey: .verdict)
         try c.encodeIfPresent(peerWorkload, forKey: .peer_workload)
+        try c.encodeIfPresent(event.peerName, forKey: .peer_name)
+        if !expectedNames.isEmpty { try c.encode(expectedNames, forKey: .expected_names) }
     }
 }
 

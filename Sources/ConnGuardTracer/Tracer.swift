@@ -21,6 +21,10 @@ public struct LossCounts: Sendable, Equatable {
     /// UDP sockets whose role (client or server) could not be remembered:
     /// taken as what each call made them, so a reply may show as a flow.
     public var udpRoleStorage: UInt64 = 0
+    /// DNS answers not passed on (ring buffer full): the names they gave are
+    /// not known to user space (peer_name, learning by name). Enforcement
+    /// reads answers in the kernel and is not affected.
+    public var dnsRingBufferFull: UInt64 = 0
     /// Records user space could not decode (a bug if ever non-zero).
     public var undecodable: UInt64 = 0
     /// Times the kernel skipped one of our programs because it was already
@@ -111,6 +115,8 @@ public enum HookRung: String, CaseIterable, Sendable, CustomStringConvertible {
     /// attached at the cgroup v2 root (bpf/trace.bpf.c, "UDP").
     static let udpPrograms = ["cg_udp_connect4", "cg_udp_connect6", "cg_udp_sendmsg4", "cg_udp_sendmsg6",
                               "cg_udp_recvmsg4", "cg_udp_recvmsg6"]
+    /// Passes DNS answers on; at the cgroup root like the UDP programs.
+    static let dnsProgram = "cg_dns_answers"
 }
 
 /// Which process an accept event names.
@@ -163,6 +169,9 @@ public final class Tracer {
         public var countRepeats = false
         /// Repeats sent one by one a second, for the node (split over CPUs).
         public var repeatsSentPerSecond = 2_000
+        /// Pass on the DNS answers sockets receive (TraceRecord.dns), so
+        /// that connections name their peer by the name resolved for it.
+        public var dnsAnswers = true
         public init() {}
     }
 
@@ -320,6 +329,8 @@ public final class Tracer {
         for p in object.programs {
             if HookRung.udpPrograms.contains(p.name) {
                 p.autoload = cgroupRoot != nil
+            } else if p.name == HookRung.dnsProgram {
+                p.autoload = cgroupRoot != nil && configuration.dnsAnswers
             } else {
                 p.autoload = wanted.contains(p.name) || !HookRung.optionalPrograms.contains(p.name)
             }
@@ -368,8 +379,22 @@ public final class Tracer {
             // One line: the same six sock_addr hooks on every rung.
             chosen.append(HookChoice(capability: "udp", rung: rung, detail:
                 "cg_udp_* (cgroup/connect4, connect6, sendmsg4, sendmsg6, recvmsg4, recvmsg6; always allow) on \(cgroupRoot)"))
+            if configuration.dnsAnswers {
+                do {
+                    guard fd >= 0 else { throw BPFError("open \(cgroupRoot)", errno: errno) }
+                    links.append(try object.program(HookRung.dnsProgram).attach(cgroupFD: fd, cgroupPath: cgroupRoot))
+                } catch let e as BPFError {
+                    links.forEach { $0.detach() }
+                    throw TracerError.attach(e)
+                }
+                chosen.append(HookChoice(capability: "dns", rung: rung, detail:
+                    "\(HookRung.dnsProgram) (cgroup_skb/ingress; replies from port 53; always allow) on \(cgroupRoot)"))
+            } else {
+                chosen.append(HookChoice(capability: "dns", rung: rung, detail: "not traced (turned off)"))
+            }
         } else {
             chosen.append(HookChoice(capability: "udp", rung: rung, detail: udp ? "not traced: no cgroup v2 hierarchy is mounted" : "not traced"))
+            chosen.append(HookChoice(capability: "dns", rung: rung, detail: udp ? "not traced: no cgroup v2 hierarchy is mounted" : "not traced"))
         }
         // One line per capability: accept() and accept4() together.
         var merged: [HookChoice] = []
@@ -481,6 +506,7 @@ public final class Tracer {
         c.cgroupRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_CGROUP_RINGBUF_FULL.rawValue))
         c.acceptMapFull = try drops.perCPUSum(index: UInt32(CG_DROP_ACCEPT_MAP_FULL.rawValue))
         c.udpRoleStorage = try drops.perCPUSum(index: UInt32(CG_DROP_UDP_ROLE_STORAGE.rawValue))
+        c.dnsRingBufferFull = try drops.perCPUSum(index: UInt32(CG_DROP_DNS_RINGBUF_FULL.rawValue))
         c.undecodable = undecodable + (repeatCounter?.undecodable ?? 0)
         for p in object.programs {
             if let info = try? p.info() { c.recursionMisses += info.recursion_misses }

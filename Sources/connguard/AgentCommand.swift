@@ -88,6 +88,12 @@ struct AgentCommand: AsyncParsableCommand {
     @Flag(help: "Time every BPF program run, for the connguard_bpf_program_* metrics (costs ~75 ns a run).")
     var programStats = false
 
+    @Flag(help: "Do not read DNS answers (no peer_name, no rules on names; rules on names then allow nothing).")
+    var noDnsNames = false
+
+    @Option(help: "An allowed name's addresses stay allowed at least this long after its last answer (default 5m).", transform: Duration.parse)
+    var dnsFloor: Duration?
+
     @Option(help: "bpffs folder where enforcement is pinned (default /sys/fs/bpf/connguard).")
     var pinRoot: String?
 
@@ -155,6 +161,8 @@ struct AgentCommand: AsyncParsableCommand {
         if let unknown { c.unknownCgroups = unknown }
         if failOpen { c.failOpen = true }
         if programStats { c.programStats = true }
+        if noDnsNames { c.dnsNames = false }
+        if let dnsFloor { c.dnsFloorSeconds = dnsFloor.seconds }
         if let pinRoot { c.pinRoot = absolute(pinRoot) }
         if let clusterEndpoints { c.clusterEndpoints = AgentConfiguration.endpointList(clusterEndpoints) }
         if let nodeName { c.nodeName = nodeName }

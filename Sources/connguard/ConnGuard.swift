@@ -7,7 +7,7 @@ struct ConnGuard: AsyncParsableCommand {
         commandName: "connguard",
         abstract: "See, learn and enforce the TCP connections of every workload on this node.",
         version: ConnGuardVersion.string,
-        subcommands: [AgentCommand.self, ConnectionsCommand.self, StatusCommand.self, BaselineCommand.self, ModeCommand.self,
+        subcommands: [AgentCommand.self, ConnectionsCommand.self, StatusCommand.self, BaselineCommand.self, ModeCommand.self, DNSCommand.self,
                       TraceCommand.self, ProbeCommand.self, KillSwitchCommand.self]
     )
 }

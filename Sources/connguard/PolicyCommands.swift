@@ -180,3 +180,44 @@ func callAgent<T>(_ body: () async throws -> T) async throws -> T {
 func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
 }
+
+struct DNSCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dns",
+        abstract: "What each workload resolved through DNS: names, addresses, TTL left, and the rules they feed.",
+        discussion: """
+            An address stays with its name for max(TTL, the agent's --dns-floor) after the last answer. \
+            KERNEL UNTIL: until when enforcement lets the workload reach the address for that name (an \
+            enforced workload, a name its rules allow, an answer from a resolver its baseline allows).
+            """)
+    @OptionGroup var agent: AgentConnectionOptions
+    @Option(help: "Only this workload.") var workload: String?
+    @Option(help: "Only this name.") var name: String?
+    @Option(name: [.short, .customLong("output")], help: "table or json (one object per line).") var output: OutputFormat = .table
+
+    func validate() throws {
+        if let name, DNSName(name) == nil || name.hasPrefix("*") { throw ValidationError("--name: '\(name)' is not a DNS name (api.example.test)") }
+        if workload?.isEmpty == true { throw ValidationError("--workload must not be empty") }
+    }
+
+    func run() async throws {
+        var q: [(String, String)] = []
+        if let workload { q.append(("workload", workload)) }
+        if let name { q.append(("name", name)) }
+        var rows: [[String: Any]] = []
+        try await callAgent { try await APIClient(socketPath: agent.socket).get("/v1/dns", query: q) { line in
+            if output == .json { print(line) } else if let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] { rows.append(o) }
+            return true
+        } }
+        guard output == .table else { return }
+        say(pad("WORKLOAD", 32) + pad("NAME", 28) + pad("ADDRESS", 26) + pad("TTL", 7) + pad("LEFT", 6) + pad("HELD UNTIL", 21)
+              + pad("KERNEL UNTIL", 21) + "RULES")
+        for r in rows {
+            func s(_ k: String) -> String { HumanText.escape((r[k] as? String) ?? "-") }
+            let rules = ((r["rules"] as? [String]) ?? []).map(HumanText.escape).joined(separator: ", ")
+            say(pad(s("workload"), 32) + pad(s("name"), 28) + pad(s("address"), 26) + pad("\((r["ttl"] as? Int) ?? 0)", 7)
+                  + pad("\((r["ttl_left"] as? Int) ?? 0)", 6) + pad(String(s("held_until").prefix(19)), 21)
+                  + pad(String(s("allowed_in_kernel_until").prefix(19)), 21) + (rules.isEmpty ? "-" : rules))
+        }
+    }
+}

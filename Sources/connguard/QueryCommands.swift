@@ -38,6 +38,8 @@ struct ConnectionsCommand: AsyncParsableCommand {
     var port: UInt16?
     @Option(help: "Only this remote address or CIDR.")
     var peer: String?
+    @Option(help: "Only connections to addresses the workload resolved from this DNS name (or *.example.test).")
+    var peerName: String?
     @Option(help: "in (accepted) or out (connected).")
     var direction: String?
     @Option(help: "allowed, would_deny or denied.")
@@ -55,7 +57,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
         func add(_ k: String, _ v: String?) { if let v { q.append((k, v)) } }
         add("since", since); add("until", until); add("last", last.map(String.init))
         add("workload", workload); add("container", container); add("namespace", namespace); add("pod", pod)
-        add("port", port.map(String.init)); add("peer", peer); add("direction", direction); add("verdict", verdict)
+        add("port", port.map(String.init)); add("peer", peer); add("peer_name", peerName); add("direction", direction); add("verdict", verdict)
         add("protocol", proto)
         if aggregate { q.append(("aggregate", "true")) }
         if follow { q.append(("follow", "true")) }
@@ -71,7 +73,9 @@ struct ConnectionsCommand: AsyncParsableCommand {
         } catch {
             let problems = "\(error)".components(separatedBy: "; ").map { problem -> String in
                 let word = problem.prefix { $0.isLetter || $0 == "_" }
-                return ConnectionsRequest.parameters.contains(String(word)) ? "--" + problem : problem
+                // The API's peer_name is the flag --peer-name.
+                guard ConnectionsRequest.parameters.contains(String(word)) else { return problem }
+                return "--" + word.replacingOccurrences(of: "_", with: "-") + problem.dropFirst(word.count)
             }
             throw ValidationError(problems.joined(separator: "; ").replacingOccurrences(of: " and follow", with: " and --follow"))
         }
@@ -155,7 +159,8 @@ struct ConnectionTable {
         let process = (o["process_known"] as? Bool) == false ? "?" : "\(s("pid"))/\(s("comm"))"
         func endpoint(_ a: String, _ p: String) -> String { s(a).contains(":") ? "[\(s(a))]:\(s(p))" : "\(s(a)):\(s(p))" }
         return line([time("time"), s("event"), s("protocol"), outcome, s("verdict"), s("workload"), process,
-                     endpoint("src", "sport"), endpoint("dst", "dport"), s("peer_workload")])
+                     endpoint("src", "sport"), endpoint("dst", "dport") + (o["peer_name"] is String ? " (\(s("peer_name")))" : ""),
+                     s("peer_workload")])
     }
 
     private func line(_ cells: [String]) -> String {
@@ -215,6 +220,8 @@ struct StatusCommand: AsyncParsableCommand {
             if enf.unparsedPackets + enf.newCgroupsMissed + enf.udpDenialsCounted > 0 {
                 say("            \(enf.udpDenialsCounted) UDP denials counted (not sent one by one), \(enf.unparsedPackets) inbound packets not parsed (let through), \(enf.newCgroupsMissed) new cgroups missed at birth")
             }
+            let dns = s.dns
+            say("dns:        \(dns.answers) answers read (\(dns.malformed) malformed, \(dns.notAnAnswer) without addresses, \(dns.untrusted) from untrusted resolvers, \(dns.lost) lost); in the kernel: \(dns.granted) answers granted \(dns.addressesGranted) addresses (held at least \(Int(dns.floorSeconds)) s), \(dns.allowedByGrant) connects allowed by them, \(dns.untrustedResolver) from untrusted resolvers and \(dns.kernelMalformed) malformed ignored, \(dns.grantsFull) not granted (map full)")
             let k = enf.kernelRules
             say("rules:      \(k.address) of \(k.addressCapacity) address rules, \(k.workload) of \(k.workloadCapacity) workload rules in the kernel (enforced workloads)")
             if !enf.heldBack.isEmpty {

@@ -44,6 +44,9 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Only events of this workload (e.g. shop/web/app, a container name, or a host cgroup path).")
     var workload: String?
 
+    @Option(help: "Only connections to addresses their workload resolved from this DNS name (or *.example.test).")
+    var peerName: String?
+
     @Option(help: "Only events of pods in this Kubernetes namespace.")
     var namespace: String?
 
@@ -64,6 +67,9 @@ struct TraceCommand: ParsableCommand {
         if container?.isEmpty == true { throw ValidationError("--container must not be empty") }
         if workload?.isEmpty == true { throw ValidationError("--workload must not be empty") }
         if namespace?.isEmpty == true { throw ValidationError("--namespace must not be empty") }
+        if let peerName, DNSName(peerName) == nil {
+            throw ValidationError("--peer-name: '\(peerName)' is not a DNS name (api.example.test) or a pattern (*.example.test)")
+        }
         if ringBufferMiB == 0 || ringBufferMiB & (ringBufferMiB - 1) != 0 || ringBufferMiB > 1024 {
             throw ValidationError("--ring-buffer-mib must be a power of two up to 1024")
         }
@@ -74,7 +80,10 @@ struct TraceCommand: ParsableCommand {
     }
 
     private func trace() throws {
-        var filter = EventFilter(pid: pid, port: port, proto: proto)
+        var filter = EventFilter(pid: pid, port: port, proto: proto, peerName: peerName.flatMap(DNSName.init))
+        // What each workload resolved, from the answers the tracer passes
+        // on: a connection names its peer by it (peer_name).
+        var names = NameBook()
         var subtree: CgroupSubtree?
         if let cgroup {
             guard let mount = CgroupMount.find() else { throw Failure("no cgroup v2 hierarchy is mounted; --cgroup needs one") }
@@ -165,9 +174,13 @@ struct TraceCommand: ParsableCommand {
                     // before its first connection is read.
                     subtree?.apply(c)
                     identities?.apply(c)
-                case let .connection(e):
+                case let .dns(m):
+                    if case let .success(answer) = m.answer {
+                        let who = identities?.identity(forCgroup: m.cgroupID).workload ?? String(m.cgroupID)
+                        names.record(answer, workload: who, at: m.timeNanoseconds)
+                    }
+                case var .connection(e):
                     seen += 1
-                    guard filter.matches(e) else { return }
                     let identity: Identity
                     if let identities {
                         identity = identities.resolve(e)
@@ -175,6 +188,11 @@ struct TraceCommand: ParsableCommand {
                         identity = .unknown
                         unresolved += 1
                     }
+                    if e.direction == .connect, !names.isEmpty {
+                        e.peerName = names.name(of: e.peer, for: identities == nil ? String(e.cgroupID) : identity.workload,
+                                                at: e.timeNanoseconds)
+                    }
+                    guard filter.matches(e) else { return }
                     guard identityFilter.matches(identity) else { return }
                     shown += 1
                     switch format {

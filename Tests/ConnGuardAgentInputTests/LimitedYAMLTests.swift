@@ -34,3 +34,34 @@ final class LimitedYAMLTests: XCTestCase {
         XCTAssertThrowsError(try AgentConfiguration.load(yaml: "event_retention_count: 99999999999999:0:0"))
     }
 }
+
+/// Rules on DNS names in baseline files: written as people write them, read
+/// back the same; a name on an inbound rule, or a bad name, is refused.
+final class BaselineFileNameTests: XCTestCase {
+    func testRulesOnNamesRoundTrip() throws {
+        let file = """
+            workload: shop/web
+            mode: enforce
+            rules:
+              - {direction: out, peer: {name: API.example.test}, port: 443}
+              - {direction: out, peer: {name: "*.cdn.test"}, port: 443}
+              - {direction: out, peer: "name:s3.example.test", port: 443, protocol: tcp}
+            """
+        let b = try BaselineFile.parse(file, now: 0)
+        XCTAssertEqual(Set(b.rules.keys.map(\.peer.description)), ["name:api.example.test", "name:*.cdn.test", "name:s3.example.test"])
+        let again = try BaselineFile.parse(BaselineFile.export(b), now: 0)
+        XCTAssertEqual(Set(again.rules.keys), Set(b.rules.keys))
+        XCTAssertTrue(BaselineFile.export(b).contains("peer: {name: \"*.cdn.test\"}"))
+    }
+
+    func testBadNamesAndInboundNamesAreRefused() {
+        for rule in ["{direction: in, peer: {name: api.example.test}, port: 443}",
+                     "{direction: out, peer: {name: \"*.test\"}, port: 443}",
+                     "{direction: out, peer: {name: \"a b\"}, port: 443}",
+                     "{direction: out, peer: {name: x, other: y}, port: 443}"] {
+            XCTAssertThrowsError(try BaselineFile.parse("workload: w\nmode: learn\nrules:\n  - \(rule)\n", now: 0), rule) { error in
+                XCTAssertTrue("\(error)".contains("peer"), "\(error)")
+            }
+        }
+    }
+}

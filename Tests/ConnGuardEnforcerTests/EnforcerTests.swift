@@ -433,7 +433,7 @@ final class EnforcerTests: XCTestCase {
 
         let report = try Enforcer.removeAll(pinRoot: box.pinRoot)
         XCTAssertEqual(report.detachedLinks.count, 7, "\(report)")
-        XCTAssertEqual(report.removedPins.count, 15, "7 links and 8 maps: \(report)")
+        XCTAssertEqual(report.removedPins.count, 19, "7 links and 12 maps: \(report)")
         XCTAssertNotEqual(access(box.pinRoot, F_OK), 0)
         XCTAssertEqual(BPFSystem.links().filter { $0.attached && $0.programName.hasPrefix(Enforcer.programPrefix) }, [])
         XCTAssertTrue(try box.connect(from: cg.path, to: "127.0.0.1", port: b.port).ok)

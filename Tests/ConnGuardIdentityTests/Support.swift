@@ -184,6 +184,8 @@ final class TraceSession: @unchecked Sendable {
                             let identity = self.resolver.resolve(e)
                             guard ports.contains(e.destinationPort) || ports.contains(e.sourcePort) else { return }
                             self.lock.withLock { self.events.append(Seen(event: e, identity: identity)) }
+                        case .dns:
+                            break
                         }
                     })
             } catch {

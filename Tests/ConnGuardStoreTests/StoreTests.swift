@@ -323,7 +323,7 @@ final class EventStoreTests: StoreTestCase {
         store = try EventStore(path: dbPath, options: .init(migrations: [policy, policy2]))
         XCTAssertEqual(try store.database.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM baseline WHERE mode IS NULL") }, 1)
         let applied = try store.database.read { db in try EventStore.migrator([policy, policy2]).appliedIdentifiers(db) }
-        XCTAssertEqual(Set(applied), ["store-v1", "store-v2", "store-v3", "policy-v1", "policy-v2"])
+        XCTAssertEqual(Set(applied), ["store-v1", "store-v2", "store-v3", "store-v4", "policy-v1", "policy-v2"])
         try store.close()
         // The CLI, which knows only the store's migrations, still opens it.
         let cli = try EventStore(path: dbPath, options: .init(readOnly: true))
@@ -393,7 +393,7 @@ final class EventStoreTests: StoreTestCase {
                           connection(base + 1, identity: host, peerWorkload: "shop/db/postgres")])
         let rows = try store.query(ConnectionQuery())
         let traceKeys: Set<String> = ["time", "event", "outcome", "error", "pid", "comm", "uid", "cgroup_id", "family", "src",
-                                      "sport", "dst", "dport", "netns", "hook", "process_known", "protocol"]
+                                      "sport", "dst", "dport", "netns", "hook", "process_known", "protocol", "peer_name"]
         let pod = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(rows[0].jsonLine.utf8)) as? [String: Any])
         XCTAssertEqual(Set(pod.keys), traceKeys.union(["workload", "container", "pod", "verdict", "peer_workload"]))
         XCTAssertEqual(pod["workload"] as? String, "shop/web/app")

@@ -338,10 +338,11 @@ final class TracerTests: XCTestCase {
         var collector: TraceCollector? = try TraceCollector()
         let ids = try collector!.tracer.programs.map { try $0.info().id }
         // The socket state tracepoint, cgroup mkdir and rmdir, the exits of
-        // accept() and accept4(), and UDP's connect, sendmsg and recvmsg, 4 and 6.
-        XCTAssertEqual(ids.count, 11)
+        // accept() and accept4(), UDP's connect, sendmsg and recvmsg, 4 and
+        // 6, and the DNS answers' cgroup_skb.
+        XCTAssertEqual(ids.count, 12)
         XCTAssertTrue(ids.allSatisfy { BPFSystem.programExists(id: $0) })
-        XCTAssertEqual(BPFSystem.linksOfPrograms(ids).count, 11)
+        XCTAssertEqual(BPFSystem.linksOfPrograms(ids).count, 12)
         collector!.finish()
         XCTAssertEqual(BPFSystem.linksOfPrograms(ids), [], "links left attached")
         collector = nil

@@ -28,6 +28,7 @@ enum cg_record_kind {
     CG_RECORD_CONNECTION = 1, /* struct cg_connection_event */
     CG_RECORD_CGROUP_MKDIR = 2, /* struct cg_cgroup_event */
     CG_RECORD_CGROUP_RMDIR = 3, /* struct cg_cgroup_event */
+    CG_RECORD_DNS_MESSAGE = 4, /* struct cg_dns_message */
 };
 
 /* Which way the connection goes, seen from the process it is attributed to. */
@@ -125,7 +126,8 @@ enum cg_drop_reason {
     CG_DROP_CGROUP_RINGBUF_FULL = 3, /* a cgroup mkdir/rmdir record was lost */
     CG_DROP_ACCEPT_MAP_FULL = 4,     /* could not hold an accept for accept(): sent at once, naming the listener's owner */
     CG_DROP_UDP_ROLE_STORAGE = 5,    /* could not remember whether a UDP socket is a client or a server: taken as a client */
-    CG_DROP_REASON_COUNT = 6,
+    CG_DROP_DNS_RINGBUF_FULL = 6,    /* a DNS answer was not passed on (its names are not known to user space) */
+    CG_DROP_REASON_COUNT = 7,
 };
 
 /* Repeat counting: a connection is (cgroup, direction, outcome, protocol,
@@ -304,6 +306,95 @@ enum cg_enforce_drop_reason {
     CG_ENF_DROP_UNPARSED = 2,       /* an inbound packet whose TCP header was not found (allowed) */
     CG_ENF_DROP_BIRTH_RINGBUF_FULL = 3, /* a new cgroup in the subtree was not reported (cgroup_births full) */
     CG_ENF_DROP_REASON_COUNT = 4,
+};
+
+/* ---- DNS names ---------------------------------------------------------
+ * A workload's DNS answers say which addresses its names stand for. The
+ * tracer passes each answer a socket receives from port 53 to user space
+ * (struct cg_dns_message, parsed there by connguard_dns.h: peer_name,
+ * learning by name); enforcement parses the same answers in the kernel,
+ * before the socket has them, and lets the workload reach the addresses of
+ * the names its baseline allows (rules_name, dns_grants). */
+
+/* Bytes of a DNS message read (EDNS's recommended UDP size): records past it are not read. */
+#define CG_DNS_MAX_BYTES 1232
+
+/* A DNS message that a socket in the watched tree received from port 53: a
+ * UDP datagram, or the first segment of a TCP reply (after its 2-byte length). */
+struct cg_dns_message {
+    __u32 kind;          /* CG_RECORD_DNS_MESSAGE */
+    __u32 len;           /* bytes in data: at most CG_DNS_MAX_BYTES */
+    __u64 timestamp_ns;  /* CLOCK_BOOTTIME */
+    __u64 cgroup_id;     /* of the receiving socket */
+    __u32 message_len;   /* the message's own length (more than len when cut) */
+    __u32 netns;
+    __u8 resolver[16];   /* the sender, network byte order; IPv4 mapped (::ffff:a.b.c.d) */
+    __u16 resolver_port; /* host byte order: 53 */
+    __u8 protocol;       /* IPPROTO_UDP or IPPROTO_TCP */
+    __u8 pad;
+    __u32 pad2;
+    __u8 data[CG_DNS_MAX_BYTES];
+};
+_Static_assert(sizeof(struct cg_dns_message) == 56 + CG_DNS_MAX_BYTES, "cg_dns_message layout changed");
+
+/* Key of `names_allowed`: the names a workload's baseline has rules on.
+ * An answer to one of them (its question's name, or for a pattern
+ * `*.example.test` the name without its first label) grants its addresses. */
+struct cg_name_key {
+    __u64 name_hash;     /* connguard_dns.h's hash of the name (of the pattern's parent) */
+    __u32 workload_id;
+    __u32 pattern;       /* 1: name_hash is a one-label pattern's parent */
+};
+_Static_assert(sizeof(struct cg_name_key) == 16, "cg_name_key layout changed");
+
+/* Key of `rules_name`: "workload W may connect on port P to the addresses
+ * that DNS gave it for name N". Value: struct cg_rule. */
+struct cg_name_rule_key {
+    __u64 name_hash;
+    __u32 workload_id;
+    __u16 port;          /* host byte order */
+    __u8 protocol;       /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8 pattern;
+};
+_Static_assert(sizeof(struct cg_name_rule_key) == 16, "cg_name_rule_key layout changed");
+
+/* Key of `dns_grants`: an address that DNS gave a workload for an allowed name. */
+struct cg_dns_grant_key {
+    __u32 workload_id;
+    __u8 addr[16];       /* network byte order; IPv4 mapped */
+};
+_Static_assert(sizeof(struct cg_dns_grant_key) == 20, "cg_dns_grant_key layout changed");
+
+#define CG_DNS_GRANT_NAMES 4
+
+/* Value of `dns_grants`: which allowed names gave the address, and until when
+ * (CLOCK_BOOTTIME): max(TTL, the operator's floor) after their last answer.
+ * Up to CG_DNS_GRANT_NAMES names; a new one replaces the one that ends first. */
+struct cg_dns_grant_name {
+    __u64 name_hash;
+    __u64 expires_ns;  /* 0: an empty slot */
+    __u32 pattern;
+    __u32 ttl;         /* of the last answer, for `connguard dns` */
+};
+_Static_assert(sizeof(struct cg_dns_grant_name) == 24, "cg_dns_grant_name layout changed");
+
+struct cg_dns_grant {
+    struct cg_dns_grant_name names[CG_DNS_GRANT_NAMES];
+};
+_Static_assert(sizeof(struct cg_dns_grant) == 24 * CG_DNS_GRANT_NAMES, "cg_dns_grant layout changed");
+
+/* Indexes into the per-CPU `dns_counts` array of enforcement: what became
+ * of the DNS answers that enforced workloads received. */
+enum cg_dns_count {
+    CG_DNS_COUNT_GRANTED = 0,      /* an answer for an allowed name: its addresses granted */
+    CG_DNS_COUNT_ADDRESSES = 1,    /* addresses granted (or renewed) */
+    CG_DNS_COUNT_NOT_ALLOWED = 2,  /* an answer for a name no rule names: nothing granted */
+    CG_DNS_COUNT_UNTRUSTED = 3,    /* from a resolver outside the workload's baseline: ignored */
+    CG_DNS_COUNT_MALFORMED = 4,    /* refused by the parser: ignored */
+    CG_DNS_COUNT_NOT_ANSWER = 5,   /* an error (NXDOMAIN), a query, no addresses: nothing granted */
+    CG_DNS_COUNT_GRANTS_FULL = 6,  /* an address could not be granted (dns_grants full) */
+    CG_DNS_COUNT_ALLOWED_CONNECTS = 7, /* connects and datagrams let out by a grant */
+    CG_DNS_COUNT_COUNT = 8,
 };
 
 #endif /* CONNGUARD_H */

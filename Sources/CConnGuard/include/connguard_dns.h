@@ -28,13 +28,10 @@
 #ifndef CONNGUARD_DNS_H
 #define CONNGUARD_DNS_H
 
-#ifndef __VMLINUX_H__
-#include <linux/types.h>
-#endif
+#include "connguard.h" /* CG_DNS_MAX_BYTES, with the record that carries a message */
 
 #define CG_DNS_BUF 2048          /* power of two: every read is buf[off & CG_DNS_MASK] */
 #define CG_DNS_MASK (CG_DNS_BUF - 1)
-#define CG_DNS_MAX_BYTES 1232    /* copied and read (EDNS's recommended UDP size); records past it are not read */
 #define CG_DNS_MAX_ANSWERS 32
 #define CG_DNS_MAX_ADDRESSES 16
 #define CG_DNS_MAX_CHAIN 8
@@ -363,17 +360,50 @@ static inline void cg_dns_begin(struct cg_dns_work *w, __u32 len, int complete)
 }
 
 #ifndef __VMLINUX_H__
-/* User space: the whole parse of `len` bytes at `data`. */
-static inline int cg_dns_parse(struct cg_dns_work *w, const __u8 *data, __u32 len)
+/* User space: the two hashes the parser computes for a question's name, of
+ * a dotted name of `len` bytes (no final dot; already lowercase): what rules
+ * on names are keyed by in the kernel. */
+static inline void cg_dns_hash_text(const char *name, __u32 len, __u64 *hash, __u64 *parent_hash)
+{
+    __u64 h = CG_DNS_FNV_BASIS, p = CG_DNS_FNV_BASIS;
+    __u32 labels = 0, i = 0;
+    while (i < len) {
+        __u32 end = i;
+        while (end < len && name[end] != '.')
+            end++;
+        labels++;
+        h = cg_dns_fold(h, (__u8)(end - i));
+        if (labels >= 2)
+            p = cg_dns_fold(p, (__u8)(end - i));
+        for (__u32 j = i; j < end; j++) {
+            h = cg_dns_fold(h, (__u8)name[j]);
+            if (labels >= 2)
+                p = cg_dns_fold(p, (__u8)name[j]);
+        }
+        i = end + 1;
+    }
+    *hash = h;
+    *parent_hash = labels >= 2 ? p : 0;
+}
+
+/* User space: the whole parse of the `len` bytes at `data` of a message
+ * `message_len` bytes long (more when the copy was cut). */
+static inline int cg_dns_parse_part(struct cg_dns_work *w, const __u8 *data, __u32 len, __u32 message_len)
 {
     __u32 n = len < CG_DNS_MAX_BYTES ? len : CG_DNS_MAX_BYTES;
     for (__u32 i = 0; i < n; i++)
         w->buf[i] = data[i];
-    cg_dns_begin(w, len, 1);
+    cg_dns_begin(w, n, message_len <= n);
     int r = CG_DNS_MORE;
     while (r == CG_DNS_MORE)
         r = cg_dns_step(w);
     return r;
+}
+
+/* User space: the whole parse of `len` bytes at `data`. */
+static inline int cg_dns_parse(struct cg_dns_work *w, const __u8 *data, __u32 len)
+{
+    return cg_dns_parse_part(w, data, len, len);
 }
 #endif
 

@@ -19,14 +19,18 @@ public enum Mode: String, Sendable, Codable, CaseIterable, Comparable {
 /// named by workload, so the rule survives that peer's restarts and new
 /// addresses; any other peer is an address block (a single address is a /32
 /// or /128). Learning never widens an address into a larger block: only an
-/// operator's import can.
+/// operator's import can. An external peer that the workload reached by a
+/// DNS name is that name (or an imported pattern): the rule survives the
+/// name's rotating addresses.
 public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
     case workload(String)
     case network(CIDR)
+    case name(DNSName)
 
     public var description: String {
         switch self {
         case let .workload(w): return "workload:\(w)"
+        case let .name(n): return "name:\(n)"
         case let .network(c):
             let full = c.network.family == .ipv4 ? 32 : 128
             return c.prefixLength == full ? c.network.description : c.description
@@ -34,12 +38,16 @@ public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
     }
 
     /// The inverse of `description`: "workload:NAME" (NAME not empty) is a
-    /// workload; anything else must be an address or a CIDR.
+    /// workload, "name:api.example.test" (or "name:*.example.test") a DNS
+    /// name; anything else must be an address or a CIDR.
     public init?(description text: String) {
         if text.hasPrefix("workload:") {
             let name = String(text.dropFirst("workload:".count))
             guard !name.isEmpty else { return nil }
             self = .workload(name)
+        } else if text.hasPrefix("name:") {
+            guard let n = DNSName(String(text.dropFirst("name:".count))) else { return nil }
+            self = .name(n)
         } else if let c = CIDR(text) {
             self = .network(c)
         } else {
@@ -49,11 +57,13 @@ public enum Peer: Hashable, Sendable, Comparable, CustomStringConvertible {
 
     public static func < (a: Peer, b: Peer) -> Bool { a.description < b.description }
 
-    /// Whether an address (and, if known, the workload it belongs to) is this peer.
-    public func matches(address: IPAddress, workload: String?) -> Bool {
+    /// Whether an address (and, if known, the workload it belongs to and the
+    /// names this workload resolved to it) is this peer.
+    public func matches(address: IPAddress, workload: String?, names: [String] = []) -> Bool {
         switch self {
         case let .workload(w): return w == workload
         case let .network(c): return c.contains(address)
+        case let .name(n): return names.contains { n.matches($0) }
         }
     }
 }
@@ -125,12 +135,16 @@ public struct Rule: Hashable, Sendable {
 
 extension RuleKey {
     /// The rule an event would need. `peerWorkload` is the workload that owns
-    /// the remote address, if the agent knows one.
+    /// the remote address, if the agent knows one; else an outbound
+    /// connection to an address DNS gave this workload is a rule on that
+    /// name (`event.peerName`).
     public init(event: ConnectionEvent, peerWorkload: String?) {
         let direction = event.direction
         let peer: Peer
         if let w = peerWorkload, w != Identity.unknownWorkload {
             peer = .workload(w)
+        } else if direction == .connect, let n = event.peerName.flatMap(DNSName.init) {
+            peer = .name(n)
         } else {
             let full = event.peer.family == .ipv4 ? 32 : 128
             peer = .network(CIDR(address: event.peer, prefixLength: full))
@@ -173,21 +187,32 @@ public struct Baseline: Sendable, Equatable {
         self.learningStopped = learningStopped
     }
 
-    /// Whether some rule allows this connection.
-    public func allows(_ event: ConnectionEvent, peerWorkload: String?) -> Bool {
+    /// Whether some rule allows this connection. `peerNames`: every name
+    /// this workload resolved to the peer's address that still holds (an
+    /// address also claimed by a name that is not allowed is allowed if any
+    /// allowed name maps to it).
+    public func allows(_ event: ConnectionEvent, peerWorkload: String?, peerNames: [String] = []) -> Bool {
         let direction = event.direction
         let port = event.direction == .connect ? event.remotePort : event.localPort
         let proto = event.proto.rawValue
         if let w = peerWorkload, rules[RuleKey(direction: direction, peer: .workload(w), port: port, proto: proto)] != nil {
             return true
         }
-        let exact = RuleKey(event: event, peerWorkload: nil)
-        if rules[exact] != nil { return true }
-        // Operator-imported blocks: a linear scan, only over network rules
-        // wider than one address (few, in practice).
+        var byAddress = event
+        byAddress.peerName = nil
+        if rules[RuleKey(event: byAddress, peerWorkload: nil)] != nil { return true }
+        if direction == .connect {
+            for n in peerNames {
+                if let name = DNSName(n), rules[RuleKey(direction: direction, peer: .name(name), port: port, proto: proto)] != nil {
+                    return true
+                }
+            }
+        }
+        // Operator-imported blocks and patterns: a linear scan, only over
+        // rules wider than one address or name (few, in practice).
         return rules.keys.contains { k in
             k.direction == direction && k.port == port && k.proto == proto
-                && k.peer.matches(address: event.peer, workload: peerWorkload)
+                && k.peer.matches(address: event.peer, workload: peerWorkload, names: direction == .connect ? peerNames : [])
         }
     }
 

@@ -45,6 +45,15 @@ public struct NameBook: Sendable, Equatable {
         entries[workload] = book
     }
 
+    public var isEmpty: Bool { entries.isEmpty }
+
+    /// Every name whose answer to `workload` gave `address` and still holds
+    /// at `now`, most recent first.
+    public func names(of address: IPAddress, for workload: String, at now: Int64) -> [String] {
+        (entries[workload]?[address]?.values.filter { $0.expires > now } ?? [])
+            .sorted { ($0.answeredAt, $1.name) > ($1.answeredAt, $0.name) }.map(\.name)
+    }
+
     /// The name `workload` resolved most recently to `address`, if that
     /// answer still holds at `now`.
     public func name(of address: IPAddress, for workload: String, at now: Int64) -> String? {
