@@ -238,6 +238,7 @@ public final class Agent: @unchecked Sendable {
             metrics.update(loss: loss, writeQueueLost: w.lost, aggregatedOnly: w.aggregatedOnly)
         }
         if let drops = try? enforcer?.dropCounts() { metrics.update(enforcementDrops: drops) }
+        metrics.update(dns: names.snapshot, lost: (try? tracer.lossCounts().dnsRingBufferFull) ?? 0, kernel: (try? enforcer?.dnsCounts()) ?? nil)
         metrics.update(programStats: tracer.programs.compactMap { p in
             guard let info = try? p.info() else { return nil }
             return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)

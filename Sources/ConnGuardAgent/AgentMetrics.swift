@@ -16,6 +16,8 @@ public final class AgentMetrics: Sendable {
     /// Enforcement's own counts: unparsed packets, missed new cgroups, UDP
     /// denials counted instead of sent.
     private let enforcement: [String: Counter]
+    /// DNS answers, by where they were read and what came of them.
+    private let dnsAnswers: [String: Counter]
     private let unattributed: Counter
     private let followDropped: Counter
     private let aggregatedOnly: Counter
@@ -72,6 +74,24 @@ public final class AgentMetrics: Sendable {
             "udp_denials_counted": registry.makeCounter(descriptor: AgentMetrics.metric("connguard_udp_denials_counted_total",
                 help: "UDP denials counted in the kernel instead of sent (their flow's first denial that second was sent)."))
         ]
+        let dnsHelp = "DNS answers read, by where (agent: user space, for peer_name and learning; kernel: enforcement, before the socket has them) and what came of them."
+        dnsAnswers = Dictionary(uniqueKeysWithValues: [
+            ("agent/named", "agent", "named"), ("agent/malformed", "agent", "malformed"), ("agent/no_addresses", "agent", "no_addresses"),
+            ("agent/untrusted_resolver", "agent", "untrusted_resolver"), ("agent/lost", "agent", "ring_buffer_full"),
+            ("kernel/granted", "kernel", "granted"), ("kernel/name_not_allowed", "kernel", "name_not_allowed"),
+            ("kernel/untrusted_resolver", "kernel", "untrusted_resolver"), ("kernel/malformed", "kernel", "malformed"),
+            ("kernel/no_addresses", "kernel", "no_addresses"),
+        ].map { key, stage, outcome in
+            (key, registry.makeCounter(descriptor: AgentMetrics.metric("connguard_dns_answers_total", help: dnsHelp),
+                                       labels: [("stage", stage), ("outcome", outcome)]))
+        } + [
+            ("kernel/addresses", registry.makeCounter(descriptor: AgentMetrics.metric("connguard_dns_addresses_granted_total",
+                help: "Addresses that answers for allowed names let enforced workloads reach (granted or renewed)."))),
+            ("kernel/grants_full", registry.makeCounter(descriptor: AgentMetrics.metric("connguard_dns_grants_full_total",
+                help: "Addresses of allowed names that could not be granted: the kernel's grant map was full."))),
+            ("kernel/allowed", registry.makeCounter(descriptor: AgentMetrics.metric("connguard_dns_connects_allowed_total",
+                help: "Connects and datagrams that enforcement allowed by a DNS grant."))),
+        ])
         unattributed = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_events_unattributed_total",
                                             help: "Events whose cgroup could not be resolved to a workload (stored as workload 'unknown')."))
         followDropped = registry.makeCounter(descriptor: AgentMetrics.metric("connguard_follow_events_dropped_total",
@@ -153,6 +173,21 @@ public final class AgentMetrics: Sendable {
         advance("e/unparsed", d.unparsedPackets) { enforcement["unparsed"]!.increment(by: $0) }
         advance("e/cgroups_missed", d.lostNewCgroups) { enforcement["cgroups_missed"]!.increment(by: $0) }
         advance("e/udp_denials_counted", d.udpDenialRepeats) { enforcement["udp_denials_counted"]!.increment(by: $0) }
+    }
+
+    public func update(dns user: ResolvedNames.Counts, lost: UInt64, kernel k: DNSCounts?) {
+        let named = user.answers - min(user.answers, user.notAnAnswer + user.untrusted)
+        for (key, value) in [("agent/named", named), ("agent/malformed", user.malformed), ("agent/no_addresses", user.notAnAnswer),
+                             ("agent/untrusted_resolver", user.untrusted), ("agent/lost", lost)] {
+            advance("d/" + key, value) { dnsAnswers[key]!.increment(by: $0) }
+        }
+        guard let k else { return }
+        for (key, value) in [("kernel/granted", k.granted), ("kernel/name_not_allowed", k.nameNotAllowed),
+                             ("kernel/untrusted_resolver", k.untrustedResolver), ("kernel/malformed", k.malformed),
+                             ("kernel/no_addresses", k.notAnAnswer), ("kernel/addresses", k.addressesGranted),
+                             ("kernel/grants_full", k.grantsFull), ("kernel/allowed", k.allowedByGrant)] {
+            advance("d/" + key, value) { dnsAnswers[key]!.increment(by: $0) }
+        }
     }
 
     public func update(programStats: [(name: String, runs: UInt64, nanoseconds: UInt64, misses: UInt64)]) {

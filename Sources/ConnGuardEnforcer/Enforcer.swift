@@ -108,6 +108,24 @@ public final class Enforcer: @unchecked Sendable {
         return try Enforcer(cgroupPath: cgroupPath, configuration: c)
     }
 
+    /// Whether this kernel takes the enforcement programs (its verifier
+    /// accepts every one of them): nil if so, else why not. Loads them into
+    /// maps of its own, attaches and pins nothing, and lets them go.
+    public static func checkLoads() -> String? {
+        var size: UInt = 0
+        let start = cg_bpf_enforce_object(&size)
+        do {
+            let object = try BPFObject(bytes: Array(UnsafeRawBufferPointer(start: start, count: Int(size))), name: "connguard_enforce_probe")
+            try object.map("denials").setMaxEntries(1 << 16)
+            try object.load()
+            return nil
+        } catch let e as BPFError {
+            return e.description
+        } catch {
+            return "\(error)"
+        }
+    }
+
     /// How many rules each rule map holds: what was asked, or the size of the
     /// map pinned by an earlier agent, which is adopted as it is (its rules
     /// enforce right now; a new size takes the kill-switch and a restart).

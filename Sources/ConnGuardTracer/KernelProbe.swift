@@ -10,6 +10,12 @@ public struct KernelProbeReport {
         public let name: String
         public let available: Bool
         public let detail: String
+
+        public init(name: String, available: Bool, detail: String) {
+            self.name = name
+            self.available = available
+            self.detail = detail
+        }
     }
 
     public var facilities: [Facility] = []

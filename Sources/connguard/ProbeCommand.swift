@@ -1,5 +1,6 @@
 import ArgumentParser
 import ConnGuardCore
+import ConnGuardEnforcer
 import ConnGuardTracer
 
 struct ProbeCommand: ParsableCommand {
@@ -13,7 +14,13 @@ struct ProbeCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let report = KernelProbe.run()
+            var report = KernelProbe.run()
+            if report.error == nil {
+                // Enforcement's programs (the DNS answer parser among them), loaded and let go.
+                let refused = Enforcer.checkLoads()
+                report.facilities.append(.init(name: "enforcement programs", available: refused == nil,
+                                               detail: refused.map { "refused: \($0)" } ?? "load (cgroup connect, sendmsg, bind, cgroup_skb with the DNS parser)"))
+            }
             switch output {
             case .table:
                 for f in report.facilities {

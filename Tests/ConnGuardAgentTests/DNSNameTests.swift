@@ -228,6 +228,11 @@ extension AgentTests {
         XCTAssertEqual(d["lost"] as? Int, 0)
         XCTAssertEqual(d["grants_full"] as? Int, 0)
         XCTAssertEqual((st["lost"] as? [String: Any])?["total"] as? Int, 0)
+        // And for Prometheus.
+        let metrics = try httpGet(port: metricsPort, path: "/metrics")
+        let granted = metrics.split(separator: "\n").first { $0.hasPrefix("connguard_dns_answers_total{") && $0.contains("stage=\"kernel\"") && $0.contains("outcome=\"granted\"") }
+        XCTAssertGreaterThanOrEqual(granted.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0, 10_000, metrics)
+        XCTAssertTrue(metrics.contains("connguard_dns_connects_allowed_total"), metrics)
         _ = try cli(["mode", client, "learn", "--socket", socket])
     }
 

@@ -145,10 +145,68 @@ final class TraceCommandTests: XCTestCase {
         XCTAssertNotEqual(bad.process.terminationStatus, 0)
     }
 
+    /// A DNS answer names the peer of the connection that follows it, for
+    /// the workload that resolved (a process in a test cgroup: a resolver
+    /// on 127.0.0.78:53 answers api.example.test with 127.0.0.1); in JSON,
+    /// in the table, and for --peer-name, which leaves out the same
+    /// connection from a workload that resolved nothing.
+    func testDNSAnswersNameThePeer() throws {
+        try requireRoot()
+        let cgroup = try TestCgroup("resolver-client")
+        defer { cgroup.remove() }
+        let dns = try Child("/usr/bin/python3", ["-c", """
+            import socket
+            from dnslib import DNSRecord, RR, A, QTYPE
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.78", 53)); print("ready", flush=True)
+            while True:
+                q, a = s.recvfrom(2048); r = DNSRecord.parse(q).reply()
+                r.add_answer(RR(r.q.qname, QTYPE.A, rdata=A("127.0.0.1"), ttl=60)); s.sendto(r.pack(), a)
+            """])
+        defer { dns.stop(signal: SIGKILL) }
+        XCTAssertEqual(dns.readLine(), "ready")
+        let (lfd, port) = try Net.listener(family: AF_INET, address: "127.0.0.1")
+        defer { close(lfd) }
+        for (format, filter) in [("json", []), ("json", ["--peer-name", "*.example.test"]), ("table", [])] {
+            let child = try startTrace(["-o", format, "--port", String(port)] + filter)
+            let resolver = try Child("/bin/sh", ["-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec /usr/bin/python3 -c \"$0\"", """
+                import socket
+                from dnslib import DNSRecord
+                a = DNSRecord.parse(DNSRecord.question("api.example.test").send("127.0.0.78", 53, timeout=3)).a.rdata
+                socket.create_connection((str(a), \(port))).close()
+                """])
+            resolver.process.waitUntilExit()
+            XCTAssertEqual(resolver.process.terminationStatus, 0)
+            close(accept(lfd, nil, nil))
+            let plain = try Net.connect(family: AF_INET, address: "127.0.0.1", port: port) // from this process: no lookup
+            close(accept(lfd, nil, nil))
+            close(plain)
+            usleep(300_000)
+            let result = finish(child)
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let lines = result.stdout.split(separator: "\n").map(String.init)
+            if format == "table" {
+                XCTAssertEqual(lines.filter { $0.contains("127.0.0.1:\(port) (api.example.test)") }.count, 1, result.stdout)
+                continue
+            }
+            let rows = try lines.map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+            let connects = rows.filter { $0["event"] as? String == "connect" }
+            let named = connects.filter { $0["peer_name"] as? String == "api.example.test" }
+            XCTAssertEqual(named.count, 1, result.stdout)
+            XCTAssertEqual(named.first?["comm"] as? String, "python3")
+            if filter.isEmpty {
+                XCTAssertEqual(connects.count, 2, "and the connect without a lookup, peer_name null: \(result.stdout)")
+                XCTAssertEqual(connects.filter { $0["peer_name"] is NSNull }.count, 1)
+                XCTAssertTrue(rows.allSatisfy { $0.keys.contains("peer_name") })
+            } else {
+                XCTAssertEqual(rows.count, 1, "--peer-name: only the named connect: \(result.stdout)")
+            }
+        }
+    }
+
     func testBadArgumentsAreRejected() throws {
         for args in [["trace", "--duration", "soon"], ["trace", "--port", "70000"], ["trace", "-o", "xml"],
                      ["trace", "--cgroup", "/definitely/not/a/cgroup"], ["trace", "--cgroup", "../../../etc"],
-                     ["trace", "--pid", "-1"], ["frobnicate"]] {
+                     ["trace", "--pid", "-1"], ["trace", "--peer-name", "*.test"], ["trace", "--peer-name", "a..b"], ["frobnicate"]] {
             let child = try Child(binary, args)
             child.process.waitUntilExit()
             let err = String(decoding: child.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

@@ -14,6 +14,11 @@
  *                             datagrams (recvfrom, sendto back), exit 0
  *   cgnet udpsend ADDR PORT N   send N datagrams from one unconnected socket
  *                             (sendto), reading each answer; print "ok"
+ *   cgnet dnsserve ADDR PORT N  a DNS server: print "ready", answer N queries,
+ *                             each with one A record, 127.0.0.1, TTL 60
+ *   cgnet dnsconnect ADDR PORT TPORT  as glibc does: a connected UDP socket
+ *                             asks ADDR:PORT for vm.example.test, then
+ *                             connects over TCP to 127.0.0.1:TPORT; "ok"
  * ADDR is an IPv4 or IPv6 literal.
  */
 #include <arpa/inet.h>
@@ -48,6 +53,56 @@ static int make_addr(const char *addr, int port, struct sockaddr_storage *ss, so
     exit(2);
 }
 
+static int dns(const char *cmd, int family, struct sockaddr_storage *ss, socklen_t len, int n)
+{
+    static const unsigned char query[] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+                                          2, 'v', 'm', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 4, 't', 'e', 's', 't', 0,
+                                          0, 1, 0, 1};
+    static const unsigned char answer[] = {0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1};
+    unsigned char buf[512];
+    struct sockaddr_storage from;
+    socklen_t flen;
+    struct timeval tv = {.tv_sec = 5};
+    int fd = socket(family, SOCK_DGRAM, 0);
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (strcmp(cmd, "dnsserve") == 0) {
+        if (bind(fd, (struct sockaddr *)ss, len)) {
+            perror("bind");
+            return 2;
+        }
+        printf("ready\n");
+        fflush(stdout);
+        while (n-- > 0) {
+            ssize_t r;
+            flen = sizeof(from);
+            r = recvfrom(fd, buf, sizeof(buf) - sizeof(answer), 0, (struct sockaddr *)&from, &flen);
+            if (r < 12) {
+                perror("dnsserve");
+                return 2;
+            }
+            buf[2] = 0x81, buf[3] = 0x80; /* an answer, recursion available */
+            buf[6] = 0, buf[7] = 1;       /* one answer record */
+            memcpy(buf + r, answer, sizeof(answer));
+            sendto(fd, buf, r + sizeof(answer), 0, (struct sockaddr *)&from, flen);
+        }
+        return 0;
+    }
+    if (connect(fd, (struct sockaddr *)ss, len) || send(fd, query, sizeof(query), 0) != sizeof(query)
+        || recv(fd, buf, sizeof(buf), 0) < (ssize_t)(sizeof(query) + sizeof(answer))) {
+        printf("dns: %s\n", strerror(errno));
+        return 1;
+    }
+    make_addr("127.0.0.1", n, ss, &len);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)ss, len)) {
+        printf("%s\n", strerror(errno));
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct sockaddr_storage ss;
@@ -59,6 +114,8 @@ int main(int argc, char **argv)
         return 2;
     }
     family = make_addr(argv[2], atoi(argv[3]), &ss, &len);
+    if (strncmp(argv[1], "dns", 3) == 0 && argc == 5)
+        return dns(argv[1], family, &ss, len, atoi(argv[4]));
     if (strncmp(argv[1], "udp", 3) == 0 && argc == 5) {
         struct sockaddr_storage from;
         socklen_t flen;

@@ -39,9 +39,17 @@ expect() {
     fi
 }
 
+# Enforcement's programs (with the in-kernel DNS parser) must load here.
+if "$CG" probe -o json | grep -q '"enforcement programs":{"available":true'; then
+    echo "RESULT enforcement ok: its programs load (cgroup connect, sendmsg, bind, cgroup_skb with the DNS parser under bpf_loop)"
+else
+    echo "RESULT enforcement fail: $("$CG" probe | grep 'enforcement programs')"
+    status=1
+fi
+
 for rung in fentry kprobe tracepoint; do
     base=$((base + 10))
-    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3)); pu4=$((p4 + 4)); pu6=$((p4 + 5))
+    p4=$((18000 + base)); p6=$((p4 + 1)); pr=$((p4 + 2)); ph=$((p4 + 3)); pu4=$((p4 + 4)); pu6=$((p4 + 5)); pd=$((p4 + 6))
     out="$TMP/$rung.json"; err="$TMP/$rung.err"
     expected=no
     case " $EXPECT " in *" $rung "*) expected=yes ;; esac
@@ -85,20 +93,27 @@ for rung in fentry kprobe tracepoint; do
     u4=$!
     sh -c "echo \$\$ > $srv/cgroup.procs && exec $NET udpserve ::1 $pu6 3" >"$TMP/u6" &
     u6=$!
+    # A DNS server (port 53 of a loopback address of its own) and a server
+    # for the address it answers.
+    "$NET" dnsserve 127.0.0.77 53 1 >"$TMP/d" &
+    d=$!
+    "$NET" serve 127.0.0.1 $pd 1 >"$TMP/sd" &
+    sd=$!
     i=0
-    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh" && grep -q ready "$TMP/u4" && grep -q ready "$TMP/u6"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    while ! { grep -q ready "$TMP/s4" && grep -q ready "$TMP/s6" && grep -q ready "$TMP/sh" && grep -q ready "$TMP/u4" && grep -q ready "$TMP/u6" && grep -q ready "$TMP/d" && grep -q ready "$TMP/sd"; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     "$NET" udpsend 127.0.0.1 $pu4 3 >"$TMP/uc4" & uc4=$!; wait $uc4; ru4=$?
     "$NET" udpsend ::1 $pu6 3 >"$TMP/uc6" & uc6=$!; wait $uc6; ru6=$?
     "$NET" connect 127.0.0.1 $p4 >"$TMP/c4" & c4=$!; wait $c4; r4=$?
     "$NET" connect ::1 $p6 >"$TMP/c6" & c6=$!; wait $c6; r6=$?
     "$NET" connect 127.0.0.1 $pr >"$TMP/cr" & cr=$!; wait $cr
     "$NET" connect 127.0.0.1 $ph >"$TMP/ch" & ch=$!; wait $ch; rh=$?
+    "$NET" dnsconnect 127.0.0.77 53 $pd >"$TMP/cd" & cd=$!; wait $cd; rd=$?
     sh_child=$(awk '/^child/ { print $2 }' "$TMP/sh")
     # The servers exit once they have accepted (on the fentry and kprobe rungs
     # the accept event comes from accept() itself).
     i=0
     while { kill -0 $s4 || kill -0 $s6 || kill -0 $sh_owner || kill -0 $u4 || kill -0 $u6; } 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    kill $s4 $s6 $sh_owner $u4 $u6 2>/dev/null
+    kill $s4 $s6 $sh_owner $u4 $u6 $d $sd 2>/dev/null
     # The UDP counts come once a second.
     sleep 1.5
     kill -INT $tpid; wait $tpid
@@ -146,10 +161,13 @@ for rung in fentry kprobe tracepoint; do
         done
     done
     expect "udp answers" 0 "$out" "\"sport\":$pu4," '"event":"connect"'
+    # A connect to an address a DNS answer gave names its peer by the name.
+    [ $rd -eq 0 ] || problems="$problems; DNS then connect failed: $(cat "$TMP/cd")"
+    expect "peer_name" 1 "$out" "\"dport\":$pd," '"event":"connect"' "\"pid\":$cd," '"peer_name":"vm.example.test"'
     expect "lost" 1 "$err" " 0 lost"
     n=$(grep -c . "$out")
     if [ -z "$problems" ] && [ "$expected" = yes ]; then
-        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner), UDP v4 and v6 flows both ways exact; $n events in ${secs}s"
+        echo "RESULT rung=$rung ok: v4, v6, refused, accept in own cgroup (id $srvid), accept by pid $acceptor (listener $sh_owner), UDP v4 and v6 flows both ways exact, peer_name from a DNS answer; $n events in ${secs}s"
     elif [ -z "$problems" ]; then
         echo "RESULT rung=$rung ok (not expected to load here)"
     else
