@@ -319,12 +319,18 @@ struct {
     __type(value, struct cg_dns_grant);
 } dns_grants SEC(".maps");
 
-/* Where an answer is parsed, per CPU (too big for the stack). */
+/* Where an answer is parsed and a grant made, per CPU: too big for the
+ * stack (6.1 allows 512 bytes over the whole call chain). */
+struct dns_scratch {
+    struct cg_dns_work work;
+    struct cg_dns_grant grant;
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct cg_dns_work);
+    __type(value, struct dns_scratch);
 } dns_work SEC(".maps");
 
 /* What became of answers (enum cg_dns_count). Reader: user space. */
@@ -481,9 +487,10 @@ static __always_inline int dns_allows(__u32 workload, __u8 protocol, __u16 port,
  * than one address (an operator's CIDR); an inbound rule on one exact
  * address never admits a local peer, since that address is not its own. A
  * remote peer is allowed by an address or CIDR rule, or by a rule on the
- * workload that holds its address (peer_addresses). */
+ * workload that holds its address (peer_addresses), or (`by_name`, out) by a
+ * rule on a name whose answer gave the workload this address (dns_grants). */
 static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u8 protocol, __u16 port,
-                                           const __u8 addr[16], const struct local_peer *local)
+                                           const __u8 addr[16], const struct local_peer *local, int by_name)
 {
     struct cg_rule_key key = {};
     struct cg_peer_rule_key peer_key = {};
@@ -518,7 +525,7 @@ static __always_inline int baseline_allows(__u32 workload, __u8 direction, __u8 
         if (bpf_map_lookup_elem(&rules_peer, &peer_key))
             return 1;
     }
-    return direction == CG_DIRECTION_CONNECT && dns_allows(workload, protocol, port, key.addr);
+    return by_name && direction == CG_DIRECTION_CONNECT && dns_allows(workload, protocol, port, key.addr);
 }
 
 /* Why a decision was made: indexes of `decisions`, relative to the
@@ -551,7 +558,7 @@ static __always_inline int decide(const struct cg_cgroup_policy *p, __u8 directi
         count(&decisions, base + REASON_NOT_ENFORCED);
         return 1;
     }
-    if (baseline_allows(p->workload_id, direction, protocol, port, addr, local)) {
+    if (baseline_allows(p->workload_id, direction, protocol, port, addr, local, 1)) {
         count(&decisions, base + REASON_ALLOWED);
         return 1;
     }
@@ -912,11 +919,10 @@ static long dns_step(__u64 index, void *ctx)
 }
 
 /* Grants `addr` to `workload` for (name_hash, pattern) until max(ttl, floor). */
-static __always_inline void grant_address(__u32 workload, const __u8 addr[16], __u64 name_hash, __u32 pattern,
-                                          __u32 ttl, __u64 now)
+static __always_inline void grant_address(struct cg_dns_grant *g, __u32 workload, const __u8 addr[16], __u64 name_hash,
+                                          __u32 pattern, __u32 ttl, __u64 now)
 {
     struct cg_dns_grant_key gk = {};
-    struct cg_dns_grant g = {};
     struct cg_dns_grant *old;
     __u64 hold = (__u64)ttl * 1000000000ULL;
     int slot = 0;
@@ -925,24 +931,26 @@ static __always_inline void grant_address(__u32 workload, const __u8 addr[16], _
     __builtin_memcpy(gk.addr, addr, 16);
     old = bpf_map_lookup_elem(&dns_grants, &gk);
     if (old)
-        __builtin_memcpy(&g, old, sizeof(g));
+        __builtin_memcpy(g, old, sizeof(*g));
+    else
+        __builtin_memset(g, 0, sizeof(*g));
     /* This name's slot, or else the one that ends first. */
     for (int i = 0; i < CG_DNS_GRANT_NAMES; i++) {
-        if (g.names[i].name_hash == name_hash && g.names[i].pattern == pattern) {
+        if (g->names[i].name_hash == name_hash && g->names[i].pattern == pattern) {
             slot = i;
             break;
         }
-        if (g.names[i].expires_ns < g.names[slot].expires_ns)
+        if (g->names[i].expires_ns < g->names[slot & (CG_DNS_GRANT_NAMES - 1)].expires_ns)
             slot = i;
     }
     if (hold < dns_floor_ns)
         hold = dns_floor_ns;
     slot &= CG_DNS_GRANT_NAMES - 1;
-    g.names[slot].name_hash = name_hash;
-    g.names[slot].pattern = pattern;
-    g.names[slot].ttl = ttl;
-    g.names[slot].expires_ns = now + hold;
-    if (bpf_map_update_elem(&dns_grants, &gk, &g, BPF_ANY))
+    g->names[slot].name_hash = name_hash;
+    g->names[slot].pattern = pattern;
+    g->names[slot].ttl = ttl;
+    g->names[slot].expires_ns = now + hold;
+    if (bpf_map_update_elem(&dns_grants, &gk, g, BPF_ANY))
         count(&dns_counts, CG_DNS_COUNT_GRANTS_FULL);
     else
         count(&dns_counts, CG_DNS_COUNT_ADDRESSES);
@@ -959,8 +967,10 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
     struct cg_name_key nk = {};
     struct cg_cgroup_policy *p;
     struct dns_loop loop;
+    struct dns_scratch *scratch;
     struct cg_dns_work *w;
-    __u32 off, avail, len, n, zero = 0, exact, pattern;
+    __u32 off, avail, len, zero = 0, exact, pattern;
+    __u64 n;
     __u64 cgroup_id, now;
 
     if (!pk)
@@ -970,15 +980,17 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
         return 0;
     if (!dns_message_at(skb, pk, &off, &avail, &len))
         return 0;
-    if (!baseline_allows(p->workload_id, CG_DIRECTION_CONNECT, pk->proto, DNS_PORT, pk->saddr, &remote)) {
+    /* A resolver the workload's rules let it reach by address or workload
+     * (one reached through a DNS grant is not trusted for more grants). */
+    if (!baseline_allows(p->workload_id, CG_DIRECTION_CONNECT, pk->proto, DNS_PORT, pk->saddr, &remote, 0)) {
         count(&dns_counts, CG_DNS_COUNT_UNTRUSTED);
         return 0;
     }
-    w = bpf_map_lookup_elem(&dns_work, &zero);
-    if (!w)
+    scratch = bpf_map_lookup_elem(&dns_work, &zero);
+    if (!scratch)
         return 0;
-    n = avail > CG_DNS_MAX_BYTES ? CG_DNS_MAX_BYTES : avail;
-    n &= CG_DNS_MASK;
+    w = &scratch->work;
+    n = copy_length(avail, CG_DNS_MAX_BYTES);
     if (n < 12 || n > CG_DNS_MAX_BYTES || bpf_skb_load_bytes(skb, off, w->buf, n)) {
         count(&dns_counts, CG_DNS_COUNT_MALFORMED);
         return 0;
@@ -1009,9 +1021,9 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
             break;
         a = &w->a.address[i];
         if (exact)
-            grant_address(p->workload_id, a->addr, w->a.qname_hash, 0, a->ttl, now);
+            grant_address(&scratch->grant, p->workload_id, a->addr, w->a.qname_hash, 0, a->ttl, now);
         if (pattern)
-            grant_address(p->workload_id, a->addr, w->a.qname_parent_hash, 1, a->ttl, now);
+            grant_address(&scratch->grant, p->workload_id, a->addr, w->a.qname_parent_hash, 1, a->ttl, now);
     }
     return 1;
 }
@@ -1038,9 +1050,10 @@ int cg_enf_ingress(struct __sk_buff *skb)
         return 1;
     if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE) {
         /* A resolver's reply to a connected socket (glibc's, or TCP). */
-        if (may_be_dns_reply(skb, sk) && packet_parse(skb, &s) == 1)
-            dns_answer(skb, &s);
-        return 1;
+        if (!may_be_dns_reply(skb, sk) || packet_parse(skb, &s) != 1)
+            return 1;
+        r = 1;
+        goto dns;
     }
 
     r = parse_packet(skb, &s);
@@ -1052,9 +1065,9 @@ int cg_enf_ingress(struct __sk_buff *skb)
     }
     if (s.proto == IPPROTO_UDP) {
         r = on_udp_in(skb, &s);
-        if (r && s.sport == DNS_PORT)
-            dns_answer(skb, &s); /* an unconnected socket's resolver (dig, dnsperf) */
-        return r;
+        if (!r || s.sport != DNS_PORT)
+            return r;
+        goto dns; /* an unconnected socket's resolver (dig, dnsperf) */
     }
     p = policy_of_skb(skb, &cgroup_id);
     /* A client on this node, in this network namespace, is in the kernel's
@@ -1085,6 +1098,10 @@ int cg_enf_ingress(struct __sk_buff *skb)
         return 1;
     report_accept(skb, &s, cgroup_id, &local, flags, IPPROTO_TCP);
     return 0; /* drop the SYN */
+dns:
+    /* One call: the verifier checks the parser once. Never drops. */
+    dns_answer(skb, &s);
+    return r;
 }
 
 /* ---- new cgroups ------------------------------------------------------- */

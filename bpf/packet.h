@@ -156,4 +156,18 @@ static __always_inline int dns_message_at(struct __sk_buff *skb, const struct pa
     return 1;
 }
 
+/* How many of `avail` bytes to copy, at most `max`, in a form every
+ * verifier bounds: a 64-bit register, clamped behind a compiler barrier, so
+ * that the register checked is the one passed (6.1's verifier does not carry
+ * a bound across a 32-bit copy of a register, and clang makes such copies). */
+static __always_inline __u64 copy_length(__u32 avail, __u32 max)
+{
+    __u64 n = avail;
+
+    if (n > max)
+        n = max;
+    barrier_var(n);
+    return n;
+}
+
 #endif

@@ -1096,7 +1096,8 @@ int cg_dns_answers(struct __sk_buff *skb)
     struct bpf_sock *sk = skb->sk;
     struct cg_dns_message *m;
     struct packet p = {};
-    __u32 off, avail, len, n;
+    __u32 off, avail, len;
+    __u64 n;
 
     if (!sk || !may_be_dns_reply(skb, sk))
         return 1;
@@ -1107,8 +1108,9 @@ int cg_dns_answers(struct __sk_buff *skb)
         count_drop(CG_DROP_DNS_RINGBUF_FULL);
         return 1;
     }
-    n = avail > CG_DNS_MAX_BYTES ? CG_DNS_MAX_BYTES : avail;
-    if (n == 0 || n > CG_DNS_MAX_BYTES || bpf_skb_load_bytes(skb, off, m->data, n)) {
+    n = copy_length(avail, CG_DNS_MAX_BYTES);
+    /* < 12: not a DNS message (its header alone is 12 bytes). */
+    if (n < 12 || n > CG_DNS_MAX_BYTES || bpf_skb_load_bytes(skb, off, m->data, n)) {
         bpf_ringbuf_discard(m, 0);
         return 1;
     }

@@ -36,6 +36,25 @@ extension AgentTests {
             return c
         }
 
+        /// Echoes on 0.0.0.0:8443 in the servers' namespace, a thread per connection.
+        func startEchoServer() throws {
+            let c = try Child("/usr/sbin/ip", ["netns", "exec", name + "-s", "python3", "-c", """
+                import socket, threading
+                def echo(c):
+                    while True:
+                        d = c.recv(64)
+                        if not d:
+                            return c.close()
+                        c.sendall(d)
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("0.0.0.0", 8443)); s.listen(64); print("ready", flush=True)
+                while True:
+                    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+                """])
+            servers.append(c)
+            guard c.readLine() == "ready" else { throw FileError(path: "echo server", errno: EIO) }
+        }
+
         /// Accepts and closes on 0.0.0.0:443 in the servers' namespace.
         func startTCPServer() throws {
             let c = try Child("/usr/sbin/ip", ["netns", "exec", name + "-s", "python3", "-c", """
@@ -128,7 +147,8 @@ extension AgentTests {
     /// addresses, none refused; glibc's getent, dig over TCP and curl work
     /// too; an address the name never gave is refused (EPERM, denied, with
     /// the name it did not match); an answer with TTL 1 s holds for the
-    /// floor (4 s here), not after; `connguard dns` shows it all.
+    /// floor (4 s here), not after, and a connection made within it is not
+    /// cut when it ends; `connguard dns` shows it all.
     func testNamesAreLearntThenEnforcedWithoutARace() throws {
         let agent = try startAgent(extra: ["--dns-floor", "4s"])
         defer { agent.stop(signal: SIGKILL) }
@@ -136,16 +156,42 @@ extension AgentTests {
         defer { net.down() }
         _ = try net.startDNS(ttl: 1)
         try net.startTCPServer()
+        try net.startEchoServer()
         let client = clients.relativePath
+        /// Resolves, connects to port 8443 and echoes; then (`hold`) connects
+        /// again to the same address 2 s and 5.5 s after the answer, and
+        /// echoes on the first connection at the end: "ADDRESS r2 r5.5 echo".
+        func echoAndCache(hold: Bool) throws -> [String] {
+            try inClients(net, ["python3", "-c", """
+                import socket, time
+                a = socket.getaddrinfo("api.example.test", 8443, socket.AF_INET, socket.SOCK_STREAM)[0][4]; t = time.monotonic()
+                def once():
+                    s = socket.socket(); s.settimeout(3)
+                    try:
+                        s.connect(a); return "ok"
+                    except Exception as e:
+                        return type(e).__name__
+                    finally:
+                        s.close()
+                kept = socket.create_connection(a, timeout=3); kept.sendall(b"1"); kept.recv(8)
+                if not \(hold ? "True" : "False"):
+                    print(a[0]); raise SystemExit
+                time.sleep(2); first = once()
+                time.sleep(max(0, t + 5.5 - time.monotonic())); second = once()
+                kept.sendall(b"ping"); print(a[0], first, second, "echo" if kept.recv(8) == b"ping" else "cut")
+                """]).out.split(separator: " ").map(String.init)
+        }
 
         // Learn: the name, the resolver over UDP and TCP.
         XCTAssertEqual(try resolveThenConnect(net, rounds: 5).refused, 0)
+        XCTAssertEqual(try echoAndCache(hold: false).count, 1)
         XCTAssertTrue(try inClients(net, ["getent", "ahostsv4", "api.example.test"]).out.contains("198.18.100."))
         XCTAssertTrue(try inClients(net, ["dig", "+tcp", "+short", "api.example.test", "@198.18.99.2"]).out.hasPrefix("198.18.100."))
         try waitFor("rules on the name and the resolver") {
-            let out = try rules(client, "out", port: 443), dns = try rules(client, "out", port: 53)
+            let out = try rules(client, "out", port: 443), dns = try rules(client, "out", port: 53), echo = try rules(client, "out", port: 8443)
             return out.contains { $0["peer"] as? String == "name:api.example.test" }
                 && Set(dns.compactMap { $0["protocol"] as? String }) == ["udp", "tcp"]
+                && echo.contains { $0["peer"] as? String == "name:api.example.test" }
         }
         let learnt = try rules(client, "out", port: 443)
         XCTAssertEqual(learnt.map { $0["peer"] as? String }, ["name:api.example.test"], "a rule on the name, none on its addresses: \(learnt)")
@@ -171,6 +217,9 @@ extension AgentTests {
         let viaTCP = try inClients(net, ["dig", "+tcp", "+short", "api.example.test", "@198.18.99.2"]).out
         XCTAssertTrue(viaTCP.hasPrefix("198.18.100."), viaTCP)
         XCTAssertEqual(try connectOnce(net, viaTCP), "ok", "an address from an answer over TCP")
+        let viaUDP = try inClients(net, ["dig", "+short", "api.example.test", "@198.18.99.2"]).out
+        XCTAssertTrue(viaUDP.hasPrefix("198.18.100.") && viaUDP != viaTCP, viaUDP)
+        XCTAssertEqual(try connectOnce(net, viaUDP), "ok", "an address from dig's answer (an unconnected UDP socket)")
         // curl resolves and connects; the server closes at once: exit 52
         // (empty reply) or 56 (reset), not 7 (could not connect).
         let curl = try inClients(net, ["curl", "-s", "-o", "/dev/null", "--max-time", "3", "http://api.example.test:443/"]).status
@@ -185,24 +234,13 @@ extension AgentTests {
             }
         }
 
-        // TTL 1 s, a client that caches: allowed within the floor, refused after.
+        // TTL 1 s, a client that caches: allowed within the floor, refused
+        // after; the connection it made within the floor goes on.
         sleep(5) // every earlier grant has ended
-        let cached = try inClients(net, ["python3", "-c", """
-            import socket, time
-            a = socket.getaddrinfo("api.example.test", 443, socket.AF_INET, socket.SOCK_STREAM)[0][4]; t = time.monotonic()
-            def once():
-                s = socket.socket(); s.settimeout(3)
-                try:
-                    s.connect(a); return "ok"
-                except Exception as e:
-                    return type(e).__name__
-                finally:
-                    s.close()
-            time.sleep(2); first = once()
-            time.sleep(max(0, t + 5.5 - time.monotonic())); print(a[0], first, once())
-            """]).out.split(separator: " ")
-        XCTAssertEqual(cached.count, 3)
-        XCTAssertEqual(cached.dropFirst().map(String.init), ["ok", "PermissionError"], "2 s after a TTL-1 answer: within the 4 s floor; 5.5 s after: not")
+        let cached = try echoAndCache(hold: true)
+        XCTAssertEqual(cached.count, 4, "\(cached)")
+        XCTAssertEqual(Array(cached.dropFirst()), ["ok", "PermissionError", "echo"],
+                       "2 s after a TTL-1 answer: within the 4 s floor; 5.5 s after: not; the connection made before: not cut")
 
         // connguard dns: what was resolved, and which rules it feeds.
         XCTAssertEqual(try resolveThenConnect(net, rounds: 1).refused, 0)
@@ -213,7 +251,7 @@ extension AgentTests {
         for l in lines {
             XCTAssertEqual(l["name"] as? String, "api.example.test")
             XCTAssertEqual(l["ttl"] as? Int, 1)
-            XCTAssertEqual(l["rules"] as? [String], ["out name:api.example.test 443/tcp"])
+            XCTAssertEqual(l["rules"] as? [String], ["out name:api.example.test 443/tcp", "out name:api.example.test 8443/tcp"])
             XCTAssertTrue((l["address"] as? String)?.hasPrefix("198.18.100.") == true)
         }
         XCTAssertTrue(lines.contains { $0["allowed_in_kernel_until"] is String }, "the newest answer's address is held in the kernel: \(lines)")
