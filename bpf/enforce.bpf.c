@@ -333,6 +333,17 @@ struct {
     __type(value, struct dns_scratch);
 } dns_work SEC(".maps");
 
+/* Answers parsed in the last second, by (workload, message hash): a repeat
+ * within the second is not parsed again (the grants it would renew were
+ * made by the first, at most a second before). Writer and reader:
+ * ingress. LRU: past 8,192 answers a second, repeats are parsed again. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 8192);
+    __type(key, struct cg_dns_seen_key);
+    __type(value, __u64);
+} dns_parsed SEC(".maps");
+
 /* What became of answers (enum cg_dns_count). Reader: user space. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -966,12 +977,13 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
     struct local_peer remote = {};
     struct cg_name_key nk = {};
     struct cg_cgroup_policy *p;
+    struct cg_dns_seen_key seen = {};
     struct dns_loop loop;
     struct dns_scratch *scratch;
     struct cg_dns_work *w;
     __u32 off, avail, len, zero = 0, exact, pattern;
     __u64 n;
-    __u64 cgroup_id, now;
+    __u64 cgroup_id, now, *last;
 
     if (!pk)
         return 0;
@@ -995,6 +1007,15 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
         count(&dns_counts, CG_DNS_COUNT_MALFORMED);
         return 0;
     }
+    seen.id = p->workload_id;
+    seen.message_hash = dns_message_hash(w->buf, n);
+    now = bpf_ktime_get_boot_ns();
+    last = bpf_map_lookup_elem(&dns_parsed, &seen);
+    if (last && now - *last < DNS_REPEAT_NS) {
+        count(&dns_counts, CG_DNS_COUNT_REPEATS);
+        return 0;
+    }
+    bpf_map_update_elem(&dns_parsed, &seen, &now, BPF_ANY);
     cg_dns_begin(w, n, len <= n);
     loop.w = w;
     bpf_loop(CG_DNS_MAX_STEPS, dns_step, &loop, 0);
@@ -1013,7 +1034,6 @@ static __noinline int dns_answer(struct __sk_buff *skb, const struct packet *pk)
         return 0;
     }
     count(&dns_counts, CG_DNS_COUNT_GRANTED);
-    now = bpf_ktime_get_boot_ns();
     for (__u32 i = 0; i < CG_DNS_MAX_ADDRESSES; i++) {
         struct cg_dns_address *a;
 

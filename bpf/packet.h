@@ -109,13 +109,28 @@ static __always_inline int packet_parse(struct __sk_buff *skb, struct packet *p)
 /* Whether the packet may be a DNS reply, from what the socket says (two
  * field reads): a socket connected to port 53 (glibc's resolver connects
  * its UDP socket; DNS over TCP), or an unconnected UDP socket (dig, dnsperf
- * and servers alike: its packet's source port decides). */
+ * and servers alike) whose packet comes from port 53, read in place for
+ * IPv4 (no helper call: a UDP server's every datagram comes here). A socket
+ * bound to port 53 is a server, whose datagrams are queries. */
 static __always_inline int may_be_dns_reply(struct __sk_buff *skb, struct bpf_sock *sk)
 {
     __u32 rp;
 
-    if (sk->state == BPF_TCP_CLOSE)
-        return 1;
+    if (sk->state == BPF_TCP_CLOSE) {
+        const __u8 *data = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
+        const __u8 *udp;
+
+        if (skb->local_port == DNS_PORT)
+            return 0;
+        if (skb->protocol != bpf_htons(ETH_P_IP) || data + 20 > end)
+            return 1; /* IPv6, or headers not in place: packet_parse decides */
+        if (data[9] != IPPROTO_UDP)
+            return 0;
+        udp = data + (data[0] & 0x0f) * 4;
+        if (udp + 2 > end)
+            return 1;
+        return udp[0] == 0 && udp[1] == DNS_PORT;
+    }
     if (sk->state != BPF_TCP_ESTABLISHED)
         return 0;
     /* __sk_buff.remote_port is in network byte order, in the upper half on
@@ -168,6 +183,34 @@ static __always_inline __u64 copy_length(__u32 avail, __u32 max)
         n = max;
     barrier_var(n);
     return n;
+}
+
+#define DNS_REPEAT_NS 1000000000ULL /* an answer repeated within this is handled once */
+
+/* A 64-bit hash of the first `n` bytes (12 to CG_DNS_MAX_BYTES) of a DNS
+ * message at `data`, a buffer of at least CG_DNS_MAX_BYTES + 8 bytes, the
+ * id (its first 2 bytes) left out, so that a resolver's answer to the same
+ * question with the same records hashes the same. 8 bytes at a time; the
+ * loop has no branch but its end, which 6.1's verifier needs to walk it. */
+static __always_inline __u64 dns_mix(__u64 h, __u64 w)
+{
+    h = (h ^ w) * 0x100000001b3ULL;
+    return h ^ (h >> 29);
+}
+
+static __always_inline __u64 dns_message_hash(const __u8 *data, __u64 n)
+{
+    __u64 words = n >> 3, rest = n & 7;
+    __u64 h = dns_mix(0xcbf29ce484222325ULL ^ n, *(const __u64 *)data & ~0xffffULL); /* the id masked */
+
+    for (__u32 i = 1; i < CG_DNS_MAX_BYTES / 8; i++) {
+        if (i >= words)
+            break;
+        h = dns_mix(h, *(const __u64 *)(data + (__u64)i * 8));
+    }
+    if (rest) /* little-endian: the bytes before n */
+        h = dns_mix(h, *(const __u64 *)(data + (words << 3)) & ((1ULL << (rest << 3)) - 1));
+    return h;
 }
 
 #endif

@@ -238,7 +238,8 @@ public final class Agent: @unchecked Sendable {
             metrics.update(loss: loss, writeQueueLost: w.lost, aggregatedOnly: w.aggregatedOnly)
         }
         if let drops = try? enforcer?.dropCounts() { metrics.update(enforcementDrops: drops) }
-        metrics.update(dns: names.snapshot, lost: (try? tracer.lossCounts().dnsRingBufferFull) ?? 0, kernel: (try? enforcer?.dnsCounts()) ?? nil)
+        metrics.update(dns: names.snapshot, lost: (try? tracer.lossCounts().dnsRingBufferFull) ?? 0,
+                       repeats: (try? tracer.dnsRepeats()) ?? 0, kernel: (try? enforcer?.dnsCounts()) ?? nil)
         metrics.update(programStats: tracer.programs.compactMap { p in
             guard let info = try? p.info() else { return nil }
             return (p.name, info.run_cnt, info.run_time_ns, info.recursion_misses)
@@ -329,11 +330,12 @@ public final class Agent: @unchecked Sendable {
                 newCgroupsMissed: n(drops?.lostNewCgroups ?? 0), udpDenialsCounted: n(drops?.udpDenialRepeats ?? 0)),
             dns: .init(answers: n(dnsSeen.answers), malformed: n(dnsSeen.malformed), notAnAnswer: n(dnsSeen.notAnAnswer),
                        untrusted: n(dnsSeen.untrusted),
-                       lost: n(loss.dnsRingBufferFull), floorSeconds: configuration.dnsFloorSeconds,
+                       lost: n(loss.dnsRingBufferFull), repeatsInKernel: n((try? tracer.dnsRepeats()) ?? 0),
+                       floorSeconds: configuration.dnsFloorSeconds,
                        granted: n(dnsKernel?.granted ?? 0), addressesGranted: n(dnsKernel?.addressesGranted ?? 0),
                        nameNotAllowed: n(dnsKernel?.nameNotAllowed ?? 0), untrustedResolver: n(dnsKernel?.untrustedResolver ?? 0),
                        kernelMalformed: n(dnsKernel?.malformed ?? 0), grantsFull: n(dnsKernel?.grantsFull ?? 0),
-                       allowedByGrant: n(dnsKernel?.allowedByGrant ?? 0)),
+                       allowedByGrant: n(dnsKernel?.allowedByGrant ?? 0), kernelRepeats: n(dnsKernel?.repeats ?? 0)),
             modes: Dictionary(uniqueKeysWithValues: Mode.allCases.map { m in (m.rawValue, n(summaries.filter { $0.mode == m }.count)) }),
             audit: .init(recent: recent),
             cluster: Nullable(cluster?.status()))

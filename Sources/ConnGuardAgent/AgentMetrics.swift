@@ -78,6 +78,7 @@ public final class AgentMetrics: Sendable {
         dnsAnswers = Dictionary(uniqueKeysWithValues: [
             ("agent/named", "agent", "named"), ("agent/malformed", "agent", "malformed"), ("agent/no_addresses", "agent", "no_addresses"),
             ("agent/untrusted_resolver", "agent", "untrusted_resolver"), ("agent/lost", "agent", "ring_buffer_full"),
+            ("agent/repeats", "agent", "repeat_left_in_kernel"), ("kernel/repeats", "kernel", "repeat_not_parsed"),
             ("kernel/granted", "kernel", "granted"), ("kernel/name_not_allowed", "kernel", "name_not_allowed"),
             ("kernel/untrusted_resolver", "kernel", "untrusted_resolver"), ("kernel/malformed", "kernel", "malformed"),
             ("kernel/no_addresses", "kernel", "no_addresses"),
@@ -175,17 +176,17 @@ public final class AgentMetrics: Sendable {
         advance("e/udp_denials_counted", d.udpDenialRepeats) { enforcement["udp_denials_counted"]!.increment(by: $0) }
     }
 
-    public func update(dns user: ResolvedNames.Counts, lost: UInt64, kernel k: DNSCounts?) {
+    public func update(dns user: ResolvedNames.Counts, lost: UInt64, repeats: UInt64, kernel k: DNSCounts?) {
         let named = user.answers - min(user.answers, user.notAnAnswer + user.untrusted)
         for (key, value) in [("agent/named", named), ("agent/malformed", user.malformed), ("agent/no_addresses", user.notAnAnswer),
-                             ("agent/untrusted_resolver", user.untrusted), ("agent/lost", lost)] {
+                             ("agent/untrusted_resolver", user.untrusted), ("agent/lost", lost), ("agent/repeats", repeats)] {
             advance("d/" + key, value) { dnsAnswers[key]!.increment(by: $0) }
         }
         guard let k else { return }
         for (key, value) in [("kernel/granted", k.granted), ("kernel/name_not_allowed", k.nameNotAllowed),
                              ("kernel/untrusted_resolver", k.untrustedResolver), ("kernel/malformed", k.malformed),
                              ("kernel/no_addresses", k.notAnAnswer), ("kernel/addresses", k.addressesGranted),
-                             ("kernel/grants_full", k.grantsFull), ("kernel/allowed", k.allowedByGrant)] {
+                             ("kernel/grants_full", k.grantsFull), ("kernel/allowed", k.allowedByGrant), ("kernel/repeats", k.repeats)] {
             advance("d/" + key, value) { dnsAnswers[key]!.increment(by: $0) }
         }
     }

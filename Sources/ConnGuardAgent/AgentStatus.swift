@@ -114,6 +114,8 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var untrusted: Int64
         /// Not passed on to user space (ring buffer full).
         public var lost: Int64
+        /// Not passed on: the same answer to the same cgroup within a second.
+        public var repeatsInKernel: Int64
         public var floorSeconds: Double
         /// In the kernel, for enforced workloads (pinned counters).
         public var granted: Int64
@@ -123,6 +125,7 @@ public struct AgentStatus: Codable, Sendable, Equatable {
         public var kernelMalformed: Int64
         public var grantsFull: Int64
         public var allowedByGrant: Int64
+        public var kernelRepeats: Int64
     }
 
     public struct KernelRules: Codable, Sendable, Equatable {

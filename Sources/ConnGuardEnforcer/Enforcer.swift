@@ -472,7 +472,8 @@ public final class Enforcer: @unchecked Sendable {
         return DNSCounts(granted: try n(CG_DNS_COUNT_GRANTED), addressesGranted: try n(CG_DNS_COUNT_ADDRESSES),
                          nameNotAllowed: try n(CG_DNS_COUNT_NOT_ALLOWED), untrustedResolver: try n(CG_DNS_COUNT_UNTRUSTED),
                          malformed: try n(CG_DNS_COUNT_MALFORMED), notAnAnswer: try n(CG_DNS_COUNT_NOT_ANSWER),
-                         grantsFull: try n(CG_DNS_COUNT_GRANTS_FULL), allowedByGrant: try n(CG_DNS_COUNT_ALLOWED_CONNECTS))
+                         grantsFull: try n(CG_DNS_COUNT_GRANTS_FULL), allowedByGrant: try n(CG_DNS_COUNT_ALLOWED_CONNECTS),
+                         repeats: try n(CG_DNS_COUNT_REPEATS))
     }
 
     /// Makes a workload's rules exactly `rules` (a baseline import). New rules
@@ -654,11 +655,14 @@ public struct DNSCounts: Sendable, Equatable, Codable {
     public var grantsFull: UInt64
     /// Connects and datagrams allowed by a grant.
     public var allowedByGrant: UInt64
+    /// The same answer to the same workload within a second: not parsed
+    /// again (its grants were made by the first).
+    public var repeats: UInt64
 
     enum CodingKeys: String, CodingKey {
         case granted, addressesGranted = "addresses_granted", nameNotAllowed = "name_not_allowed",
              untrustedResolver = "untrusted_resolver", malformed, notAnAnswer = "not_an_answer",
-             grantsFull = "grants_full", allowedByGrant = "allowed_by_grant"
+             grantsFull = "grants_full", allowedByGrant = "allowed_by_grant", repeats
     }
 }
 

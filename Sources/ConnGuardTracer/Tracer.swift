@@ -497,6 +497,13 @@ public final class Tracer {
         return nil
     }
 
+    /// DNS answers the kernel did not pass on because the same answer went
+    /// to the same cgroup less than a second before (not a loss: user space
+    /// has it).
+    public func dnsRepeats() throws -> UInt64 {
+        try object.map("dns_repeats").perCPUSum(index: 0)
+    }
+
     /// Reads the kernel's loss counters.
     public func lossCounts() throws -> LossCounts {
         var c = LossCounts()

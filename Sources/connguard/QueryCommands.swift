@@ -221,7 +221,7 @@ struct StatusCommand: AsyncParsableCommand {
                 say("            \(enf.udpDenialsCounted) UDP denials counted (not sent one by one), \(enf.unparsedPackets) inbound packets not parsed (let through), \(enf.newCgroupsMissed) new cgroups missed at birth")
             }
             let dns = s.dns
-            say("dns:        \(dns.answers) answers read (\(dns.malformed) malformed, \(dns.notAnAnswer) without addresses, \(dns.untrusted) from untrusted resolvers, \(dns.lost) lost); in the kernel: \(dns.granted) answers granted \(dns.addressesGranted) addresses (held at least \(Int(dns.floorSeconds)) s), \(dns.allowedByGrant) connects allowed by them, \(dns.untrustedResolver) from untrusted resolvers and \(dns.kernelMalformed) malformed ignored, \(dns.grantsFull) not granted (map full)")
+            say("dns:        \(dns.answers) answers read (\(dns.malformed) malformed, \(dns.notAnAnswer) without addresses, \(dns.untrusted) from untrusted resolvers, \(dns.lost) lost; \(dns.repeatsInKernel) repeats within a second left in the kernel); in enforcement: \(dns.granted) answers granted \(dns.addressesGranted) addresses (held at least \(Int(dns.floorSeconds)) s), \(dns.allowedByGrant) connects allowed by them, \(dns.untrustedResolver) from untrusted resolvers and \(dns.kernelMalformed) malformed ignored, \(dns.grantsFull) not granted (map full), \(dns.kernelRepeats) repeats not parsed again")
             let k = enf.kernelRules
             say("rules:      \(k.address) of \(k.addressCapacity) address rules, \(k.workload) of \(k.workloadCapacity) workload rules in the kernel (enforced workloads)")
             if !enf.heldBack.isEmpty {

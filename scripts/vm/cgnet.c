@@ -53,6 +53,25 @@ static int make_addr(const char *addr, int port, struct sockaddr_storage *ss, so
     exit(2);
 }
 
+/* A UDP socket with a 5 s receive timeout; bound to ss and "ready" printed
+ * for a server. -1 if it cannot bind. */
+static int udp_socket(int family, int server, struct sockaddr_storage *ss, socklen_t len)
+{
+    struct timeval tv = {.tv_sec = 5};
+    int fd = socket(family, SOCK_DGRAM, 0);
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (!server)
+        return fd;
+    if (bind(fd, (struct sockaddr *)ss, len)) {
+        perror("bind");
+        return -1;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    return fd;
+}
+
 static int dns(const char *cmd, int family, struct sockaddr_storage *ss, socklen_t len, int n)
 {
     static const unsigned char query[] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
@@ -62,17 +81,12 @@ static int dns(const char *cmd, int family, struct sockaddr_storage *ss, socklen
     unsigned char buf[512];
     struct sockaddr_storage from;
     socklen_t flen;
-    struct timeval tv = {.tv_sec = 5};
-    int fd = socket(family, SOCK_DGRAM, 0);
+    int server = strcmp(cmd, "dnsserve") == 0;
+    int fd = udp_socket(family, server, ss, len);
 
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (strcmp(cmd, "dnsserve") == 0) {
-        if (bind(fd, (struct sockaddr *)ss, len)) {
-            perror("bind");
-            return 2;
-        }
-        printf("ready\n");
-        fflush(stdout);
+    if (fd < 0)
+        return 2;
+    if (server) {
         while (n-- > 0) {
             ssize_t r;
             flen = sizeof(from);
@@ -121,17 +135,12 @@ int main(int argc, char **argv)
         socklen_t flen;
         char buf[64];
         int n = atoi(argv[4]);
-        struct timeval tv = {.tv_sec = 5};
+        int server = strcmp(argv[1], "udpserve") == 0;
 
-        fd = socket(family, SOCK_DGRAM, 0);
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        if (strcmp(argv[1], "udpserve") == 0) {
-            if (bind(fd, (struct sockaddr *)&ss, len)) {
-                perror("bind");
-                return 2;
-            }
-            printf("ready\n");
-            fflush(stdout);
+        fd = udp_socket(family, server, &ss, len);
+        if (fd < 0)
+            return 2;
+        if (server) {
             while (n-- > 0) {
                 ssize_t r;
                 flen = sizeof(from);

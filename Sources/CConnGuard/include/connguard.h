@@ -337,6 +337,15 @@ struct cg_dns_message {
 };
 _Static_assert(sizeof(struct cg_dns_message) == 56 + CG_DNS_MAX_BYTES, "cg_dns_message layout changed");
 
+/* The same DNS answer (every byte but the id) to the same cgroup or
+ * workload within a second is passed on and parsed once: key of the
+ * kernel's `dns_seen` and `dns_parsed` maps. */
+struct cg_dns_seen_key {
+    __u64 id;            /* cgroup id (tracer) or workload id (enforcement) */
+    __u64 message_hash;  /* dns_message_hash() in bpf/packet.h */
+};
+_Static_assert(sizeof(struct cg_dns_seen_key) == 16, "cg_dns_seen_key layout changed");
+
 /* Key of `names_allowed`: the names a workload's baseline has rules on.
  * An answer to one of them (its question's name, or for a pattern
  * `*.example.test` the name without its first label) grants its addresses. */
@@ -394,7 +403,8 @@ enum cg_dns_count {
     CG_DNS_COUNT_NOT_ANSWER = 5,   /* an error (NXDOMAIN), a query, no addresses: nothing granted */
     CG_DNS_COUNT_GRANTS_FULL = 6,  /* an address could not be granted (dns_grants full) */
     CG_DNS_COUNT_ALLOWED_CONNECTS = 7, /* connects and datagrams let out by a grant */
-    CG_DNS_COUNT_COUNT = 8,
+    CG_DNS_COUNT_REPEATS = 8,      /* the same answer again within a second: its grant stands, not parsed again */
+    CG_DNS_COUNT_COUNT = 9,
 };
 
 #endif /* CONNGUARD_H */
