@@ -58,13 +58,13 @@ struct BaselineCommand: AsyncParsableCommand {
             let rules = o["rules"] as? [[String: Any]] ?? []
             // On a cluster each rule says which nodes saw it.
             let clustered = rules.contains { $0["nodes"] != nil }
-            say(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("HITS", 10) + pad("FIRST SEEN", 22)
+            say(pad("DIR", 5) + pad("PEER", 44) + pad("PORT", 7) + pad("PROTO", 6) + pad("HITS", 10) + pad("FIRST SEEN", 22)
                 + (clustered ? pad("LAST SEEN", 22) + "NODES" : "LAST SEEN"))
             for r in rules {
                 let last = r["last_seen"] as? String ?? ""
                 let nodes = (r["nodes"] as? [String]).map { $0.isEmpty ? "(this node, not merged yet)" : $0.map(HumanText.escape).joined(separator: ",") } ?? ""
                 say(pad(r["direction"] as? String ?? "", 5) + pad(HumanText.escape(r["peer"] as? String ?? ""), 44)
-                      + pad("\(r["port"] ?? "")", 7) + pad("\(r["hits"] ?? "")", 10) + pad(r["first_seen"] as? String ?? "", 22)
+                      + pad("\(r["port"] ?? "")", 7) + pad(r["protocol"] as? String ?? "tcp", 6) + pad("\(r["hits"] ?? "")", 10) + pad(r["first_seen"] as? String ?? "", 22)
                       + (clustered ? pad(last, 22) + nodes : last))
             }
         }
